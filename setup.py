@@ -1,0 +1,46 @@
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.abspath(os.path.dirname(__file__))
+
+with open(os.path.join(HERE, "skcueco", "_version.py"), encoding="utf-8") as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
+    LONG_DESCRIPTION = f.read()
+
+setup(
+    name="skcueco",
+    version=VERSION,
+    description=(
+        "Self-supervised image representation learning with Cluster Contrast "
+        "(CueCo) behind a scikit-learn estimator API."
+    ),
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/x-rst",
+    license="BSD-3-Clause",
+    packages=find_packages(include=["skcueco", "skcueco.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "scikit-learn>=1.6",
+        "numpy",
+        "pandas",
+        "joblib",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "matplotlib"],
+        "docs": ["sphinx", "numpydoc", "sphinx-gallery", "matplotlib"],
+        "plot": ["matplotlib"],
+    },
+    entry_points={"console_scripts": ["skcueco=skcueco.__main__:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Intended Audience :: Science/Research",
+    ],
+)

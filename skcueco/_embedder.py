@@ -1,0 +1,590 @@
+"""CueCoEmbedder: the scikit-learn transformer that trains CueCo."""
+
+import io
+import math
+import numbers
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._data import Preprocess, input_statistics, make_loader
+from ._engine import Trainer
+from ._task import CueCoTask
+from ._validation import check_input, spec_from_image_shape
+from .augment import make_augmentation
+from .backbones import BACKBONE_NAMES, build_backbone
+from .callbacks import Callback, ProgressBar
+from .nn.model import CueCoModel
+
+# centroids without an assigned key for this many consecutive steps are re-seeded
+_RESEED_AFTER_STEPS = 50
+
+
+def resolve_device(device):
+    """``"auto"`` -> CUDA, then MPS, then CPU; other names are checked.
+
+    Parameters
+    ----------
+    device : str or torch.device
+
+    Returns
+    -------
+    device : torch.device
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r} is not a valid torch device name.") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(device)!r} was requested but no CUDA GPU is available; "
+                "use device='auto' or 'cpu'."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={str(device)!r} does not exist: {torch.cuda.device_count()} "
+                "CUDA device(s) are visible."
+            )
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device='mps' was requested but MPS is not available.")
+    return device
+
+
+def _seeds(random_state, n):
+    rng = check_random_state(random_state)
+    return [int(s) for s in rng.randint(0, 2**31 - 1, size=n)]
+
+
+class CueCoEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Learn image embeddings without labels with Cluster Contrast (CueCo).
+
+    ``fit`` trains a query network by gradient and a key network as its
+    exponential moving average, with a symmetric InfoNCE loss against a queue
+    of keys (spreading images apart) plus a clustering loss that pulls each
+    projection towards the centroid its other view's key is assigned to.
+    ``transform`` returns the backbone features of the query network.
+
+    Parameters
+    ----------
+    backbone : {"auto", "small_cnn", "mlp", "resnet18", "resnet50"} or torch.nn.Module, \
+            default="auto"
+        Feature extractor. ``"auto"`` picks an MLP for plain vectors, a small
+        CNN for images smaller than 32 pixels and ResNet-18 otherwise. ResNets
+        use the CIFAR stem (3x3 stride-1 first convolution, no max-pool) for
+        inputs of 64 pixels or less. A module is copied, never modified, and
+        must map ``(N, C, H, W)`` (or ``(N, d)``) to ``(N, n_features)``.
+    projection_dim : int, default=128
+        Dimension of the normalised projections the losses compare.
+    hidden_dim : int, default=2048
+        Hidden width of the projection head.
+    queue_size : int, default=4096
+        Number of negative keys remembered. Capped at the number of training
+        samples; 0 uses the other images of the batch as negatives.
+    temperature : float, default=0.2
+        Temperature of the InfoNCE loss.
+    key_momentum : float, default=0.99
+        Starting EMA momentum of the key network, raised to 1.0 along a
+        cosine schedule over training.
+    n_clusters : int, default=10
+        Number of centroids; about the number of classes, or more.
+    cluster_weight : float, default=1.0
+        Weight ``lambda`` of the clustering term. 0 gives symmetric MoCo v2.
+    cluster_warmup : int, default=10
+        Epochs trained with the clustering term off, before the centroids are
+        initialised by spherical k-means.
+    cluster_update : {"online", "epoch"}, default="online"
+        ``"online"``: moving-average update of the centroids after every step.
+        ``"epoch"``: k-means on the whole training set before every epoch.
+    cluster_loss : {"pull", "proto"}, default="pull"
+        ``"pull"``: squared distance to the assigned centroid. ``"proto"``:
+        cross-entropy against all centroids.
+    cluster_temperature : float, default=0.1
+        Temperature of ``cluster_loss="proto"``.
+    cluster_momentum : float, default=0.9
+        Momentum of the online centroid update.
+    augmentation : {"auto", "rgb", "grayscale", "vector", "none"} or callable, \
+            default="auto"
+        How the two views are made. ``"auto"`` chooses from the input: the RGB
+        recipe for 3 channels, the grayscale recipe for 1, Gaussian noise with
+        feature masking for vectors. A callable receives a float batch and
+        returns a batch of the same shape.
+    image_shape : "auto", None or tuple of int, default="auto"
+        How to read 2-D input. ``(H, W)`` or ``(H, W, C)`` reads each row as an
+        image flattened in that order. ``None`` reads rows as plain vectors.
+        ``"auto"`` reads rows of ``s*s`` or ``3*s*s`` values (``s >= 8``) as
+        square grayscale or channels-last RGB images, others as vectors.
+        Ignored for 3-D and 4-D input.
+    batch_size : int, default=256
+        Images per optimiser step (capped at the number of samples).
+    max_epochs : int, default=100
+        Number of passes over the data.
+    lr : float or "auto", default="auto"
+        Peak learning rate. ``"auto"``: ``0.06 * batch_size / 256`` for SGD,
+        ``1e-3 * batch_size / 256`` for AdamW.
+    weight_decay : float, default=5e-4
+        Weight decay (not applied to biases and normalisation layers).
+    optimizer : {"sgd", "adamw"}, default="sgd"
+        SGD with momentum 0.9, or AdamW.
+    amp : {"auto", "bf16", "fp16"} or bool, default="auto"
+        Mixed precision. ``"auto"``: bf16 autocast on CUDA GPUs that support
+        it, full precision elsewhere.
+    callbacks : list of Callback, default=None
+        Hooks called during training (see :mod:`skcueco.callbacks`).
+    device : str, default="auto"
+        ``"auto"`` uses CUDA, then MPS, then the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weights, shuffling and augmentations. On the CPU the same seed
+        gives bitwise-identical embeddings. No global random state is used.
+    verbose : int, default=0
+        1 or more shows a progress bar over epochs.
+
+    Attributes
+    ----------
+    encoder_ : torch.nn.Module
+        The trained query backbone, in eval mode on ``device_``. It takes
+        images in [0, 1] as ``(N, C, H, W)`` float tensors (vectors: inputs
+        standardised with the training mean and standard deviation).
+    cluster_centers_ : ndarray of shape (n_clusters, projection_dim)
+        Unit-norm centroids in the projection space.
+    history_ : pandas.DataFrame
+        One row per epoch: ``epoch``, ``loss``, ``contrastive``,
+        ``clustering``, ``lr``, ``cluster_weight``, ``seconds``.
+    n_iter_ : int
+        Number of epochs trained.
+    n_features_in_ : int
+        Number of values per sample seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names, when ``X`` was a DataFrame with string column names.
+    image_shape_ : tuple of int or None
+        ``(C, H, W)`` of the images, None for vector input.
+    device_ : torch.device
+        Device the model was trained on and runs on.
+
+    See Also
+    --------
+    sklearn.decomposition.PCA : Linear embeddings, no training loop.
+
+    Notes
+    -----
+    The learning rate follows a linear warm-up (10 % of the epochs, at most
+    10) and a cosine decay to 0. Value ranges: uint8 images are divided by
+    255; other images already within [0, 1] are used as they are, any other
+    range is scaled to [0, 1] with the minimum and maximum seen in ``fit``.
+
+    References
+    ----------
+    .. [1] N. Giakoumoglou and T. Stathaki, "Cluster Contrast for Unsupervised
+       Visual Representation Learning", ICIP 2025, arXiv:2507.12359.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skcueco import CueCoEmbedder
+    >>> X, _ = load_digits(return_X_y=True)
+    >>> emb = CueCoEmbedder(max_epochs=2, random_state=0).fit(X)
+    >>> emb.transform(X[:5]).shape
+    (5, 128)
+    """
+
+    _parameter_constraints = {
+        "backbone": [StrOptions({"auto", *BACKBONE_NAMES}), torch.nn.Module],
+        "projection_dim": [Interval(numbers.Integral, 1, None, closed="left")],
+        "hidden_dim": [Interval(numbers.Integral, 1, None, closed="left")],
+        "queue_size": [Interval(numbers.Integral, 0, None, closed="left")],
+        "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
+        "key_momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
+        "cluster_weight": [Interval(numbers.Real, 0, None, closed="left")],
+        "cluster_warmup": [Interval(numbers.Integral, 0, None, closed="left")],
+        "cluster_update": [StrOptions({"online", "epoch"})],
+        "cluster_loss": [StrOptions({"pull", "proto"})],
+        "cluster_temperature": [Interval(numbers.Real, 0, None, closed="neither")],
+        "cluster_momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        "augmentation": [StrOptions({"auto", "rgb", "grayscale", "vector", "none"}), callable],
+        "image_shape": [StrOptions({"auto"}), None, tuple, list],
+        "batch_size": [Interval(numbers.Integral, 2, None, closed="left")],
+        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "lr": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "optimizer": [StrOptions({"sgd", "adamw"})],
+        "amp": [StrOptions({"auto", "bf16", "fp16"}), "boolean"],
+        "callbacks": [list, None],
+        "device": [str, HasMethods(["__index__"]), torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone="auto",
+        projection_dim=128,
+        hidden_dim=2048,
+        queue_size=4096,
+        temperature=0.2,
+        key_momentum=0.99,
+        n_clusters=10,
+        cluster_weight=1.0,
+        cluster_warmup=10,
+        cluster_update="online",
+        cluster_loss="pull",
+        cluster_temperature=0.1,
+        cluster_momentum=0.9,
+        augmentation="auto",
+        image_shape="auto",
+        batch_size=256,
+        max_epochs=100,
+        lr="auto",
+        weight_decay=5e-4,
+        optimizer="sgd",
+        amp="auto",
+        callbacks=None,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.projection_dim = projection_dim
+        self.hidden_dim = hidden_dim
+        self.queue_size = queue_size
+        self.temperature = temperature
+        self.key_momentum = key_momentum
+        self.n_clusters = n_clusters
+        self.cluster_weight = cluster_weight
+        self.cluster_warmup = cluster_warmup
+        self.cluster_update = cluster_update
+        self.cluster_loss = cluster_loss
+        self.cluster_temperature = cluster_temperature
+        self.cluster_momentum = cluster_momentum
+        self.augmentation = augmentation
+        self.image_shape = image_shape
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.amp = amp
+        self.callbacks = callbacks
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fitting ----------------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train CueCo on ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), (n_samples, H, W), \
+                (n_samples, H, W, C) or (n_samples, C, H, W)
+            Images (any numeric dtype; uint8 stays uint8 in memory) or
+            feature vectors. A DataFrame of flattened pixels is accepted.
+        y : None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        self : CueCoEmbedder
+            The fitted embedder.
+        """
+        X, spec = check_input(self, X, reset=True)
+        if spec is None:
+            spec = spec_from_image_shape(self.image_shape, X.shape[1])
+        self._check_params_vs_input(X)
+        device = resolve_device(self.device)
+        n_samples = X.shape[0]
+        batch_size = min(self.batch_size, n_samples)
+        init_seed, loader_seed, aug_seed, model_seed = _seeds(self.random_state, 4)
+
+        offset, scale = input_statistics(X, spec)
+        preprocess = Preprocess(spec, offset, scale).to(device)
+        augmentation = make_augmentation(
+            self.augmentation, input_kind=spec.kind,
+            n_channels=spec.shape[0] if spec.kind == "image" else None,
+            image_size=spec.shape[1:] if spec.kind == "image" else None,
+        )
+        # weights are drawn from torch's global generator inside a fork that is
+        # restored on exit, so the caller's global random state is untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            backbone, feature_dim = build_backbone(
+                self.backbone, input_kind=spec.kind, input_shape=spec.shape
+            )
+            model = CueCoModel(
+                backbone, feature_dim,
+                projection_dim=self.projection_dim,
+                hidden_dim=self.hidden_dim,
+                queue_size=min(self.queue_size, n_samples),
+                n_clusters=self.n_clusters,
+                temperature=self.temperature,
+                cluster_loss=self.cluster_loss,
+                cluster_temperature=self.cluster_temperature,
+                cluster_momentum=self.cluster_momentum,
+                generator=torch.Generator().manual_seed(model_seed),
+            )
+        model.to(device)
+
+        loader = make_loader(
+            X, batch_size=batch_size, shuffle=True, drop_last=True,
+            generator=torch.Generator().manual_seed(loader_seed),
+            pin_memory=device.type == "cuda",
+        )
+        steps_per_epoch = len(loader)
+        total_steps = steps_per_epoch * self.max_epochs
+        optimizer = self._make_optimizer(model, batch_size)
+        scheduler = _warmup_cosine(optimizer, steps_per_epoch, self.max_epochs)
+
+        def key_features():
+            return _encode(
+                lambda x: model.encode_key(x), preprocess, model, X, batch_size, device
+            )
+
+        task = CueCoTask(
+            model, preprocess, augmentation,
+            torch.Generator(device=device).manual_seed(aug_seed),
+            total_steps=total_steps,
+            key_momentum=self.key_momentum,
+            cluster_weight=self.cluster_weight,
+            cluster_warmup=self.cluster_warmup,
+            cluster_update=self.cluster_update,
+            key_features=key_features,
+            reseed_after=_RESEED_AFTER_STEPS,
+        )
+        callbacks = list(self.callbacks or [])
+        if self.verbose:
+            callbacks.append(ProgressBar())
+        trainer = Trainer(
+            device=device, max_epochs=self.max_epochs, callbacks=callbacks, amp=self.amp
+        )
+        trainer.fit(task, loader, optimizer, scheduler)
+        if not task.centroids_ready:
+            # warm-up lasted the whole run: centroids still serve `predict`
+            task.init_centroids()
+
+        model.eval()
+        self.encoder_ = model.backbone_q
+        self._projector = model.projector_q
+        self._preprocess = preprocess
+        self.cluster_centers_ = model.centroids.detach().cpu().numpy().copy()
+        self.history_ = pd.DataFrame(trainer.history)
+        self.n_iter_ = trainer.epoch
+        self.image_shape_ = tuple(spec.shape) if spec.kind == "image" else None
+        self._input_spec = spec
+        self.device_ = device
+        self._n_features_out = feature_dim
+        return self
+
+    def _check_params_vs_input(self, X):
+        n_samples = X.shape[0]
+        if self.n_clusters > n_samples:
+            raise ValueError(
+                f"n_clusters={self.n_clusters} must be <= n_samples={n_samples}."
+            )
+        if self.callbacks is not None:
+            for cb in self.callbacks:
+                if not isinstance(cb, Callback):
+                    raise TypeError(
+                        "callbacks must be a list of skcueco.callbacks.Callback "
+                        f"instances; got {type(cb).__name__}."
+                    )
+
+    def _make_optimizer(self, model, batch_size):
+        lr = self.lr
+        if lr == "auto":
+            base = 0.06 if self.optimizer == "sgd" else 1e-3
+            lr = base * batch_size / 256
+        # no weight decay on biases and normalisation weights (all 1-D tensors)
+        params = [p for p in model.query_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": self.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+
+    # -- inference --------------------------------------------------------------
+    def _validate_for_inference(self, X):
+        check_is_fitted(self)
+        X, spec = check_input(self, X, reset=False)
+        if spec is None:
+            return X, self._input_spec
+        if spec.shape != self._input_spec.shape:
+            raise ValueError(
+                f"X holds images of shape (C, H, W) = {spec.shape}, but this "
+                f"{type(self).__name__} was fitted on "
+                + (f"images of shape {self._input_spec.shape}."
+                   if self._input_spec.kind == "image" else "feature vectors.")
+            )
+        return X, spec
+
+    def transform(self, X):
+        """Embed ``X`` with the trained backbone.
+
+        Parameters
+        ----------
+        X : array-like
+            Same layout as in :meth:`fit`.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out), dtype float32
+            Backbone features, independent of batch composition.
+        """
+        X, spec = self._validate_for_inference(X)
+        return self._transform(X, spec)
+
+    def _transform(self, X, spec):
+        preprocess = self._preprocess_for(spec)
+        return _encode(self.encoder_, preprocess, self.encoder_, X, self.batch_size,
+                       self.device_).cpu().numpy()
+
+    def _preprocess_for(self, spec):
+        if spec == self._input_spec:
+            return self._preprocess
+        # same image shape, other memory layout (e.g. channels-first at transform)
+        pre = Preprocess(spec, 0.0, 1.0).to(self.device_)
+        pre.load_state_dict(self._preprocess.state_dict())
+        return pre
+
+    def predict(self, X):
+        """Index of the nearest centroid for each sample.
+
+        Parameters
+        ----------
+        X : array-like
+            Same layout as in :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Cluster index in ``[0, n_clusters)``.
+        """
+        X, spec = self._validate_for_inference(X)
+        preprocess = self._preprocess_for(spec)
+        centers = torch.as_tensor(self.cluster_centers_, device=self.device_)
+
+        def project(x):
+            z = self._projector(self.encoder_(x)).float()
+            return torch.nn.functional.normalize(z, dim=1)
+
+        modules = torch.nn.ModuleList([self.encoder_, self._projector])
+        z = _encode(project, preprocess, modules, X, self.batch_size, self.device_)
+        return (z @ centers.T).argmax(dim=1).cpu().numpy()
+
+    def fit_predict(self, X, y=None):
+        """Fit, then return the cluster index of each training sample.
+
+        Parameters
+        ----------
+        X : array-like
+            Training data, as in :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return self.fit(X).predict(X)
+
+    # -- persistence and tags ---------------------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for key, value in state.items():
+            if isinstance(value, (torch.nn.Module, torch.Tensor)):
+                buffer = io.BytesIO()
+                torch.save(value, buffer)
+                state[key] = _TorchBlob(buffer.getvalue())
+        if "device_" in state:
+            state["device_"] = str(state["device_"])
+        return state
+
+    def __setstate__(self, state):
+        device = state.get("device_")
+        if device is not None:
+            device = torch.device(device)
+            if not _device_available(device):
+                warnings.warn(
+                    f"This model was fitted on {device}, which is not available here; "
+                    "it was loaded onto the CPU.", UserWarning,
+                )
+                device = torch.device("cpu")
+            state["device_"] = device
+        for key, value in state.items():
+            if isinstance(value, _TorchBlob):
+                state[key] = torch.load(
+                    io.BytesIO(value.data), map_location=device or "cpu", weights_only=False
+                )
+        self.__dict__.update(state)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+
+class _TorchBlob:
+    """Serialized torch object inside a pickle (so it can be re-mapped on load)."""
+
+    def __init__(self, data):
+        self.data = data
+
+
+def _device_available(device):
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return mps is not None and mps.is_available()
+    return False
+
+
+@torch.no_grad()
+def _encode(fn, preprocess, modules, X, batch_size, device):
+    """Apply ``fn`` batch by batch in eval mode; returns a float32 tensor on the CPU."""
+    was_training = modules.training
+    modules.eval()
+    try:
+        loader = make_loader(X, batch_size=batch_size, shuffle=False)
+        out = [fn(preprocess(rows.to(device))).float().cpu() for rows in loader]
+    finally:
+        modules.train(was_training)
+    return torch.cat(out)
+
+
+def _warmup_cosine(optimizer, steps_per_epoch, max_epochs):
+    total = steps_per_epoch * max_epochs
+    warmup = steps_per_epoch * min(10, max_epochs // 10)
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,95 @@
+"""The CueCo training task: what the engine calls each step and epoch.
+
+It turns a batch of compact rows into two views, asks the model for the loss,
+and performs the explicit state updates after the optimiser step (EMA of the
+key network, enqueue, centroids), following the schedule of CUECO.md. Pure
+PyTorch: no scikit-learn here.
+"""
+
+import torch
+
+from .nn.momentum import MomentumSchedule
+
+
+class CueCoTask:
+    """One CueCo training run for :class:`~skcueco._engine.Trainer`.
+
+    Parameters
+    ----------
+    model : CueCoModel
+    preprocess : torch.nn.Module
+        Compact rows to float model input.
+    augmentation : callable
+        ``augmentation(x, generator)`` returns one random view of ``x``.
+    generator : torch.Generator
+        Source of the augmentation randomness, on the training device.
+    total_steps : int
+        Optimiser steps in the whole run (for the momentum schedule).
+    key_momentum : float
+        Starting EMA momentum, raised to 1 along a cosine.
+    cluster_weight : float
+        ``lambda`` once the warm-up is over.
+    cluster_warmup : int
+        Epochs trained with ``lambda = 0`` before the centroids exist.
+    cluster_update : {"online", "epoch"}
+    key_features : callable
+        ``key_features()`` returns key projections ``(n_samples, D)`` of the
+        whole training set (used to initialise, or refit, the centroids).
+    reseed_after : int
+        Steps without an assigned key after which a centroid is re-seeded.
+    """
+
+    def __init__(self, model, preprocess, augmentation, generator, *, total_steps,
+                 key_momentum, cluster_weight, cluster_warmup, cluster_update,
+                 key_features, reseed_after):
+        self.model = model
+        self.preprocess = preprocess
+        self.augmentation = augmentation
+        self.generator = generator
+        self.momentum = MomentumSchedule(total_steps, base=key_momentum)
+        self.cluster_weight = cluster_weight
+        self.cluster_warmup = cluster_warmup
+        self.cluster_update = cluster_update
+        self.key_features = key_features
+        self.reseed_after = reseed_after
+        self.current_weight = 0.0
+        self.n_reseeded = 0
+        self._keys = None
+
+    @property
+    def centroids_ready(self):
+        return bool(self.model.centroids_ready)
+
+    def uses_clusters(self, epoch):
+        return self.cluster_weight > 0 and epoch >= self.cluster_warmup
+
+    def init_centroids(self):
+        self.model.init_centroids(self.key_features())
+
+    def on_epoch_begin(self, epoch):
+        self.model.train()
+        if self.uses_clusters(epoch) and (
+            self.cluster_update == "epoch" or not self.centroids_ready
+        ):
+            self.init_centroids()
+        self.current_weight = self.cluster_weight if self.uses_clusters(epoch) else 0.0
+
+    def training_step(self, batch, epoch):
+        x = self.preprocess(batch)
+        v1 = self.augmentation(x, self.generator)
+        v2 = self.augmentation(x, self.generator)
+        loss, parts, self._keys = self.model.training_step(v1, v2, self.current_weight)
+        return loss, parts
+
+    def after_optimizer_step(self, step):
+        self.model.momentum_update(self.momentum(step))
+        keys = torch.cat(self._keys)  # (2N, D)
+        self._keys = None
+        if self.current_weight > 0 and self.cluster_update == "online":
+            self.model.update_centroids(keys)
+        self.model.enqueue(keys)
+
+    def on_epoch_end(self, epoch):
+        if self.current_weight > 0 and self.cluster_update == "online":
+            self.n_reseeded += self.model.reseed_dead_centroids(self.reseed_after)
+        return {"cluster_weight": self.current_weight}

@@ -1,0 +1,149 @@
+"""Array-likes in, compact 2-D arrays plus an input description out.
+
+Images are kept in the dtype the caller gave (uint8 stays uint8) and are only
+flattened, which is a view for contiguous arrays. The float conversion happens
+batch by batch on the training device (see ``_data.Preprocess``).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.validation import validate_data
+
+# a flattened vector of d features is read as a side x side image only when the
+# side is at least this large; below it the "image" would be noise-sized
+MIN_AUTO_IMAGE_SIDE = 8
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How the rows of a flattened 2-D array are to be read.
+
+    Attributes
+    ----------
+    kind : {"image", "vector"}
+        Images go to convolutional backbones, vectors to an MLP.
+    shape : tuple of int
+        ``(C, H, W)`` for images, ``(d,)`` for vectors.
+    channels_last : bool
+        Whether a flattened image row is stored ``H, W, C`` (True) or
+        ``C, H, W`` (False).
+    """
+
+    kind: str
+    shape: tuple
+    channels_last: bool = True
+
+
+def _flatten_images(X):
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) arrays to (N, d) and a spec."""
+    if X.ndim == 3:
+        n, h, w = X.shape
+        return X.reshape(n, h * w), InputSpec("image", (1, h, w), True)
+    n, a, b, c = X.shape
+    if c in (1, 3):
+        return X.reshape(n, a * b * c), InputSpec("image", (c, a, b), True)
+    if a in (1, 3):
+        return X.reshape(n, a * b * c), InputSpec("image", (a, b, c), False)
+    raise ValueError(
+        f"Cannot tell the channel axis of image array of shape {X.shape}: expected "
+        "(n_samples, height, width, channels) or (n_samples, channels, height, width) "
+        "with 1 or 3 channels."
+    )
+
+
+def spec_from_image_shape(image_shape, n_features):
+    """Input description for flattened rows of ``n_features`` values.
+
+    Parameters
+    ----------
+    image_shape : "auto", None or tuple of int
+        ``(H, W)`` or ``(H, W, C)`` (rows flattened in that order); ``None``
+        means plain vectors; ``"auto"`` reads square grayscale or 3-channel
+        images when ``n_features`` allows, else vectors.
+    n_features : int
+        Number of columns of the data.
+
+    Returns
+    -------
+    spec : InputSpec
+    """
+    if image_shape is None:
+        return InputSpec("vector", (n_features,))
+    if isinstance(image_shape, str):  # "auto"
+        for channels in (1, 3):
+            side = int(round(np.sqrt(n_features / channels)))
+            if side >= MIN_AUTO_IMAGE_SIDE and channels * side * side == n_features:
+                return InputSpec("image", (channels, side, side), True)
+        return InputSpec("vector", (n_features,))
+    shape = tuple(image_shape)
+    if len(shape) not in (2, 3) or not all(
+        isinstance(s, (int, np.integer)) and s > 0 for s in shape
+    ):
+        raise ValueError(
+            "image_shape must be (height, width) or (height, width, channels) with "
+            f"positive integers, got {image_shape!r}."
+        )
+    if int(np.prod(shape)) != n_features:
+        raise ValueError(
+            f"image_shape={shape} holds {int(np.prod(shape))} values but X has "
+            f"{n_features} features per sample."
+        )
+    h, w = shape[:2]
+    c = shape[2] if len(shape) == 3 else 1
+    return InputSpec("image", (int(c), int(h), int(w)), True)
+
+
+def check_input(estimator, X, *, reset):
+    """Validate ``X`` and return it flattened, with its layout if it had one.
+
+    Parameters
+    ----------
+    estimator : BaseEstimator
+        Receives ``n_features_in_`` (and ``feature_names_in_``) when ``reset``.
+    X : array-like or DataFrame
+        Images of ndim 3 or 4, or a 2-D array of flattened images or vectors.
+    reset : bool
+        True in ``fit``; False checks consistency with the fitted data.
+
+    Returns
+    -------
+    X2d : ndarray of shape (n_samples, n_features)
+        Same dtype as the input when it is numeric; no copy when possible.
+    spec : InputSpec or None
+        The layout of 3-D and 4-D input; None for 2-D input, whose reading
+        the caller decides (:func:`spec_from_image_shape`).
+    """
+    if sp.issparse(X):
+        raise TypeError(
+            "Sparse input is not supported: pass a dense array of images or "
+            "feature vectors (for instance X.toarray())."
+        )
+    spec = None
+    if isinstance(X, np.ndarray) and X.ndim in (3, 4):
+        _check_dtype(X)
+        if X.shape[0] == 0:
+            raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}).")
+        X, spec = _flatten_images(X)
+    elif isinstance(X, np.ndarray) and X.ndim > 4:
+        raise ValueError(
+            f"Expected 2-D (flattened), 3-D or 4-D image input, got {X.ndim}-D "
+            f"array of shape {X.shape}."
+        )
+    X = validate_data(
+        estimator,
+        X,
+        reset=reset,
+        dtype="numeric",
+        ensure_min_samples=2 if reset else 1,
+    )
+    _check_dtype(X)
+    return X, spec
+
+
+def _check_dtype(X):
+    if X.dtype.kind not in "biuf":
+        raise TypeError(
+            f"X must hold real numbers (bool, integer or float), got dtype {X.dtype}."
+        )

@@ -1,0 +1,239 @@
+"""The CueCo model: query/key encoders, key queue, centroids and one training step.
+
+The forward pass only encodes. Everything that changes state besides the
+optimiser (EMA of the key network, the queue, the centroids) is an explicit
+method the training loop calls after the optimiser step, so nothing moves
+behind the caller's back.
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .heads import PredictionHead, ProjectionHead
+from .kmeans import spherical_kmeans
+from .losses import assign_clusters, cluster_pull, info_nce, proto_nce
+from .momentum import ema_update
+from .queue import KeyQueue
+
+
+class CueCoModel(nn.Module):
+    """Cluster Contrast: MoCo-style InfoNCE plus a centroid pull.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        Feature extractor mapping a batch to ``(N, feature_dim)``.
+    feature_dim : int
+        Output dimension of ``backbone``.
+    projection_dim : int, default=128
+        Dimension ``D`` of the projections used by the losses.
+    hidden_dim : int, default=2048
+        Hidden width of the projector.
+    queue_size : int, default=4096
+        Number of negative keys kept; 0 uses the other keys of the batch.
+    n_clusters : int, default=10
+        Number of centroids ``K``.
+    temperature : float, default=0.2
+        InfoNCE temperature.
+    cluster_loss : {"pull", "proto"}, default="pull"
+        Clustering objective: squared distance to the assigned centroid, or a
+        softmax cross-entropy against all centroids.
+    cluster_temperature : float, default=0.1
+        Temperature of the ``"proto"`` objective.
+    cluster_momentum : float, default=0.9
+        Momentum ``beta`` of the online centroid update.
+    predictor : bool, default=False
+        Add a prediction head on the query side.
+    generator : torch.Generator, default=None
+        Source of randomness for the queue initialisation and centroid
+        re-seeding.
+
+    Notes
+    -----
+    With ``cluster_weight=0`` in :meth:`training_step` the loss is exactly the
+    symmetric MoCo v2 loss.
+    """
+
+    def __init__(
+        self,
+        backbone,
+        feature_dim,
+        *,
+        projection_dim=128,
+        hidden_dim=2048,
+        queue_size=4096,
+        n_clusters=10,
+        temperature=0.2,
+        cluster_loss="pull",
+        cluster_temperature=0.1,
+        cluster_momentum=0.9,
+        predictor=False,
+        generator=None,
+    ):
+        super().__init__()
+        self.temperature = temperature
+        self.cluster_loss = cluster_loss
+        self.cluster_temperature = cluster_temperature
+        self.cluster_momentum = cluster_momentum
+        self.generator = generator
+
+        self.backbone_q = backbone
+        self.projector_q = ProjectionHead(feature_dim, hidden_dim, projection_dim)
+        self.predictor = PredictionHead(projection_dim) if predictor else nn.Identity()
+        self.backbone_k = copy.deepcopy(self.backbone_q)
+        self.projector_k = copy.deepcopy(self.projector_q)
+        for p in self.key_parameters():
+            p.requires_grad_(False)
+
+        self.queue = KeyQueue(queue_size, projection_dim, generator=generator)
+        self.register_buffer("centroids", torch.zeros(n_clusters, projection_dim))
+        self.register_buffer("centroids_ready", torch.zeros((), dtype=torch.bool))
+        # steps each centroid has gone without an assigned key; dead ones get re-seeded
+        self.register_buffer("empty_steps", torch.zeros(n_clusters, dtype=torch.long))
+
+    # -- encoders -------------------------------------------------------------
+    def forward(self, x):
+        """Backbone features of the query network, ``(N, feature_dim)``."""
+        return self.backbone_q(x)
+
+    def query_parameters(self):
+        """Parameters trained by gradient."""
+        yield from self.backbone_q.parameters()
+        yield from self.projector_q.parameters()
+        yield from self.predictor.parameters()
+
+    def key_parameters(self):
+        """Parameters of the key network (EMA only, never gradient)."""
+        yield from self.backbone_k.parameters()
+        yield from self.projector_k.parameters()
+
+    def encode_query(self, x):
+        z = self.predictor(self.projector_q(self.backbone_q(x)))
+        return F.normalize(z, dim=1)  # (N, D)
+
+    @torch.no_grad()
+    def encode_key(self, x):
+        k = self.projector_k(self.backbone_k(x))
+        return F.normalize(k, dim=1)  # (N, D)
+
+    # -- losses ---------------------------------------------------------------
+    def training_step(self, v1, v2, cluster_weight=0.0):
+        """Loss of one batch of two views.
+
+        Parameters
+        ----------
+        v1, v2 : torch.Tensor of shape (N, ...)
+            Two augmented views of the same images.
+        cluster_weight : float, default=0.0
+            Weight ``lambda`` of the clustering term; 0 gives MoCo v2.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Scalar ``L_con + lambda * L_clu``.
+        parts : dict of torch.Tensor
+            Detached ``"contrastive"`` and ``"clustering"`` terms.
+        keys : tuple of torch.Tensor
+            ``(k1, k2)``, each ``(N, D)``, for :meth:`after_step`.
+        """
+        z1, z2 = self.encode_query(v1), self.encode_query(v2)  # (N, D) each
+        k1, k2 = self.encode_key(v1), self.encode_key(v2)  # (N, D) each
+        # no copy needed: the queue is only overwritten after backward()
+        negatives = self.queue.keys if self.queue.keys.shape[0] else None
+        l_con = 0.5 * (
+            info_nce(z1, k2, negatives, self.temperature)
+            + info_nce(z2, k1, negatives, self.temperature)
+        )
+        # the caller passes cluster_weight > 0 only once the centroids exist
+        if cluster_weight > 0:
+            l_clu = 0.5 * (
+                self._cluster_term(z1, k2) + self._cluster_term(z2, k1)
+            )
+        else:
+            l_clu = torch.zeros((), device=l_con.device)
+        loss = l_con + cluster_weight * l_clu
+        parts = {"contrastive": l_con.detach(), "clustering": l_clu.detach()}
+        return loss, parts, (k1.float(), k2.float())
+
+    def _cluster_term(self, z, k_other):
+        # centroids and assignments carry no gradient: only z is pulled
+        centroids = self.centroids.detach()
+        a = assign_clusters(k_other.float(), centroids)  # (N,)
+        if self.cluster_loss == "proto":
+            return proto_nce(z.float(), centroids, a, self.cluster_temperature)
+        return cluster_pull(z.float(), centroids, a)
+
+    # -- explicit state updates -----------------------------------------------
+    @torch.no_grad()
+    def momentum_update(self, momentum):
+        """EMA of the key network towards the query network."""
+        ema_update(self.backbone_k, self.backbone_q, momentum)
+        ema_update(self.projector_k, self.projector_q, momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys):
+        """Push keys ``(M, D)`` into the FIFO queue."""
+        self.queue.enqueue(keys)
+
+    @torch.no_grad()
+    def init_centroids(self, features, n_iter=30):
+        """Spherical k-means (k-means++ seeding) on key features ``(M, D)``."""
+        centroids, _ = spherical_kmeans(
+            features.float(), self.centroids.shape[0], n_iter=n_iter,
+            generator=self.generator,
+        )
+        self.centroids.copy_(centroids)
+        self.centroids_ready.fill_(True)
+        self.empty_steps.zero_()
+
+    @torch.no_grad()
+    def update_centroids(self, keys):
+        """Online update: ``M_k <- normalize(beta M_k + (1 - beta) mean(keys in k))``.
+
+        Also counts, per centroid, the consecutive updates without an assigned
+        key; :meth:`reseed_dead_centroids` uses the count.
+        """
+        keys = keys.float()
+        n_clusters = self.centroids.shape[0]
+        a = assign_clusters(keys, self.centroids)  # (M,)
+        counts = torch.bincount(a, minlength=n_clusters)  # (K,)
+        sums = torch.zeros_like(self.centroids).index_add_(0, a, keys)  # (K, D)
+        means = sums / counts.clamp_min(1).unsqueeze(1)
+        beta = self.cluster_momentum
+        updated = F.normalize(beta * self.centroids + (1 - beta) * means, dim=1)
+        self.centroids.copy_(torch.where((counts > 0).unsqueeze(1), updated, self.centroids))
+        self.empty_steps.add_(1).mul_(counts == 0)
+
+    @torch.no_grad()
+    def reseed_dead_centroids(self, min_empty_steps):
+        """Move centroids empty for ``min_empty_steps`` updates onto random queue keys.
+
+        Called once per epoch rather than per step: the random draw happens on
+        the CPU generator, and doing it per step would cost a host round trip.
+
+        Returns
+        -------
+        n_reseeded : int
+            Number of centroids moved.
+        """
+        dead = (self.empty_steps >= min_empty_steps).cpu()  # (K,)
+        n_dead = int(dead.sum())
+        if n_dead and self.queue.keys.shape[0]:
+            idx = torch.randperm(self.queue.keys.shape[0], generator=self.generator)
+            idx = idx[:n_dead].to(self.queue.keys.device)
+            self.centroids[dead.to(self.centroids.device)] = self.queue.keys[idx].float()
+            self.empty_steps[dead.to(self.empty_steps.device)] = 0
+        return n_dead if self.queue.keys.shape[0] else 0
+
+    @torch.no_grad()
+    def project(self, x):
+        """Unit-norm projections of the query network, ``(N, D)``."""
+        return F.normalize(self.projector_q(self.backbone_q(x)).float(), dim=1)
+
+    @torch.no_grad()
+    def predict_clusters(self, x):
+        """Index of the nearest centroid for each input, ``(N,)``."""
+        return assign_clusters(self.project(x), self.centroids)
