@@ -29,6 +29,7 @@ from .nn.model import CueCoModel
 
 # centroids without an assigned key for this many consecutive steps are re-seeded
 _RESEED_AFTER_STEPS = 50
+_HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
 
 
 def resolve_device(device):
@@ -309,26 +310,64 @@ class CueCoEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self : CueCoEmbedder
             The fitted embedder.
         """
+        X, spec = self._validate_fit_input(X)
+        run = self._build(X, spec)
+        model, device = run["model"], run["device"]
+        batch_size = run["batch_size"]
+        aug_seed, loader_seed = run["seeds"][2:]
+
+        loader = make_loader(
+            X, batch_size=batch_size, shuffle=True, drop_last=True,
+            generator=torch.Generator().manual_seed(loader_seed),
+            pin_memory=device.type == "cuda",
+        )
+        steps_per_epoch = len(loader)
+        optimizer = self._make_optimizer(model, batch_size)
+        scheduler = _warmup_cosine(optimizer, steps_per_epoch, self.max_epochs)
+        task = CueCoTask(
+            model, run["preprocess"],
+            make_augmentation(
+                self.augmentation, input_kind=spec.kind,
+                n_channels=spec.shape[0] if spec.kind == "image" else None,
+                image_size=spec.shape[1:] if spec.kind == "image" else None,
+            ),
+            torch.Generator(device=device).manual_seed(aug_seed),
+            total_steps=steps_per_epoch * self.max_epochs,
+            key_momentum=self.key_momentum,
+            cluster_weight=self.cluster_weight,
+            cluster_warmup=self.cluster_warmup,
+            cluster_update=self.cluster_update,
+            key_features=run["key_features"],
+            reseed_after=_RESEED_AFTER_STEPS,
+        )
+        callbacks = list(self.callbacks or [])
+        if self.verbose:
+            callbacks.append(ProgressBar())
+        trainer = Trainer(
+            device=device, max_epochs=self.max_epochs, callbacks=callbacks, amp=self.amp
+        )
+        trainer.fit(task, loader, optimizer, scheduler)
+        self._publish(run, spec, trainer.history)
+        return self
+
+    def _validate_fit_input(self, X):
         X, spec = check_input(self, X, reset=True)
         if spec is None:
             spec = spec_from_image_shape(self.image_shape, X.shape[1])
         self._check_params_vs_input(X)
+        return X, spec
+
+    def _build(self, X, spec):
+        """Device, input conversion and freshly initialised model for ``X``."""
         device = resolve_device(self.device)
         n_samples = X.shape[0]
         batch_size = min(self.batch_size, n_samples)
-        init_seed, loader_seed, aug_seed, model_seed = _seeds(self.random_state, 4)
-
-        offset, scale = input_statistics(X, spec)
-        preprocess = Preprocess(spec, offset, scale).to(device)
-        augmentation = make_augmentation(
-            self.augmentation, input_kind=spec.kind,
-            n_channels=spec.shape[0] if spec.kind == "image" else None,
-            image_size=spec.shape[1:] if spec.kind == "image" else None,
-        )
+        seeds = _seeds(self.random_state, 4)
+        preprocess = Preprocess(spec, *input_statistics(X, spec)).to(device)
         # weights are drawn from torch's global generator inside a fork that is
         # restored on exit, so the caller's global random state is untouched
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+            torch.manual_seed(seeds[0])
             backbone, feature_dim = build_backbone(
                 self.backbone, input_kind=spec.kind, input_shape=spec.shape
             )
@@ -342,58 +381,39 @@ class CueCoEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
                 cluster_loss=self.cluster_loss,
                 cluster_temperature=self.cluster_temperature,
                 cluster_momentum=self.cluster_momentum,
-                generator=torch.Generator().manual_seed(model_seed),
+                generator=torch.Generator().manual_seed(seeds[1]),
             )
         model.to(device)
 
-        loader = make_loader(
-            X, batch_size=batch_size, shuffle=True, drop_last=True,
-            generator=torch.Generator().manual_seed(loader_seed),
-            pin_memory=device.type == "cuda",
-        )
-        steps_per_epoch = len(loader)
-        total_steps = steps_per_epoch * self.max_epochs
-        optimizer = self._make_optimizer(model, batch_size)
-        scheduler = _warmup_cosine(optimizer, steps_per_epoch, self.max_epochs)
-
         def key_features():
-            return _encode(
-                lambda x: model.encode_key(x), preprocess, model, X, batch_size, device
-            )
+            return _encode(model.encode_key, preprocess, model, X, batch_size, device)
 
-        task = CueCoTask(
-            model, preprocess, augmentation,
-            torch.Generator(device=device).manual_seed(aug_seed),
-            total_steps=total_steps,
-            key_momentum=self.key_momentum,
-            cluster_weight=self.cluster_weight,
-            cluster_warmup=self.cluster_warmup,
-            cluster_update=self.cluster_update,
-            key_features=key_features,
-            reseed_after=_RESEED_AFTER_STEPS,
-        )
-        callbacks = list(self.callbacks or [])
-        if self.verbose:
-            callbacks.append(ProgressBar())
-        trainer = Trainer(
-            device=device, max_epochs=self.max_epochs, callbacks=callbacks, amp=self.amp
-        )
-        trainer.fit(task, loader, optimizer, scheduler)
-        if not task.centroids_ready:
-            # warm-up lasted the whole run: centroids still serve `predict`
-            task.init_centroids()
+        return dict(model=model, preprocess=preprocess, device=device,
+                    batch_size=batch_size, seeds=seeds, feature_dim=feature_dim,
+                    key_features=key_features)
 
+    def _publish(self, run, spec, history):
+        """Set the fitted attributes from a (trained or untrained) run."""
+        model = run["model"]
+        if not bool(model.centroids_ready):
+            # the warm-up lasted the whole run: centroids still serve `predict`
+            model.init_centroids(run["key_features"]())
         model.eval()
         self.encoder_ = model.backbone_q
         self._projector = model.projector_q
-        self._preprocess = preprocess
+        self._preprocess = run["preprocess"]
         self.cluster_centers_ = model.centroids.detach().cpu().numpy().copy()
-        self.history_ = pd.DataFrame(trainer.history)
-        self.n_iter_ = trainer.epoch
+        self.history_ = pd.DataFrame(history, columns=_HISTORY_COLUMNS if not history else None)
+        self.n_iter_ = len(history)
         self.image_shape_ = tuple(spec.shape) if spec.kind == "image" else None
         self._input_spec = spec
-        self.device_ = device
-        self._n_features_out = feature_dim
+        self.device_ = run["device"]
+        self._n_features_out = run["feature_dim"]
+
+    def _fit_untrained(self, X):
+        """Fitted attributes of the initial, untrained network (a baseline)."""
+        X, spec = self._validate_fit_input(X)
+        self._publish(self._build(X, spec), spec, [])
         return self
 
     def _check_params_vs_input(self, X):

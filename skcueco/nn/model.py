@@ -74,6 +74,8 @@ class CueCoModel(nn.Module):
         generator=None,
     ):
         super().__init__()
+        if cluster_loss not in ("pull", "proto"):
+            raise ValueError(f"cluster_loss must be 'pull' or 'proto', got {cluster_loss!r}.")
         self.temperature = temperature
         self.cluster_loss = cluster_loss
         self.cluster_temperature = cluster_temperature
@@ -180,7 +182,12 @@ class CueCoModel(nn.Module):
 
     @torch.no_grad()
     def init_centroids(self, features, n_iter=30):
-        """Spherical k-means (k-means++ seeding) on key features ``(M, D)``."""
+        """Spherical k-means (k-means++ seeding) on key features ``(M, D)``.
+
+        The training task passes the keys of the whole training set (one pass
+        in eval mode) rather than the queue: right after warm-up the queue can
+        still hold its random initial entries and stale keys.
+        """
         centroids, _ = spherical_kmeans(
             features.float(), self.centroids.shape[0], n_iter=n_iter,
             generator=self.generator,
@@ -219,18 +226,26 @@ class CueCoModel(nn.Module):
         n_reseeded : int
             Number of centroids moved.
         """
-        dead = (self.empty_steps >= min_empty_steps).cpu()  # (K,)
-        n_dead = int(dead.sum())
-        if n_dead and self.queue.keys.shape[0]:
-            idx = torch.randperm(self.queue.keys.shape[0], generator=self.generator)
-            idx = idx[:n_dead].to(self.queue.keys.device)
-            self.centroids[dead.to(self.centroids.device)] = self.queue.keys[idx].float()
-            self.empty_steps[dead.to(self.empty_steps.device)] = 0
-        return n_dead if self.queue.keys.shape[0] else 0
+        n_queue = self.queue.keys.shape[0]
+        if n_queue == 0:
+            return 0
+        dead = (self.empty_steps >= min_empty_steps).nonzero().squeeze(1).cpu()  # (n_dead,)
+        # one queue key per centroid at most; the rest wait for a later epoch
+        dead = dead[:n_queue]
+        if dead.numel():
+            idx = torch.randperm(n_queue, generator=self.generator)[: dead.numel()]
+            device = self.centroids.device
+            self.centroids[dead.to(device)] = self.queue.keys[idx.to(device)].float()
+            self.empty_steps[dead.to(device)] = 0
+        return int(dead.numel())
 
     @torch.no_grad()
     def project(self, x):
-        """Unit-norm projections of the query network, ``(N, D)``."""
+        """Unit-norm projections of the query network, ``(N, D)``.
+
+        Runs in whatever mode the model is in; call ``eval()`` first for
+        batch-independent results.
+        """
         return F.normalize(self.projector_q(self.backbone_q(x)).float(), dim=1)
 
     @torch.no_grad()

@@ -1,0 +1,252 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from skcueco.backbones import (
+    BACKBONE_NAMES,
+    MLP,
+    SmallCNN,
+    build_backbone,
+    resnet,
+)
+
+
+def _forward_eval(module, x):
+    module.eval()
+    with torch.no_grad():
+        return module(x)
+
+
+@pytest.mark.parametrize("size", [1, 2, 8, 28])
+def test_small_cnn_shape(size):
+    net = SmallCNN(in_channels=1, width=8)
+    assert net.out_dim == 32
+    out = _forward_eval(net, torch.randn(3, 1, size, size))
+    assert out.shape == (3, 32)
+
+
+def test_small_cnn_is_cheap_and_trains():
+    net = SmallCNN(in_channels=1, width=32)
+    x = torch.randn(256, 1, 8, 8)
+    # Count FLOPs rather than time them: wall-clock bounds are flaky on a
+    # shared CPU. 3.6 MFLOP per 8x8 sample for forward + backward is about
+    # 10 ms per batch of 256 on two cores.
+    with FlopCounterMode(display=False) as counter:
+        out = net(x)
+        out.square().mean().backward()
+    assert out.shape == (256, 128)
+    assert all(p.grad is not None for p in net.parameters())
+    assert counter.get_total_flops() / len(x) < 5e6
+
+
+def test_mlp_shape_and_one_feature():
+    net = MLP(in_features=1, hidden_dim=16, out_dim=8, n_layers=3)
+    assert net.out_dim == 8
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (1, 16),
+        (16, 16),
+        (16, 8),
+    ]
+    out = net(torch.randn(5, 1))
+    assert out.shape == (5, 8)
+    assert (out >= 0).all()  # the last block ends with ReLU
+
+
+def test_mlp_rejects_bad_params():
+    with pytest.raises(ValueError, match="n_layers"):
+        MLP(3, n_layers=0)
+    with pytest.raises(TypeError, match="in_features"):
+        MLP(3.5)
+
+
+def test_resnet18_cifar_stem():
+    net = resnet("resnet18", cifar_stem=True)
+    assert net.out_dim == 512
+    assert net.conv1.kernel_size == (3, 3)
+    assert net.conv1.stride == (1, 1)
+    assert net.conv1.padding == (1, 1)
+    assert net.conv1.bias is None
+    assert isinstance(net.maxpool, nn.Identity)
+    assert isinstance(net.fc, nn.Identity)
+    assert _forward_eval(net, torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_resnet18_one_channel():
+    net = resnet("resnet18", in_channels=1)
+    assert net.conv1.in_channels == 1
+    assert net.conv1.kernel_size == (7, 7)
+    assert net.conv1.stride == (2, 2)
+    assert not isinstance(net.maxpool, nn.Identity)
+    assert _forward_eval(net, torch.randn(2, 1, 64, 64)).shape == (2, 512)
+
+
+def test_resnet50_out_dim():
+    net = resnet("resnet50", cifar_stem=True)
+    assert net.out_dim == 2048
+    assert _forward_eval(net, torch.randn(2, 3, 16, 16)).shape == (2, 2048)
+
+
+def test_resnet_unknown_name():
+    with pytest.raises(ValueError, match="resnet18"):
+        resnet("resnet34")
+
+
+def test_build_resnet18_stem_by_size():
+    module, dim = build_backbone(
+        "resnet18", input_kind="image", input_shape=(3, 32, 32)
+    )
+    assert dim == 512
+    assert module.conv1.stride == (1, 1)
+    assert isinstance(module.maxpool, nn.Identity)
+
+    module, dim = build_backbone(
+        "resnet18", input_kind="image", input_shape=(3, 96, 96)
+    )
+    assert dim == 512
+    assert module.conv1.kernel_size == (7, 7)
+    assert module.conv1.stride == (2, 2)
+    assert isinstance(module.maxpool, nn.MaxPool2d)
+    assert _forward_eval(module, torch.randn(2, 3, 96, 96)).shape == (2, 512)
+
+
+def test_build_one_channel_resnet():
+    module, dim = build_backbone(
+        "resnet18", input_kind="image", input_shape=(1, 32, 32)
+    )
+    assert module.conv1.in_channels == 1
+    assert _forward_eval(module, torch.randn(2, 1, 32, 32)).shape == (2, dim)
+
+
+@pytest.mark.parametrize(
+    "input_kind, input_shape, expected_type, expected_dim",
+    [
+        ("vector", (7,), MLP, 128),
+        ("image", (1, 8, 8), SmallCNN, 128),
+        ("image", (1, 28, 28), SmallCNN, 128),
+        ("image", (3, 32, 32), nn.Module, 512),  # ResNet-18, checked below
+    ],
+)
+def test_auto_selection(input_kind, input_shape, expected_type, expected_dim):
+    module, dim = build_backbone("auto", input_kind=input_kind, input_shape=input_shape)
+    assert isinstance(module, expected_type)
+    assert dim == expected_dim == module.out_dim
+    if input_shape == (3, 32, 32):
+        from torchvision.models import ResNet
+
+        assert isinstance(module, ResNet)
+        assert len(module.layer1) == 2  # BasicBlock x2: ResNet-18, not 50
+        assert isinstance(module.maxpool, nn.Identity)
+    out = _forward_eval(module, torch.randn(2, *input_shape))
+    assert out.shape == (2, dim)
+
+
+def test_mlp_on_images_flattens():
+    module, dim = build_backbone("mlp", input_kind="image", input_shape=(1, 4, 5))
+    assert isinstance(module[0], nn.Flatten)
+    assert module[1].in_features == 20
+    assert _forward_eval(module, torch.randn(3, 1, 4, 5)).shape == (3, dim)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "resnet50"])
+def test_image_backbone_on_vectors_raises(name):
+    with pytest.raises(ValueError, match="backbone"):
+        build_backbone(name, input_kind="vector", input_shape=(10,))
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        build_backbone("vgg", input_kind="image", input_shape=(3, 32, 32))
+    for name in BACKBONE_NAMES:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [3, None, nn.Linear])
+def test_bad_backbone_type(bad):
+    with pytest.raises(TypeError, match="backbone"):
+        build_backbone(bad, input_kind="vector", input_shape=(3,))
+
+
+def test_bad_input_kind_and_shape():
+    with pytest.raises(ValueError, match="input_kind"):
+        build_backbone("auto", input_kind="text", input_shape=(3,))
+    with pytest.raises(ValueError, match="input_shape"):
+        build_backbone("auto", input_kind="image", input_shape=(8, 8))
+
+
+def test_user_module_dim_and_not_modified():
+    user = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 11),
+        nn.BatchNorm1d(11),
+    )
+    user.train()
+    user[1].eval()  # a frozen BN that the dry run must leave frozen
+    before = {k: v.clone() for k, v in user.state_dict().items()}
+
+    module, dim = build_backbone(user, input_kind="image", input_shape=(3, 8, 8))
+
+    assert dim == 11
+    assert module is not user
+    assert all(p is not q for p, q in zip(module.parameters(), user.parameters()))
+    after = user.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    # The copy keeps the caller's per-submodule train/eval flags and the dry
+    # run did not touch its BatchNorm statistics.
+    modes = [m.training for m in module.modules()]
+    assert modes == [m.training for m in user.modules()]
+    assert module[1].num_batches_tracked.item() == 0
+    assert module[4].training
+    assert module[4].num_batches_tracked.item() == 0
+    assert torch.equal(module[4].running_mean, torch.zeros(11))
+    # Training the copy leaves the caller's module alone.
+    module[3].weight.data.add_(1.0)
+    assert torch.equal(user[3].weight, before["3.weight"])
+
+
+def test_user_module_bad_output_dim():
+    user = nn.Conv2d(3, 4, 3)  # returns (N, C, H, W), not (N, d)
+    with pytest.raises(ValueError, match=r"\(n_samples, n_features\)"):
+        build_backbone(user, input_kind="image", input_shape=(3, 8, 8))
+
+
+def test_user_module_non_tensor_output():
+    class TupleOut(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    with pytest.raises(ValueError, match=r"\(n_samples, n_features\)"):
+        build_backbone(TupleOut(), input_kind="vector", input_shape=(3,))
+
+
+def test_user_module_dry_run_failure():
+    user = nn.Linear(5, 2)
+    user.train()
+    message = r"does not accept input of shape \(N, 3\)"
+    with pytest.raises(ValueError, match=message) as info:
+        build_backbone(user, input_kind="vector", input_shape=(3,))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert user.training
+
+
+def test_user_module_float64():
+    user = nn.Linear(3, 2).double()
+    module, dim = build_backbone(user, input_kind="vector", input_shape=(3,))
+    assert dim == 2
+    assert module.weight.dtype == torch.float64
+
+
+def test_seeded_construction_is_reproducible():
+    def build():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return build_backbone("auto", input_kind="image", input_shape=(1, 8, 8))[0]
+
+    a, b = build(), build()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)

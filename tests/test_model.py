@@ -1,0 +1,487 @@
+"""Tests of CueCoModel: gradients, the loss against hand formulas, state updates."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skcueco.nn.model import CueCoModel
+
+N_FEATURES = 12
+FEATURE_DIM = 16
+PROJ_DIM = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny tensors: intra-op threads only add barrier waits on a busy machine.
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+def _backbone():
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(N_FEATURES, FEATURE_DIM), nn.BatchNorm1d(FEATURE_DIM), nn.ReLU()
+    )
+
+
+def _model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    params = dict(
+        projection_dim=PROJ_DIM, hidden_dim=32, queue_size=16, n_clusters=3,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    params.update(kwargs)
+    return CueCoModel(_backbone(), FEATURE_DIM, **params)
+
+
+def _views(n=10, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, N_FEATURES, generator=g)
+    v1 = x + 0.1 * torch.randn(n, N_FEATURES, generator=g)
+    v2 = x + 0.1 * torch.randn(n, N_FEATURES, generator=g)
+    return v1, v2
+
+
+def _unit(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
+
+
+def _ready_model(**kwargs):
+    """A model whose centroids are initialised on its own key features."""
+    model = _model(**kwargs)
+    v1, v2 = _views(n=30, seed=5)
+    model.init_centroids(torch.cat([model.encode_key(v1), model.encode_key(v2)]))
+    return model
+
+
+def _moco_hand(model, v1, v2):
+    z1, z2 = model.encode_query(v1), model.encode_query(v2)
+    k1, k2 = model.encode_key(v1), model.encode_key(v2)
+    tau = model.temperature
+    queue = model.queue.keys
+
+    def ce(z, k):
+        if queue.shape[0]:
+            logits = torch.cat([(z * k).sum(1, keepdim=True), z @ queue.T], dim=1) / tau
+            target = torch.zeros(z.shape[0], dtype=torch.long)
+        else:
+            logits = z @ k.T / tau
+            target = torch.arange(z.shape[0])
+        return F.cross_entropy(logits, target)
+
+    return 0.5 * (ce(z1, k2) + ce(z2, k1)), (z1, z2, k1, k2)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("cluster_loss", ["pull", "proto"])
+def test_key_network_and_centroids_never_get_gradients(cluster_loss):
+    model = _ready_model(cluster_loss=cluster_loss)
+    centroids = model.centroids.clone()
+    queue = model.queue.keys.clone()
+    ptr = model.queue.ptr.clone()
+    key_before = [p.detach().clone() for p in model.key_parameters()]
+
+    loss, parts, (k1, k2) = model.training_step(*_views(), cluster_weight=1.0)
+    assert parts["clustering"] > 0
+    loss.backward()
+
+    key_params = list(model.key_parameters())
+    assert len(key_params) > 0
+    for p in key_params:
+        assert not p.requires_grad
+        assert p.grad is None
+    for p, before in zip(key_params, key_before):
+        torch.testing.assert_close(p.detach(), before, rtol=0, atol=0)
+    for buf in (model.centroids, model.queue.keys):
+        assert not buf.requires_grad
+        assert buf.grad is None
+    torch.testing.assert_close(model.centroids, centroids, rtol=0, atol=0)
+    torch.testing.assert_close(model.queue.keys, queue, rtol=0, atol=0)
+    assert int(model.queue.ptr) == int(ptr)
+    assert not k1.requires_grad and not k2.requires_grad
+    assert not parts["contrastive"].requires_grad
+    assert not parts["clustering"].requires_grad
+
+
+@pytest.mark.parametrize("cluster_weight", [0.0, 1.0])
+def test_gradient_reaches_query_network(cluster_weight):
+    model = _ready_model()
+    loss, _, _ = model.training_step(*_views(), cluster_weight=cluster_weight)
+    loss.backward()
+    query_params = list(model.query_parameters())
+    assert all(p.requires_grad for p in query_params)
+    first_linear = model.backbone_q[1].weight
+    assert first_linear.grad is not None and first_linear.grad.abs().sum() > 0
+    last_linear = model.projector_q[3].weight
+    assert last_linear.grad is not None and last_linear.grad.abs().sum() > 0
+
+
+def test_query_parameters_are_disjoint_from_key_parameters():
+    model = _model(predictor=True)
+    q = {id(p) for p in model.query_parameters()}
+    k = {id(p) for p in model.key_parameters()}
+    assert q.isdisjoint(k)
+    assert q | k == {id(p) for p in model.parameters()}
+
+
+def test_clustering_term_alone_gives_query_gradient():
+    # loss(lambda=1) - loss(lambda=0) is the clustering term alone: it must
+    # still train the query network (centroids are constants).
+    model = _ready_model()
+    v1, v2 = _views()
+    loss_0, _, _ = model.training_step(v1, v2, 0.0)
+    loss_1, _, _ = model.training_step(v1, v2, 1.0)
+    (loss_1 - loss_0).backward()
+    grad = model.projector_q[3].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    assert model.centroids.grad is None
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+@pytest.mark.parametrize("queue_size", [16, 0])
+def test_zero_cluster_weight_is_symmetric_moco_v2(queue_size):
+    model = _ready_model(queue_size=queue_size)
+    v1, v2 = _views()
+    expected, _ = _moco_hand(model, v1, v2)
+    loss, parts, _ = model.training_step(v1, v2, cluster_weight=0.0)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(parts["contrastive"], expected.detach(), rtol=1e-6, atol=1e-6)
+    assert float(parts["clustering"]) == 0.0
+
+
+def test_zero_cluster_weight_does_not_need_centroids():
+    # MoCo v2 baseline: centroids never initialised, loss still finite.
+    model = _model()
+    assert not bool(model.centroids_ready)
+    v1, v2 = _views()
+    expected, _ = _moco_hand(model, v1, v2)
+    loss, _, _ = model.training_step(v1, v2, 0.0)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_training_step_returns_keys_of_each_view():
+    model = _model()
+    _perturb_query(model)  # query and key networks now differ
+    v1, v2 = _views()
+    with torch.no_grad():
+        by_key_net = F.normalize(model.projector_k(model.backbone_k(v1)), dim=1)
+        by_query_net = F.normalize(model.projector_q(model.backbone_q(v1)), dim=1)
+    assert not torch.allclose(by_key_net, by_query_net, atol=1e-3)
+    torch.testing.assert_close(model.encode_key(v1), by_key_net)
+    _, _, (k1, k2) = model.training_step(v1, v2, 0.0)
+    torch.testing.assert_close(k1, model.encode_key(v1))
+    torch.testing.assert_close(k2, model.encode_key(v2))
+    assert k1.dtype == torch.float32
+
+
+@pytest.mark.parametrize("lam", [0.3, 2.0])
+def test_pull_clustering_term_matches_hand_formula(lam):
+    model = _ready_model(cluster_loss="pull")
+    v1, v2 = _views()
+    con, (z1, z2, k1, k2) = _moco_hand(model, v1, v2)
+    M = model.centroids
+    a_from_k2 = (k2 @ M.T).argmax(1)  # assignment of view 1's query: other view's key
+    a_from_k1 = (k1 @ M.T).argmax(1)
+    clu = 0.5 * (
+        (2 - 2 * (z1 * M[a_from_k2]).sum(1)).mean()
+        + (2 - 2 * (z2 * M[a_from_k1]).sum(1)).mean()
+    )
+    loss, parts, _ = model.training_step(v1, v2, cluster_weight=lam)
+    torch.testing.assert_close(parts["contrastive"], con.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(parts["clustering"], clu.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, con + lam * clu, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        loss.detach(), parts["contrastive"] + lam * parts["clustering"], rtol=1e-6, atol=1e-6
+    )
+
+
+def test_pull_clustering_uses_the_other_views_key():
+    # Make the two views' keys assign to different centroids: the loss must use
+    # the cross-view assignment, not the same-view one.
+    model = _model(n_clusters=2)
+    v1, v2 = _views()
+    z1, z2 = model.encode_query(v1), model.encode_query(v2)
+    k1, k2 = model.encode_key(v1), model.encode_key(v2)
+    # centroid 0 = mean of k1, centroid 1 = mean of k2 (made distinct by
+    # pushing them apart along their difference)
+    d = F.normalize(k1.mean(0) - k2.mean(0), dim=0)
+    model.centroids.copy_(torch.stack([d, -d]))
+    model.centroids_ready.fill_(True)
+    M = model.centroids
+    cross = 0.5 * (
+        (2 - 2 * (z1 * M[(k2 @ M.T).argmax(1)]).sum(1)).mean()
+        + (2 - 2 * (z2 * M[(k1 @ M.T).argmax(1)]).sum(1)).mean()
+    )
+    same = 0.5 * (
+        (2 - 2 * (z1 * M[(k1 @ M.T).argmax(1)]).sum(1)).mean()
+        + (2 - 2 * (z2 * M[(k2 @ M.T).argmax(1)]).sum(1)).mean()
+    )
+    assert not torch.allclose(cross, same)  # the test can tell them apart
+    _, parts, _ = model.training_step(v1, v2, 1.0)
+    torch.testing.assert_close(parts["clustering"], cross.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_proto_clustering_term_matches_cross_entropy():
+    model = _ready_model(cluster_loss="proto", cluster_temperature=0.3)
+    v1, v2 = _views()
+    con, (z1, z2, k1, k2) = _moco_hand(model, v1, v2)
+    M = model.centroids
+    clu = 0.5 * (
+        F.cross_entropy(z1 @ M.T / 0.3, (k2 @ M.T).argmax(1))
+        + F.cross_entropy(z2 @ M.T / 0.3, (k1 @ M.T).argmax(1))
+    )
+    lam = 0.7
+    loss, parts, _ = model.training_step(v1, v2, cluster_weight=lam)
+    torch.testing.assert_close(parts["clustering"], clu.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, con + lam * clu, rtol=1e-6, atol=1e-6)
+
+
+def test_predictor_is_applied_to_queries_only():
+    model = _model(predictor=True)
+    x = _views()[0]
+    z = model.encode_query(x)
+    expected = F.normalize(model.predictor(model.projector_q(model.backbone_q(x))), dim=1)
+    torch.testing.assert_close(z, expected)
+    # project() returns the projector output, without the predictor
+    proj = model.project(x)
+    torch.testing.assert_close(proj, F.normalize(model.projector_q(model.backbone_q(x)), dim=1))
+    assert not torch.allclose(proj, z)
+
+
+# ----------------------------------------------------------------------------- EMA and queue
+
+
+def _perturb_query(model):
+    with torch.no_grad():
+        for p in model.query_parameters():
+            p.add_(torch.randn_like(p))
+
+
+def test_momentum_update_one_keeps_key_zero_copies_query():
+    model = _model()
+    _perturb_query(model)
+    key_before = [p.clone() for p in model.key_parameters()]
+    query = [p.detach().clone() for p in model.query_parameters()]
+    assert any(not torch.equal(k, q) for k, q in zip(key_before, query))
+
+    model.momentum_update(1.0)
+    for p, before in zip(model.key_parameters(), key_before):
+        assert torch.equal(p, before)
+
+    model.momentum_update(0.0)
+    for p, q in zip(model.key_parameters(), query):
+        assert torch.equal(p, q)
+    for p, q in zip(model.query_parameters(), query):
+        assert torch.equal(p.detach(), q)  # query untouched
+
+
+def test_momentum_update_is_convex_combination():
+    model = _model()
+    _perturb_query(model)
+    k0 = [p.clone() for p in model.key_parameters()]
+    q0 = [p.detach().clone() for p in model.query_parameters()]
+    model.momentum_update(0.75)
+    for p, k, q in zip(model.key_parameters(), k0, q0):
+        torch.testing.assert_close(p, 0.75 * k + 0.25 * q)
+
+
+def test_enqueue_is_fifo_with_wrap_around():
+    model = _model(queue_size=8)
+    a = _unit(3, PROJ_DIM, seed=10)
+    b = _unit(7, PROJ_DIM, seed=11)
+    model.enqueue(a)
+    torch.testing.assert_close(model.queue.keys[:3], a)
+    assert int(model.queue.ptr) == 3
+    model.enqueue(b)
+    # b fills rows 3..7 then wraps to rows 0..1
+    torch.testing.assert_close(model.queue.keys[3:8], b[:5])
+    torch.testing.assert_close(model.queue.keys[0:2], b[5:])
+    torch.testing.assert_close(model.queue.keys[2], a[2])
+    assert int(model.queue.ptr) == 2
+    # oldest to newest: a[2], then all of b
+    torch.testing.assert_close(model.queue.ordered(), torch.cat([a[2:], b]))
+
+
+def test_queued_keys_become_the_negatives():
+    model = _model(queue_size=4)
+    keys = _unit(4, PROJ_DIM, seed=3)
+    model.enqueue(keys)
+    torch.testing.assert_close(model.queue.keys, keys)
+    v1, v2 = _views()
+    expected, _ = _moco_hand(model, v1, v2)  # uses model.queue.keys == keys
+    loss, _, _ = model.training_step(v1, v2, 0.0)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_enqueue_with_zero_queue_is_noop():
+    model = _model(queue_size=0)
+    model.enqueue(_unit(5, PROJ_DIM))
+    assert model.queue.keys.shape == (0, PROJ_DIM)
+
+
+# ----------------------------------------------------------------------------- centroids
+
+
+def _blobs(n_per=40, n_blobs=3, noise=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # orthonormal centres: well separated (cos 0)
+    centres = torch.linalg.qr(torch.randn(PROJ_DIM, PROJ_DIM, generator=g))[0][:n_blobs]
+    keys = centres.repeat_interleave(n_per, 0)
+    keys = F.normalize(keys + noise * torch.randn(keys.shape, generator=g), dim=1)
+    perm = torch.randperm(keys.shape[0], generator=g)
+    labels = torch.arange(n_blobs).repeat_interleave(n_per)
+    return keys[perm], labels[perm], centres
+
+
+def _check_covers(centroids, centres, min_cos=0.95):
+    sims = centroids @ centres.T  # (K, n_blobs)
+    best = sims.argmax(1)
+    assert torch.all(sims.max(1).values > min_cos), sims
+    assert set(best.tolist()) == set(range(centres.shape[0]))
+
+
+def test_init_and_update_centroids_find_blobs():
+    keys, _, centres = _blobs()
+    model = _model(n_clusters=3)
+    model.init_centroids(keys)
+    assert bool(model.centroids_ready)
+    _check_covers(model.centroids, centres)
+    for i in range(20):
+        batch = keys[(i * 16) % keys.shape[0]:][:16]
+        model.update_centroids(batch)
+        torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
+    _check_covers(model.centroids, centres)
+
+
+def test_update_centroids_pulls_perturbed_centroids_to_blobs():
+    keys, _, centres = _blobs()
+    model = _model(n_clusters=3, cluster_momentum=0.9)
+    start = F.normalize(centres + 0.5 * _unit(3, PROJ_DIM, seed=7), dim=1)
+    model.centroids.copy_(start)
+    assert (model.centroids @ centres.T).diag().min() < 0.95  # really perturbed
+    for _ in range(60):
+        model.update_centroids(keys)
+        torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
+    assert (model.centroids @ centres.T).diag().min() > 0.95
+
+
+def test_update_centroids_formula_and_empty_cluster_unchanged():
+    keys, labels, centres = _blobs(n_blobs=2)
+    model = _model(n_clusters=3, cluster_momentum=0.8)
+    far = F.normalize(-(centres[0] + centres[1]), dim=0)  # negative cos with every key
+    start = torch.stack([centres[0], centres[1], far])
+    model.centroids.copy_(start)
+    a = (keys @ start.T).argmax(1)
+    assert set(a.tolist()) == {0, 1}
+    expected = start.clone()
+    for k in (0, 1):
+        mean = keys[a == k].mean(0)
+        expected[k] = F.normalize(0.8 * start[k] + 0.2 * mean, dim=0)
+
+    model.update_centroids(keys)
+    torch.testing.assert_close(model.centroids, expected)
+    assert torch.equal(model.centroids[2], far)  # unassigned: untouched
+    assert model.empty_steps.tolist() == [0, 0, 1]
+    model.update_centroids(keys)
+    assert model.empty_steps.tolist() == [0, 0, 2]
+
+
+def _model_with_dead_centroid():
+    keys, _, centres = _blobs(n_blobs=2)
+    model = _model(n_clusters=3, queue_size=16)
+    model.enqueue(keys[:16])
+    far = F.normalize(-(centres[0] + centres[1]), dim=0)
+    model.centroids.copy_(torch.stack([centres[0], centres[1], far]))
+    return model, keys, far
+
+
+def test_reseed_dead_centroid_moves_it_onto_a_queue_key():
+    model, keys, far = _model_with_dead_centroid()
+    n = 4
+    for _ in range(n - 1):
+        model.update_centroids(keys)
+    assert model.reseed_dead_centroids(n) == 0  # not dead long enough yet
+    assert torch.equal(model.centroids[2], far)
+
+    model.update_centroids(keys)
+    assert int(model.empty_steps[2]) == n
+    alive = model.centroids[:2].clone()
+    assert model.reseed_dead_centroids(n) == 1
+    # moved onto exactly one of the queued keys
+    match = (model.queue.keys == model.centroids[2]).all(dim=1)
+    assert match.any()
+    assert torch.equal(model.centroids[:2], alive)
+    assert model.empty_steps.tolist() == [0, 0, 0]
+    torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
+
+
+def test_reseeded_centroid_gets_assignments():
+    model, keys, _ = _model_with_dead_centroid()
+    for _ in range(3):
+        model.update_centroids(keys)
+    model.reseed_dead_centroids(3)
+    # sitting on a queued key, the centroid wins at least that key
+    a = (model.queue.keys @ model.centroids.T).argmax(1)
+    assert (a == 2).any()
+
+
+def test_reseed_more_dead_centroids_than_queue_entries():
+    # Every centroid dead and fewer queue entries than centroids: re-seeding
+    # must not crash, and must report how many centroids it actually moved.
+    model = _model(n_clusters=6, queue_size=4)
+    model.enqueue(_unit(4, PROJ_DIM, seed=2))
+    model.empty_steps.fill_(10)
+    before = model.centroids.clone()
+    n = model.reseed_dead_centroids(5)
+    moved = int((model.centroids != before).any(dim=1).sum())
+    assert n == moved
+    assert 1 <= n <= 6
+
+
+def test_reseed_with_no_queue_does_nothing():
+    model = _model(n_clusters=3, queue_size=0)
+    model.centroids.copy_(_unit(3, PROJ_DIM))
+    before = model.centroids.clone()
+    model.empty_steps.fill_(10)
+    assert model.reseed_dead_centroids(5) == 0
+    assert torch.equal(model.centroids, before)
+
+
+def test_init_centroids_resets_state():
+    keys, _, _ = _blobs()
+    model = _model(n_clusters=3)
+    model.empty_steps.fill_(7)
+    assert not bool(model.centroids_ready)
+    model.init_centroids(keys)
+    assert bool(model.centroids_ready)
+    assert model.empty_steps.tolist() == [0, 0, 0]
+    torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def test_project_and_predict_clusters_shapes():
+    model = _ready_model(n_clusters=4)
+    model.eval()
+    x = _views(n=7)[0]
+    proj = model.project(x)
+    assert proj.shape == (7, PROJ_DIM)
+    assert proj.dtype == torch.float32
+    assert not proj.requires_grad
+    torch.testing.assert_close(proj.norm(dim=1), torch.ones(7))
+    labels = model.predict_clusters(x)
+    assert labels.shape == (7,)
+    assert labels.dtype == torch.long
+    assert labels.min() >= 0 and labels.max() < 4
+    assert torch.equal(labels, (proj @ model.centroids.T).argmax(1))
+    feats = model(x)
+    assert feats.shape == (7, FEATURE_DIM)

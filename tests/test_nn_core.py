@@ -1,0 +1,309 @@
+"""Tests of the pure-PyTorch building blocks in skcueco.nn."""
+
+import math
+from collections import deque
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import adjusted_rand_score
+from torch import nn
+
+from skcueco.nn import (
+    KeyQueue,
+    MomentumSchedule,
+    PredictionHead,
+    ProjectionHead,
+    assign_clusters,
+    cluster_pull,
+    cosine_momentum,
+    ema_update,
+    info_nce,
+    proto_nce,
+    spherical_kmeans,
+)
+from skcueco.nn.kmeans import _lloyd_step
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # The tensors here are tiny: intra-op threads only add OpenMP barrier
+    # waits, which stall badly when other jobs share the CPU cores.
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
+def _unit(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g), dim=-1)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+@pytest.mark.parametrize("n_negatives", [1, 7, 4096])
+def test_info_nce_equal_similarities_is_log_one_plus_k(n_negatives):
+    # Identical unit vectors everywhere: every logit equals 1 / tau.
+    v = _unit(1, 16)
+    q = v.expand(5, 16)
+    loss = info_nce(q, q, negatives=v.expand(n_negatives, 16), temperature=0.2)
+    assert loss.item() == pytest.approx(math.log(1 + n_negatives), rel=1e-5)
+
+
+def test_info_nce_in_batch_equal_similarities_is_log_n():
+    v = _unit(1, 8).expand(6, 8)
+    assert info_nce(v, v).item() == pytest.approx(math.log(6), rel=1e-5)
+    # An empty queue falls back to in-batch negatives rather than loss 0.
+    empty = torch.empty(0, 8)
+    assert info_nce(v, v, negatives=empty).item() == pytest.approx(math.log(6), rel=1e-5)
+
+
+def test_info_nce_matches_hand_computation():
+    q = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    k = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
+    neg = torch.tensor([[0.0, 1.0], [-1.0, 0.0], [0.6, -0.8]])
+    tau = 0.5
+    expected = 0.0
+
+    def dot(a, b):
+        return sum(x * y for x, y in zip(a, b))
+
+    for qi, ki in zip(q.tolist(), k.tolist()):
+        pos = math.exp(dot(qi, ki) / tau)
+        negs = sum(math.exp(dot(qi, nj) / tau) for nj in neg.tolist())
+        expected += -math.log(pos / (pos + negs)) / 2
+    assert info_nce(q, k, neg, temperature=tau).item() == pytest.approx(expected, rel=1e-6)
+
+    # In-batch: row i's negatives are the other keys of the batch.
+    logits = [[dot(qi, kj) / tau for kj in k.tolist()] for qi in q.tolist()]
+    expected_ib = sum(
+        -logits[i][i] + math.log(sum(math.exp(v) for v in logits[i])) for i in range(2)
+    ) / 2
+    assert info_nce(q, k, temperature=tau).item() == pytest.approx(expected_ib, rel=1e-6)
+
+
+def test_info_nce_gradient_reaches_query_only_with_detached_keys():
+    q = _unit(4, 8, seed=1).requires_grad_()
+    k = _unit(4, 8, seed=2).requires_grad_()
+    neg = _unit(10, 8, seed=3).requires_grad_()
+    info_nce(q, k.detach(), neg.detach()).backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    assert k.grad is None and neg.grad is None
+    # Without detaching, keys do receive gradient: the check above is meaningful.
+    info_nce(q, k, neg).backward()
+    assert k.grad.abs().sum() > 0 and neg.grad.abs().sum() > 0
+
+
+def test_info_nce_bf16_inputs_give_float32_loss():
+    q = _unit(4, 8).bfloat16()
+    assert info_nce(q, q, q).dtype == torch.float32
+
+
+def test_cluster_pull_is_mean_squared_distance():
+    q = _unit(12, 6, seed=4).requires_grad_()
+    centroids = _unit(3, 6, seed=5)
+    a = torch.tensor([0, 1, 2] * 4)
+    expected = ((q - centroids[a]) ** 2).sum(dim=1).mean()
+    loss = cluster_pull(q, centroids, a)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert cluster_pull(centroids, centroids, torch.arange(3)).item() == pytest.approx(0, abs=1e-6)
+    loss.backward()
+    assert q.grad.abs().sum() > 0
+
+
+def test_proto_nce_matches_cross_entropy_hand_form():
+    q = _unit(9, 5, seed=6)
+    centroids = _unit(4, 5, seed=7)
+    a = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0])
+    logits = q @ centroids.T / 0.1
+    expected = (-logits[torch.arange(9), a] + logits.exp().sum(dim=1).log()).mean()
+    assert proto_nce(q, centroids, a).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert proto_nce(q, centroids, a, temperature=0.5).item() != pytest.approx(expected.item())
+
+
+def test_assign_clusters_picks_most_similar_centroid():
+    centroids = torch.eye(3)
+    keys = F.normalize(torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.2, 0.7], [1.0, 0.1, 0.1]]), dim=1)
+    labels = assign_clusters(keys, centroids)
+    assert labels.dtype == torch.long
+    assert labels.tolist() == [1, 2, 0]
+
+
+# ------------------------------------------------------------------------------ queue
+
+
+@pytest.mark.parametrize("batch_size", [3, 7, 10, 25])
+def test_queue_matches_deque_reference(batch_size):
+    size, dim = 10, 4
+    queue = KeyQueue(size, dim, generator=torch.Generator().manual_seed(0))
+    reference = deque(queue.keys.clone(), maxlen=size)  # oldest -> newest
+    torch.testing.assert_close(queue.keys.norm(dim=1), torch.ones(size))
+    counter = 0
+    for _ in range(6):
+        batch = torch.arange(counter, counter + batch_size, dtype=torch.float32)
+        batch = batch[:, None].expand(batch_size, dim)
+        counter += batch_size
+        queue.enqueue(batch)
+        reference.extend(batch)
+        assert int(queue.ptr) == counter % size
+        torch.testing.assert_close(queue.ordered(), torch.stack(list(reference)))
+        # Ring layout: slot j holds the key written there most recently.
+        if counter >= size:
+            slots = [max(c for c in range(counter) if c % size == j) for j in range(size)]
+            assert queue.keys[:, 0].tolist() == [float(s) for s in slots]
+
+
+def test_queue_size_zero_and_shape_errors():
+    queue = KeyQueue(0, 5)
+    queue.enqueue(torch.ones(4, 5))
+    assert queue.keys.shape == (0, 5) and int(queue.ptr) == 0 and len(queue) == 0
+    with pytest.raises(ValueError):
+        KeyQueue(4, 5).enqueue(torch.ones(2, 3))
+    with pytest.raises(ValueError):
+        KeyQueue(-1, 5)
+
+
+def test_queue_state_dict_round_trip_and_seed():
+    a = KeyQueue(8, 3, generator=torch.Generator().manual_seed(1))
+    a.enqueue(_unit(5, 3, seed=9))
+    b = KeyQueue(8, 3, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(a.keys, b.keys)
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b.keys, a.keys)
+    assert int(b.ptr) == 5
+    # Continuing after the reload behaves as the original queue.
+    new = _unit(6, 3, seed=10)
+    a.enqueue(new)
+    b.enqueue(new)
+    torch.testing.assert_close(b.keys, a.keys)
+    assert int(b.ptr) == int(a.ptr) == 3
+    same = KeyQueue(8, 3, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(same.keys, KeyQueue(8, 3, torch.Generator().manual_seed(1)).keys)
+
+
+# --------------------------------------------------------------------------- momentum
+
+
+def _net(seed):
+    torch.manual_seed(seed)  # test-only: seeds parameter init of the two copies
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+
+
+@pytest.mark.parametrize("m", [1.0, 0.0, 0.5, 0.9])
+def test_ema_update(m):
+    target, source = _net(0), _net(1)
+    target[1].running_mean.fill_(7.0)
+    before = [p.clone() for p in target.parameters()]
+    ema_update(target, source, m)
+    for p_t, p_0, p_s in zip(target.parameters(), before, source.parameters()):
+        torch.testing.assert_close(p_t, m * p_0 + (1 - m) * p_s)
+        if m == 0.0:
+            assert torch.equal(p_t, p_s)
+        if m == 1.0:
+            assert torch.equal(p_t, p_0)
+    # Buffers keep the key network's own statistics.
+    assert torch.equal(target[1].running_mean, torch.full((4,), 7.0))
+    assert torch.equal(source[1].running_mean, torch.zeros(4))
+
+
+def test_ema_update_rejects_bad_input():
+    with pytest.raises(ValueError):
+        ema_update(_net(0), _net(1), 1.5)
+    with pytest.raises(ValueError):
+        ema_update(_net(0), nn.Linear(3, 4), 0.5)
+
+
+def test_cosine_momentum_endpoints_and_monotone():
+    total = 50
+    values = [cosine_momentum(s, total, base=0.99) for s in range(total + 1)]
+    assert values[0] == pytest.approx(0.99)
+    assert values[-1] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(values, values[1:]))
+    assert cosine_momentum(total + 10, total) == pytest.approx(1.0)
+    schedule = MomentumSchedule(total, base=0.9)
+    assert schedule(0) == pytest.approx(0.9) and schedule(total) == pytest.approx(1.0)
+    assert schedule(total // 2) == pytest.approx(0.95)
+
+
+# ---------------------------------------------------------------------------- k-means
+
+
+def _blobs(seed=0, per_cluster=50):
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.eye(8)[:4] * 5  # 4 orthogonal directions
+    labels = torch.arange(4).repeat_interleave(per_cluster)
+    x = directions[labels] + 0.3 * torch.randn(len(labels), 8, generator=g)
+    # Varying norms must not matter: only directions are clustered.
+    x = x * torch.rand(len(labels), 1, generator=g).add(0.5)
+    return x, labels
+
+
+def test_spherical_kmeans_recovers_blob_directions():
+    x, truth = _blobs()
+    centroids, labels = spherical_kmeans(x, 4, generator=torch.Generator().manual_seed(0))
+    assert centroids.shape == (4, 8) and labels.shape == (200,) and labels.dtype == torch.long
+    torch.testing.assert_close(centroids.norm(dim=1), torch.ones(4))
+    assert adjusted_rand_score(truth.numpy(), labels.numpy()) == 1.0
+    # Each centroid points along one blob direction.
+    assert sorted(centroids[:, :4].argmax(dim=1).tolist()) == [0, 1, 2, 3]
+    assert (centroids[:, :4].max(dim=1).values > 0.95).all()
+
+
+def test_spherical_kmeans_deterministic_per_seed():
+    x = _unit(300, 16, seed=3)
+
+    def run(seed):
+        return spherical_kmeans(x, 6, generator=torch.Generator().manual_seed(seed))
+
+    c1, l1 = run(0)
+    c2, l2 = run(0)
+    assert torch.equal(c1, c2) and torch.equal(l1, l2)
+    c3, _ = run(1)
+    assert not torch.equal(c1, c3)
+
+
+def test_spherical_kmeans_uses_directions_only():
+    # A long and a short vector weigh the same: the centroid is their bisector.
+    x = torch.tensor([[100.0, 0.0], [0.0, 0.5]])
+    centroids, labels = spherical_kmeans(x, 1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(centroids, torch.tensor([[1.0, 1.0]]) / math.sqrt(2))
+    assert labels.tolist() == [0, 0]
+
+
+def test_lloyd_step_reseeds_empty_cluster_at_farthest_point():
+    x = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.6, 1.0]]), dim=1)
+    # The third centroid faces away from every point, so its cluster is empty.
+    centroids = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    new = _lloyd_step(x, centroids)
+    # x[3] is the worst-fit point (lowest similarity to its own centroid).
+    torch.testing.assert_close(new[2], x[3])
+    torch.testing.assert_close(new[0], F.normalize(x[0] + x[1], dim=0))
+
+
+def test_spherical_kmeans_edge_cases():
+    x = _unit(5, 3)
+    with pytest.raises(ValueError, match="n_clusters"):
+        spherical_kmeans(x, 6)
+    # K = N with duplicated points: every centroid still a unit vector.
+    dup = torch.cat([x[:2], x[:2], x[:1]])
+    centroids, labels = spherical_kmeans(dup, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(centroids).all()
+    torch.testing.assert_close(centroids.norm(dim=1), torch.ones(5))
+    assert labels.max() < 5
+
+
+# ------------------------------------------------------------------------------ heads
+
+
+def test_heads_output_shapes():
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(0))
+    proj = ProjectionHead(32, hidden_dim=64, out_dim=16)
+    assert proj(x).shape == (6, 16)
+    assert [type(m) for m in proj] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    pred = PredictionHead(16, hidden_dim=8)
+    assert pred(proj(x)).shape == (6, 16) and pred[0].out_features == 8
+    assert ProjectionHead(32)(x).shape == (6, 128)
+    with pytest.raises(ValueError):
+        ProjectionHead(0)
