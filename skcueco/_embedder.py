@@ -1,9 +1,7 @@
 """CueCoEmbedder: the scikit-learn transformer that trains CueCo."""
 
-import io
 import math
 import numbers
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -20,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._data import Preprocess, input_statistics, make_loader
 from ._engine import Trainer
+from ._persistence import TorchStateMixin
 from ._task import CueCoTask
 from ._validation import check_input, spec_from_image_shape
 from .augment import make_augmentation
@@ -77,7 +76,9 @@ def _seeds(random_state, n):
     return [int(s) for s in rng.randint(0, 2**31 - 1, size=n)]
 
 
-class CueCoEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class CueCoEmbedder(
+    TorchStateMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
     """Learn image embeddings without labels with Cluster Contrast (CueCo).
 
     ``fit`` trains a query network by gradient and a key network as its
@@ -530,58 +531,11 @@ class CueCoEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         """
         return self.fit(X).predict(X)
 
-    # -- persistence and tags ---------------------------------------------------
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        for key, value in state.items():
-            if isinstance(value, (torch.nn.Module, torch.Tensor)):
-                buffer = io.BytesIO()
-                torch.save(value, buffer)
-                state[key] = _TorchBlob(buffer.getvalue())
-        if "device_" in state:
-            state["device_"] = str(state["device_"])
-        return state
-
-    def __setstate__(self, state):
-        device = state.get("device_")
-        if device is not None:
-            device = torch.device(device)
-            if not _device_available(device):
-                warnings.warn(
-                    f"This model was fitted on {device}, which is not available here; "
-                    "it was loaded onto the CPU.", UserWarning,
-                )
-                device = torch.device("cpu")
-            state["device_"] = device
-        for key, value in state.items():
-            if isinstance(value, _TorchBlob):
-                state[key] = torch.load(
-                    io.BytesIO(value.data), map_location=device or "cpu", weights_only=False
-                )
-        self.__dict__.update(state)
-
+    # -- tags -------------------------------------------------------------------
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-
-class _TorchBlob:
-    """Serialized torch object inside a pickle (so it can be re-mapped on load)."""
-
-    def __init__(self, data):
-        self.data = data
-
-
-def _device_available(device):
-    if device.type == "cpu":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
-    if device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        return mps is not None and mps.is_available()
-    return False
 
 
 @torch.no_grad()
