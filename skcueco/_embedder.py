@@ -189,7 +189,9 @@ class CueCoEmbedder(
 
     Notes
     -----
-    The learning rate follows a linear warm-up (10 % of the epochs, at most
+    On the CPU, ``transform`` and ``predict`` pad every batch to
+    ``batch_size`` rows, so a sample's embedding does not depend on which other
+    samples are transformed with it (bitwise). The learning rate follows a linear warm-up (10 % of the epochs, at most
     10) and a cosine decay to 0. Value ranges: uint8 images are divided by
     255; other images already within [0, 1] are used as they are, any other
     range is scaled to [0, 1] with the minimum and maximum seen in ``fit``.
@@ -480,7 +482,7 @@ class CueCoEmbedder(
     def _transform(self, X, spec):
         preprocess = self._preprocess_for(spec)
         return _encode(self.encoder_, preprocess, self.encoder_, X, self.batch_size,
-                       self.device_).cpu().numpy()
+                       self.device_, fixed_batch=self.device_.type == "cpu").numpy()
 
     def _preprocess_for(self, spec):
         if spec == self._input_spec:
@@ -512,7 +514,8 @@ class CueCoEmbedder(
             return torch.nn.functional.normalize(z, dim=1)
 
         modules = torch.nn.ModuleList([self.encoder_, self._projector])
-        z = _encode(project, preprocess, modules, X, self.batch_size, self.device_)
+        z = _encode(project, preprocess, modules, X, self.batch_size, self.device_,
+                    fixed_batch=self.device_.type == "cpu")
         return (z @ centers.T).argmax(dim=1).cpu().numpy()
 
     def fit_predict(self, X, y=None):
@@ -539,13 +542,22 @@ class CueCoEmbedder(
 
 
 @torch.no_grad()
-def _encode(fn, preprocess, modules, X, batch_size, device):
-    """Apply ``fn`` batch by batch in eval mode; returns a float32 tensor on the CPU."""
+def _encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
+    """Apply ``fn`` batch by batch in eval mode; returns a float32 tensor on the CPU.
+
+    With ``fixed_batch`` every batch is zero-padded to ``batch_size`` rows: CPU
+    matrix kernels round differently for different row counts, and a constant
+    shape makes each sample's result independent of the others in ``X``.
+    """
     was_training = modules.training
     modules.eval()
+    out = []
     try:
-        loader = make_loader(X, batch_size=batch_size, shuffle=False)
-        out = [fn(preprocess(rows.to(device))).float().cpu() for rows in loader]
+        for rows in make_loader(X, batch_size=batch_size, shuffle=False):
+            n = rows.shape[0]
+            if fixed_batch and n < batch_size:
+                rows = torch.cat([rows, rows.new_zeros((batch_size - n, *rows.shape[1:]))])
+            out.append(fn(preprocess(rows.to(device)))[:n].float().cpu())
     finally:
         modules.train(was_training)
     return torch.cat(out)

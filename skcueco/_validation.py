@@ -35,6 +35,14 @@ class InputSpec:
     shape: tuple
     channels_last: bool = True
 
+    @property
+    def array_shape(self):
+        """Per-sample shape of an unflattened array in this layout."""
+        if self.kind == "vector":
+            return self.shape
+        c, h, w = self.shape
+        return (h, w, c) if self.channels_last else (c, h, w)
+
 
 def _flatten_images(X):
     """(N, H, W), (N, H, W, C) or (N, C, H, W) arrays to (N, d) and a spec."""

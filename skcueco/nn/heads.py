@@ -1,5 +1,7 @@
 """MLP heads put on top of the backbone: projector and optional predictor."""
 
+import numbers
+
 from torch import nn
 
 __all__ = ["ProjectionHead", "PredictionHead"]
@@ -7,7 +9,7 @@ __all__ = ["ProjectionHead", "PredictionHead"]
 
 def _check_dims(**dims):
     for name, value in dims.items():
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
 
 

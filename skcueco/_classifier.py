@@ -1,0 +1,305 @@
+"""CueCoClassifier: CueCo pretraining on all rows, a head on the labeled ones."""
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
+
+from ._data import make_loader
+from ._embedder import CueCoEmbedder
+from ._persistence import TorchStateMixin
+from ._validation import check_input
+from .augment import make_augmentation
+from .nn.linear_eval import LinearHead, train_linear_head
+
+
+def _head_has(name):
+    def check(self):
+        return self.head == "linear" or hasattr(self.head, name)
+    return check
+
+
+class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
+    """Classifier on CueCo embeddings: self-supervised pretraining, then a head.
+
+    ``fit(X, y)`` pretrains the embedder on every row of ``X`` without labels,
+    then trains the head on the embeddings of the labeled rows. Rows labeled
+    ``-1`` (``unlabeled``) are unlabeled, scikit-learn's semi-supervised
+    convention: they only serve pretraining.
+
+    Parameters
+    ----------
+    embedder : CueCoEmbedder or FrozenEstimator, default=None
+        The representation learner, cloned at ``fit``. None uses
+        ``CueCoEmbedder(random_state=random_state)``. To reuse an embedder that
+        is already fitted without training it again, wrap it in
+        :class:`sklearn.frozen.FrozenEstimator` (the wrapper survives cloning,
+        so it also works inside ``GridSearchCV``).
+    head : "linear" or classifier, default="linear"
+        ``"linear"``: the linear-evaluation protocol, a linear layer trained in
+        PyTorch on the frozen backbone features (standardised), on the
+        embedder's device, by SGD with momentum 0.9 and a cosine schedule. A
+        scikit-learn classifier (e.g. ``LogisticRegression()``) is cloned and
+        fit on the embeddings.
+    head_epochs : int, default=100
+        Epochs of the linear head.
+    head_lr : float, default=0.1
+        Peak learning rate of the linear head.
+    head_batch_size : int, default=256
+        Batch size of the linear head.
+    head_weight_decay : float, default=0.0
+        Weight decay of the linear head.
+    head_augmentation : bool, default=False
+        Train the linear head on augmented views of the labeled images (the
+        embedder's augmentation), computing features anew every epoch.
+    unlabeled : int or None, default=-1
+        Label value of unlabeled rows, as in scikit-learn's semi-supervised
+        estimators. None means every row is labeled (use it when -1 is a real
+        class, as in labels ``{-1, 1}``).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the default embedder and the linear head.
+
+    Attributes
+    ----------
+    embedder_ : CueCoEmbedder or FrozenEstimator
+        The fitted embedder.
+    head_ : torch.nn.Module or classifier
+        The fitted head.
+    classes_ : ndarray of shape (n_classes,)
+        Class labels seen among the labeled rows.
+    n_features_in_ : int
+        Number of values per sample seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names, when ``X`` was a DataFrame with string column names.
+    device_ : torch.device
+        Device of the embedder and of the linear head.
+
+    See Also
+    --------
+    CueCoEmbedder : The self-supervised transformer used as the embedder.
+    sklearn.semi_supervised.SelfTrainingClassifier : Also reads -1 as unlabeled.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skcueco import CueCoClassifier, CueCoEmbedder
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = CueCoClassifier(CueCoEmbedder(max_epochs=2, random_state=0),
+    ...                       head_epochs=5, random_state=0).fit(X, y)
+    >>> clf.predict(X[:3]).shape
+    (3,)
+    """
+
+    _parameter_constraints = {
+        "embedder": [HasMethods(["fit", "transform"]), None],
+        "head": [StrOptions({"linear"}), HasMethods(["fit", "predict"])],
+        "head_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
+        "head_lr": [Interval(numbers.Real, 0, None, closed="neither")],
+        "head_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "head_weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "head_augmentation": ["boolean"],
+        "unlabeled": [numbers.Integral, None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        embedder=None,
+        *,
+        head="linear",
+        head_epochs=100,
+        head_lr=0.1,
+        head_batch_size=256,
+        head_weight_decay=0.0,
+        head_augmentation=False,
+        unlabeled=-1,
+        random_state=None,
+    ):
+        self.embedder = embedder
+        self.head = head
+        self.head_epochs = head_epochs
+        self.head_lr = head_lr
+        self.head_batch_size = head_batch_size
+        self.head_weight_decay = head_weight_decay
+        self.head_augmentation = head_augmentation
+        self.unlabeled = unlabeled
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y):
+        """Pretrain the embedder on all of ``X``, then the head on labeled rows.
+
+        Parameters
+        ----------
+        X : array-like
+            Images or vectors, in any layout :class:`CueCoEmbedder` accepts.
+        y : array-like of shape (n_samples,)
+            Class labels; the value ``unlabeled`` (default -1) marks a row
+            without label (numeric labels only).
+
+        Returns
+        -------
+        self : CueCoClassifier
+            The fitted classifier.
+        """
+        if y is None:
+            raise ValueError(
+                f"This {type(self).__name__} estimator requires y to be passed, "
+                "but the target y is None."
+            )
+        X2d, spec = check_input(self, X, reset=True)
+        y = column_or_1d(y, warn=True)
+        check_consistent_length(X2d, y)
+        labeled = self._labeled_mask(y)
+        check_classification_targets(y[labeled])
+        encoder = LabelEncoder().fit(y[labeled])
+        if len(encoder.classes_) < 2:
+            raise ValueError(
+                "The labeled rows hold only 1 class; a classifier needs at least "
+                "2 classes."
+            )
+        rng = check_random_state(self.random_state)
+        embedder = self.embedder
+        if embedder is None:
+            embedder = CueCoEmbedder(random_state=rng.randint(2**31 - 1))
+        self.embedder_ = clone(embedder).fit(self._embedder_input(X2d, spec))
+        self.device_ = self.embedder_.device_
+        self.classes_ = encoder.classes_
+        X_lab = self._embedder_input(X2d[labeled], spec)
+        if self.head == "linear":
+            self.head_ = self._fit_linear_head(
+                X_lab, encoder.transform(y[labeled]), seed=rng.randint(2**31 - 1)
+            )
+        else:
+            self.head_ = clone(self.head).fit(self.embedder_.transform(X_lab), y[labeled])
+        return self
+
+    def _labeled_mask(self, y):
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise ValueError("Input y contains NaN or infinity; labels must be finite.")
+        if self.unlabeled is not None and y.dtype.kind in "iuf":
+            labeled = y != self.unlabeled
+        else:
+            labeled = np.ones(len(y), dtype=bool)
+        if not labeled.any():
+            raise ValueError(
+                f"All rows are unlabeled (y == {self.unlabeled}); at least two "
+                "labeled classes are needed to train the head."
+            )
+        return labeled
+
+    @staticmethod
+    def _embedder_input(X2d, spec):
+        # images given as 3-D/4-D arrays go back to their shape so the embedder
+        # reads their layout; 2-D input is read with the embedder's image_shape
+        return X2d if spec is None else X2d.reshape(-1, *spec.array_shape)
+
+    def _fit_linear_head(self, X_lab, y_codes, seed):
+        embedder = self.embedder_
+        device = embedder.device_
+        X_lab, spec = embedder._validate_for_inference(X_lab)
+        features = torch.from_numpy(embedder._transform(X_lab, spec))
+        augment = None
+        if self.head_augmentation:
+            aug = make_augmentation(
+                getattr(embedder, "augmentation", "auto"), input_kind=spec.kind,
+                n_channels=spec.shape[0] if spec.kind == "image" else None,
+                image_size=spec.shape[1:] if spec.kind == "image" else None,
+            )
+            preprocess = embedder._preprocess_for(spec)
+            aug_gen = torch.Generator(device=device).manual_seed(seed)
+
+            @torch.no_grad()
+            def augment(rows):
+                return embedder.encoder_(aug(preprocess(rows.to(device)), aug_gen)).float()
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = LinearHead(features, len(self.classes_))
+        head.to(device)
+        train_linear_head(
+            head, features, torch.from_numpy(y_codes), X_rows=X_lab, augment=augment,
+            epochs=self.head_epochs, lr=self.head_lr, batch_size=self.head_batch_size,
+            weight_decay=self.head_weight_decay, generator=torch.Generator().manual_seed(seed),
+            device=device,
+        )
+        return head.eval()
+
+    def _embed(self, X):
+        check_is_fitted(self)
+        X2d, spec = check_input(self, X, reset=False)
+        return self.embedder_.transform(self._embedder_input(X2d, spec))
+
+    @torch.no_grad()
+    def _logits(self, Z):
+        out = []
+        loader = make_loader(Z, batch_size=max(self.head_batch_size, 1024), shuffle=False)
+        for batch in loader:
+            out.append(self.head_.predict_logits(batch.to(self.device_)).cpu())
+        return torch.cat(out)
+
+    def predict(self, X):
+        """Predict class labels.
+
+        Parameters
+        ----------
+        X : array-like
+            Same layout as in :meth:`fit`.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
+        Z = self._embed(X)
+        if self.head == "linear":
+            return self.classes_[self._logits(Z).argmax(dim=1).numpy()]
+        return self.head_.predict(Z)
+
+    @available_if(_head_has("predict_proba"))
+    def predict_proba(self, X):
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X : array-like
+            Same layout as in :meth:`fit`.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Columns follow ``classes_``.
+        """
+        Z = self._embed(X)
+        if self.head == "linear":
+            return torch.softmax(self._logits(Z), dim=1).numpy()
+        return self.head_.predict_proba(Z)
+
+    @available_if(_head_has("decision_function"))
+    def decision_function(self, X):
+        """Confidence scores (logits of the linear head).
+
+        Parameters
+        ----------
+        X : array-like
+            Same layout as in :meth:`fit`.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            For two classes, the score of ``classes_[1]`` relative to
+            ``classes_[0]``, as scikit-learn expects.
+        """
+        Z = self._embed(X)
+        if self.head != "linear":
+            return self.head_.decision_function(Z)
+        logits = self._logits(Z).numpy()
+        if logits.shape[1] == 2:
+            return logits[:, 1] - logits[:, 0]
+        return logits
