@@ -71,6 +71,9 @@ def make_loader(X, *, batch_size, shuffle, generator=None, drop_last=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        # every iterator draws a worker base seed from this generator; without
+        # one it would come from (and advance) torch's global RNG
+        generator=torch.Generator(),
     )
 
 

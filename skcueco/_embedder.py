@@ -1,6 +1,5 @@
 """CueCoEmbedder: the scikit-learn transformer that trains CueCo."""
 
-import math
 import numbers
 
 import numpy as np
@@ -18,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._data import Preprocess, input_statistics, make_loader
 from ._engine import Trainer
+from ._optim import BASE_LR, make_optimizer, warmup_cosine
 from ._persistence import TorchStateMixin
 from ._task import CueCoTask
 from ._validation import check_input, spec_from_image_shape
@@ -25,6 +25,7 @@ from .augment import make_augmentation
 from .backbones import BACKBONE_NAMES, build_backbone
 from .callbacks import Callback, ProgressBar
 from .nn.model import CueCoModel
+from .nn.momentum import MomentumSchedule
 
 # centroids without an assigned key for this many consecutive steps are re-seeded
 _RESEED_AFTER_STEPS = 50
@@ -142,15 +143,24 @@ class CueCoEmbedder(
     max_epochs : int, default=100
         Number of passes over the data.
     lr : float or "auto", default="auto"
-        Peak learning rate. ``"auto"``: ``0.06 * batch_size / 256`` for SGD,
-        ``1e-3 * batch_size / 256`` for AdamW.
+        Peak learning rate. ``"auto"``: ``base * batch_size / 256`` with base
+        0.06 for SGD, 0.3 for LARS and 1e-3 for AdamW.
     weight_decay : float, default=5e-4
         Weight decay (not applied to biases and normalisation layers).
-    optimizer : {"sgd", "adamw"}, default="sgd"
-        SGD with momentum 0.9, or AdamW.
+    optimizer : {"sgd", "lars", "adamw"}, default="sgd"
+        SGD with momentum 0.9, LARS (for large batches) or AdamW.
     amp : {"auto", "bf16", "fp16"} or bool, default="auto"
         Mixed precision. ``"auto"``: bf16 autocast on CUDA GPUs that support
-        it, full precision elsewhere.
+        it, full precision elsewhere. ``"fp16"`` uses a gradient scaler.
+    num_workers : int, default=0
+        Loader worker processes gathering batches (useful on a GPU).
+    channels_last : "auto" or bool, default="auto"
+        Channels-last memory format for image batches and convolutional
+        weights; ``"auto"`` turns it on for images on CUDA.
+    warm_start : bool, default=False
+        When True, ``fit`` on a fitted estimator continues training for
+        ``max_epochs`` more epochs (new cosine cycle, no warm-up) keeping the
+        weights, optimiser state, queue and centroids.
     callbacks : list of Callback, default=None
         Hooks called during training (see :mod:`skcueco.callbacks`).
     device : str, default="auto"
@@ -231,8 +241,11 @@ class CueCoEmbedder(
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "lr": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="neither")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "optimizer": [StrOptions({"sgd", "adamw"})],
+        "optimizer": [StrOptions({"sgd", "lars", "adamw"})],
         "amp": [StrOptions({"auto", "bf16", "fp16"}), "boolean"],
+        "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
+        "channels_last": [StrOptions({"auto"}), "boolean"],
+        "warm_start": ["boolean"],
         "callbacks": [list, None],
         "device": [str, HasMethods(["__index__"]), torch.device],
         "random_state": ["random_state"],
@@ -263,6 +276,9 @@ class CueCoEmbedder(
         weight_decay=5e-4,
         optimizer="sgd",
         amp="auto",
+        num_workers=0,
+        channels_last="auto",
+        warm_start=False,
         callbacks=None,
         device="auto",
         random_state=None,
@@ -289,6 +305,9 @@ class CueCoEmbedder(
         self.weight_decay = weight_decay
         self.optimizer = optimizer
         self.amp = amp
+        self.num_workers = num_workers
+        self.channels_last = channels_last
+        self.warm_start = warm_start
         self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
@@ -296,7 +315,7 @@ class CueCoEmbedder(
 
     # -- fitting ----------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, resume_from=None):
         """Train CueCo on ``X``.
 
         Parameters
@@ -307,26 +326,75 @@ class CueCoEmbedder(
             feature vectors. A DataFrame of flattened pixels is accepted.
         y : None
             Ignored; present for API consistency.
+        resume_from : str or path-like, default=None
+            A checkpoint written by :class:`~skcueco.callbacks.Checkpoint`
+            with the same parameters and data: training continues from it
+            exactly as if it had not stopped.
 
         Returns
         -------
         self : CueCoEmbedder
             The fitted embedder.
         """
+        if self.warm_start and hasattr(self, "_train_state") and resume_from is None:
+            X, spec = self._validate_for_inference(X)
+            return self._train(X, spec, mode="continue")
         X, spec = self._validate_fit_input(X)
-        run = self._build(X, spec)
-        model, device = run["model"], run["device"]
-        batch_size = run["batch_size"]
-        aug_seed, loader_seed = run["seeds"][2:]
+        state = None if resume_from is None else _load_checkpoint(resume_from)
+        return self._train(X, spec, mode="fresh", state=state)
 
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Train one more epoch on ``X``, keeping optimiser, queue and centroids.
+
+        The first call initialises the model. Learning rate and key momentum
+        stay at their base values: with no known end of training there is no
+        schedule to follow.
+
+        Parameters
+        ----------
+        X : array-like
+            Same layout as in :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : CueCoEmbedder
+        """
+        if not hasattr(self, "_train_state"):
+            X, spec = self._validate_fit_input(X)
+            return self._train(X, spec, mode="partial")
+        X, spec = self._validate_for_inference(X)
+        return self._train(X, spec, mode="partial")
+
+    def _train(self, X, spec, *, mode, state=None):
+        """Build (or restore) the model, run the trainer, publish the result.
+
+        ``mode`` is ``"fresh"`` (optionally resuming the checkpoint ``state``
+        on the same schedule), ``"continue"`` (warm start: ``max_epochs`` more
+        epochs on a new cosine cycle without warm-up) or ``"partial"`` (one
+        epoch at constant learning rate and momentum).
+        """
+        previous = getattr(self, "_train_state", None) if mode != "fresh" else None
+        run = self._build(X, spec, previous)
+        model, device, batch_size = run["model"], run["device"], run["batch_size"]
+        loader_generator = torch.Generator().manual_seed(run["seeds"][3])
         loader = make_loader(
             X, batch_size=batch_size, shuffle=True, drop_last=True,
-            generator=torch.Generator().manual_seed(loader_seed),
+            generator=loader_generator, num_workers=self.num_workers,
             pin_memory=device.type == "cuda",
         )
-        steps_per_epoch = len(loader)
-        optimizer = self._make_optimizer(model, batch_size)
-        scheduler = _warmup_cosine(optimizer, steps_per_epoch, self.max_epochs)
+        steps = len(loader)
+        done_epochs = 0 if previous is None else previous["epoch"]
+        n_epochs = 1 if mode == "partial" else self.max_epochs
+        lr = self.lr if self.lr != "auto" else BASE_LR[self.optimizer] * batch_size / 256
+        optimizer = make_optimizer(
+            self.optimizer, model.query_parameters(), lr=lr, weight_decay=self.weight_decay
+        )
+        channels_last = self._use_channels_last(spec, device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         task = CueCoTask(
             model, run["preprocess"],
             make_augmentation(
@@ -334,24 +402,49 @@ class CueCoEmbedder(
                 n_channels=spec.shape[0] if spec.kind == "image" else None,
                 image_size=spec.shape[1:] if spec.kind == "image" else None,
             ),
-            torch.Generator(device=device).manual_seed(aug_seed),
-            total_steps=steps_per_epoch * self.max_epochs,
+            torch.Generator(device=device).manual_seed(run["seeds"][2]),
+            total_steps=steps * n_epochs,
             key_momentum=self.key_momentum,
             cluster_weight=self.cluster_weight,
             cluster_warmup=self.cluster_warmup,
             cluster_update=self.cluster_update,
             key_features=run["key_features"],
             reseed_after=_RESEED_AFTER_STEPS,
+            loader_generator=loader_generator,
+            channels_last=channels_last,
         )
+        if mode == "partial":
+            task.momentum = MomentumSchedule(1, base=self.key_momentum, final=self.key_momentum)
         callbacks = list(self.callbacks or [])
         if self.verbose:
             callbacks.append(ProgressBar())
         trainer = Trainer(
-            device=device, max_epochs=self.max_epochs, callbacks=callbacks, amp=self.amp
+            device=device, max_epochs=done_epochs + n_epochs, callbacks=callbacks,
+            amp=self.amp,
         )
-        trainer.fit(task, loader, optimizer, scheduler)
+        trainer.embed = run["embed"]
+        scheduler = None
+        if previous is not None:
+            # continue: weights, optimiser state, queue, centroids and random
+            # streams come back; the schedule starts a new cycle at `lr`
+            trainer.task, trainer.optimizer = task, optimizer
+            trainer.scaler = torch.amp.GradScaler(device.type, enabled=False)
+            trainer.load_state_dict(_without(previous, "scheduler"))
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = lr
+            task.step_offset = trainer.global_step
+        if mode != "partial":
+            warmup = 0 if previous is not None else steps * min(10, n_epochs // 10)
+            scheduler = warmup_cosine(optimizer, steps * n_epochs, warmup)
+        trainer.fit(task, loader, optimizer, scheduler, state=state)
+        self._train_state = _to_cpu(trainer.state_dict())
         self._publish(run, spec, trainer.history)
         return self
+
+    def _use_channels_last(self, spec, device):
+        if self.channels_last == "auto":
+            return spec.kind == "image" and device.type == "cuda"
+        return bool(self.channels_last) and spec.kind == "image"
 
     def _validate_fit_input(self, X):
         X, spec = check_input(self, X, reset=True)
@@ -360,13 +453,22 @@ class CueCoEmbedder(
         self._check_params_vs_input(X)
         return X, spec
 
-    def _build(self, X, spec):
-        """Device, input conversion and freshly initialised model for ``X``."""
+    def _build(self, X, spec, previous=None):
+        """Device, input conversion and initialised model for ``X``.
+
+        With ``previous`` (a training state) the input conversion and queue
+        size of the earlier fit are kept so its state loads into the model.
+        """
         device = resolve_device(self.device)
         n_samples = X.shape[0]
         batch_size = min(self.batch_size, n_samples)
         seeds = _seeds(self.random_state, 4)
-        preprocess = Preprocess(spec, *input_statistics(X, spec)).to(device)
+        if previous is None:
+            preprocess = Preprocess(spec, *input_statistics(X, spec)).to(device)
+            queue_size = min(self.queue_size, n_samples)
+        else:
+            preprocess = self._preprocess.to(device)
+            queue_size = previous["task"]["model"]["queue.keys"].shape[0]
         # weights are drawn from torch's global generator inside a fork that is
         # restored on exit, so the caller's global random state is untouched
         with torch.random.fork_rng(devices=[]):
@@ -378,7 +480,7 @@ class CueCoEmbedder(
                 backbone, feature_dim,
                 projection_dim=self.projection_dim,
                 hidden_dim=self.hidden_dim,
-                queue_size=min(self.queue_size, n_samples),
+                queue_size=queue_size,
                 n_clusters=self.n_clusters,
                 temperature=self.temperature,
                 cluster_loss=self.cluster_loss,
@@ -391,18 +493,43 @@ class CueCoEmbedder(
         def key_features():
             return _encode(model.encode_key, preprocess, model, X, batch_size, device)
 
+        def embed(X_other):
+            """Backbone features of the model being trained, for monitors."""
+            X2d, other = self._flatten_like_fit(X_other, spec)
+            pre = preprocess if other == spec else _relayout(preprocess, other)
+            return _encode(model.backbone_q, pre, model, X2d, batch_size, device).numpy()
+
         return dict(model=model, preprocess=preprocess, device=device,
                     batch_size=batch_size, seeds=seeds, feature_dim=feature_dim,
-                    key_features=key_features)
+                    key_features=key_features, embed=embed)
+
+    def _flatten_like_fit(self, X, spec):
+        """Validate extra data (e.g. a monitor's) against the fitted layout."""
+        X, other = check_input(self, X, reset=False)
+        if other is None:
+            return X, spec
+        if other.shape != spec.shape:
+            raise ValueError(
+                f"X holds images of shape (C, H, W) = {other.shape}, but this "
+                f"{type(self).__name__} is trained on "
+                + (f"images of shape {spec.shape}." if spec.kind == "image"
+                   else "feature vectors.")
+            )
+        return X, other
 
     def _publish(self, run, spec, history):
-        """Set the fitted attributes from a (trained or untrained) run."""
+        """Set the fitted attributes from a (trained or untrained) run.
+
+        Only the query backbone, its projector and the centroids stay on the
+        device; the key network, queue and optimiser state live on in
+        ``_train_state`` on the CPU (for ``warm_start`` and ``partial_fit``).
+        """
         model = run["model"]
         if not bool(model.centroids_ready):
             # the warm-up lasted the whole run: centroids still serve `predict`
             model.init_centroids(run["key_features"]())
         model.eval()
-        self.encoder_ = model.backbone_q
+        self.encoder_ = model.backbone_q.to(memory_format=torch.contiguous_format)
         self._projector = model.projector_q
         self._preprocess = run["preprocess"]
         self.cluster_centers_ = model.centroids.detach().cpu().numpy().copy()
@@ -433,35 +560,10 @@ class CueCoEmbedder(
                         f"instances; got {type(cb).__name__}."
                     )
 
-    def _make_optimizer(self, model, batch_size):
-        lr = self.lr
-        if lr == "auto":
-            base = 0.06 if self.optimizer == "sgd" else 1e-3
-            lr = base * batch_size / 256
-        # no weight decay on biases and normalisation weights (all 1-D tensors)
-        params = [p for p in model.query_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": self.weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        if self.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=lr)
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-
     # -- inference --------------------------------------------------------------
     def _validate_for_inference(self, X):
         check_is_fitted(self)
-        X, spec = check_input(self, X, reset=False)
-        if spec is None:
-            return X, self._input_spec
-        if spec.shape != self._input_spec.shape:
-            raise ValueError(
-                f"X holds images of shape (C, H, W) = {spec.shape}, but this "
-                f"{type(self).__name__} was fitted on "
-                + (f"images of shape {self._input_spec.shape}."
-                   if self._input_spec.kind == "image" else "feature vectors.")
-            )
-        return X, spec
+        return self._flatten_like_fit(X, self._input_spec)
 
     def transform(self, X):
         """Embed ``X`` with the trained backbone.
@@ -487,10 +589,7 @@ class CueCoEmbedder(
     def _preprocess_for(self, spec):
         if spec == self._input_spec:
             return self._preprocess
-        # same image shape, other memory layout (e.g. channels-first at transform)
-        pre = Preprocess(spec, 0.0, 1.0).to(self.device_)
-        pre.load_state_dict(self._preprocess.state_dict())
-        return pre
+        return _relayout(self._preprocess, spec)
 
     def predict(self, X):
         """Index of the nearest centroid for each sample.
@@ -563,14 +662,32 @@ def _encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
     return torch.cat(out)
 
 
-def _warmup_cosine(optimizer, steps_per_epoch, max_epochs):
-    total = steps_per_epoch * max_epochs
-    warmup = steps_per_epoch * min(10, max_epochs // 10)
+def _relayout(preprocess, spec):
+    """``preprocess`` for the same images stored in another memory layout."""
+    other = Preprocess(spec, 0.0, 1.0).to(preprocess.offset.device)
+    other.load_state_dict(preprocess.state_dict())
+    return other
 
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def _to_cpu(obj):
+    """Copy of a nested state (dicts, lists, tensors) with tensors on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _without(state, key):
+    return {k: v for k, v in state.items() if k != key}
+
+
+def _load_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path!s} is not a readable skcueco checkpoint: {exc}") from exc

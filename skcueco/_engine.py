@@ -7,6 +7,8 @@ provides::
     training_step(batch, epoch) -> (loss, logs)   # logs: dict of 0-d tensors
     after_optimizer_step(step)
     on_epoch_end(epoch) -> dict of extra Python values for the history
+    state_dict() / load_state_dict(state)   # optional: for checkpoints
+    restore_snapshot()                       # optional: state of the last epoch
 
 Per-step values stay on the device and are summed there; they are read back
 once per epoch, so the hot path has no host synchronisation (except the
@@ -14,6 +16,7 @@ non-finite check, see ``check_every``).
 """
 
 import time
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -74,6 +77,8 @@ class Trainer:
         Number of finished epochs.
     stop_training : bool
         Set by a callback to stop after the current epoch.
+    interrupted : bool
+        Whether the last ``fit`` was stopped by ``KeyboardInterrupt``.
     """
 
     def __init__(self, *, device, max_epochs, callbacks=(), amp=None, check_every=None):
@@ -88,7 +93,12 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.stop_training = False
+        self.interrupted = False
         self.is_main_process = is_main_process()
+        self.task = self.optimizer = self.scheduler = self.scaler = None
+        # set by the caller: embed(X) -> features of the model being trained,
+        # for monitoring callbacks
+        self.embed = None
 
     def _call(self, hook, *args):
         for cb in self.callbacks:
@@ -99,7 +109,7 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def fit(self, task, loader, optimizer, scheduler=None):
+    def fit(self, task, loader, optimizer, scheduler=None, state=None):
         """Train ``task`` from ``self.epoch`` to ``max_epochs``.
 
         Parameters
@@ -110,22 +120,83 @@ class Trainer:
         optimizer : torch.optim.Optimizer
         scheduler : torch.optim.lr_scheduler.LRScheduler, default=None
             Stepped after every optimiser step.
+        state : dict, default=None
+            A :meth:`state_dict` to resume from (a checkpoint).
 
         Returns
         -------
         self : Trainer
+
+        Notes
+        -----
+        ``KeyboardInterrupt`` ends training after the current step; the task
+        is rolled back to the end of the last completed epoch (when it can
+        ``restore_snapshot``) and a warning says so.
         """
-        scaler = torch.amp.GradScaler(
+        self.task, self.optimizer, self.scheduler = task, optimizer, scheduler
+        self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
-        self.stop_training = False
+        if state is not None:
+            self.load_state_dict(state)
+        self.stop_training = self.interrupted = False
         self._call("on_train_begin")
         try:
             while self.epoch < self.max_epochs and not self.stop_training:
-                self._run_epoch(task, loader, optimizer, scheduler, scaler)
+                self._run_epoch(task, loader, optimizer, scheduler, self.scaler)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            if hasattr(task, "restore_snapshot"):
+                task.restore_snapshot()
+            warnings.warn(
+                f"Training was interrupted during epoch {self.epoch + 1}; the model "
+                f"is left as it was after epoch {self.epoch}.", RuntimeWarning,
+            )
         finally:
             self._call("on_train_end")
         return self
+
+    def state_dict(self):
+        """Everything needed to continue training exactly (CPU tensors)."""
+        state = {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "history": [dict(r) for r in self.history],
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        if hasattr(self.task, "state_dict"):
+            state["task"] = self.task.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a :meth:`state_dict` into the running objects.
+
+        Raises
+        ------
+        ValueError
+            If the state does not fit the task (other parameters or data).
+        """
+        try:
+            self._load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ValueError(
+                "The checkpoint does not match this training run (different "
+                f"parameters or data?): {exc}"
+            ) from exc
+
+    def _load_state_dict(self, state):
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.history = [dict(r) for r in state["history"]]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if "task" in state:
+            self.task.load_state_dict(state["task"])
 
     def _run_epoch(self, task, loader, optimizer, scheduler, scaler):
         epoch = self.epoch

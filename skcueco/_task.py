@@ -37,11 +37,18 @@ class CueCoTask:
         whole training set (used to initialise, or refit, the centroids).
     reseed_after : int
         Steps without an assigned key after which a centroid is re-seeded.
+    loader_generator : torch.Generator, default=None
+        The loader's shuffling generator, saved and restored with the task so
+        a resumed run sees the same batches.
+    channels_last : bool, default=False
+        Feed the views in channels-last memory format (faster convolutions
+        on GPUs).
     """
 
     def __init__(self, model, preprocess, augmentation, generator, *, total_steps,
                  key_momentum, cluster_weight, cluster_warmup, cluster_update,
-                 key_features, reseed_after):
+                 key_features, reseed_after, loader_generator=None,
+                 channels_last=False):
         self.model = model
         self.preprocess = preprocess
         self.augmentation = augmentation
@@ -52,7 +59,12 @@ class CueCoTask:
         self.cluster_update = cluster_update
         self.key_features = key_features
         self.reseed_after = reseed_after
+        self.loader_generator = loader_generator
+        self.channels_last = channels_last
         self.current_weight = 0.0
+        # global step at which this run's schedules start (warm start)
+        self.step_offset = 0
+        self._snapshot = None
         self.n_reseeded = 0
         self._keys = None
 
@@ -67,6 +79,8 @@ class CueCoTask:
         self.model.init_centroids(self.key_features())
 
     def on_epoch_begin(self, epoch):
+        if self._snapshot is None:
+            self._take_snapshot()
         self.model.train()
         if self.uses_clusters(epoch) and (
             self.cluster_update == "epoch" or not self.centroids_ready
@@ -78,11 +92,14 @@ class CueCoTask:
         x = self.preprocess(batch)
         v1 = self.augmentation(x, self.generator)
         v2 = self.augmentation(x, self.generator)
+        if self.channels_last:
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2 = v2.contiguous(memory_format=torch.channels_last)
         loss, parts, self._keys = self.model.training_step(v1, v2, self.current_weight)
         return loss, parts
 
     def after_optimizer_step(self, step):
-        self.model.momentum_update(self.momentum(step))
+        self.model.momentum_update(self.momentum(step - self.step_offset))
         keys = torch.cat(self._keys)  # (2N, D)
         self._keys = None
         if self.current_weight > 0 and self.cluster_update == "online":
@@ -92,4 +109,38 @@ class CueCoTask:
     def on_epoch_end(self, epoch):
         if self.current_weight > 0 and self.cluster_update == "online":
             self.n_reseeded += self.model.reseed_dead_centroids(self.reseed_after)
+        self._take_snapshot()
         return {"cluster_weight": self.current_weight}
+
+    # -- state ------------------------------------------------------------------
+    def _take_snapshot(self):
+        self._snapshot = {k: v.detach().to("cpu", copy=True)
+                          for k, v in self.model.state_dict().items()}
+
+    def restore_snapshot(self):
+        """Put the model back to the end of the last completed epoch."""
+        if self._snapshot is not None:
+            self.model.load_state_dict(self._snapshot)
+
+    def state_dict(self):
+        """Model weights, queue, centroids and random streams (CPU tensors)."""
+        state = {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "augmentation_rng": self.generator.get_state(),
+            "n_reseeded": self.n_reseeded,
+        }
+        if self.model.generator is not None:
+            state["model_rng"] = self.model.generator.get_state()
+        if self.loader_generator is not None:
+            state["loader_rng"] = self.loader_generator.get_state()
+        return state
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.generator.set_state(state["augmentation_rng"])
+        self.n_reseeded = state["n_reseeded"]
+        if "model_rng" in state and self.model.generator is not None:
+            self.model.generator.set_state(state["model_rng"])
+        if "loader_rng" in state and self.loader_generator is not None:
+            self.loader_generator.set_state(state["loader_rng"])
+        self._snapshot = None
