@@ -1,6 +1,8 @@
 """CueCoEmbedder: the scikit-learn transformer that trains CueCo."""
 
+import json
 import numbers
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -20,15 +22,18 @@ from ._engine import Trainer
 from ._optim import BASE_LR, make_optimizer, warmup_cosine
 from ._persistence import TorchStateMixin
 from ._task import CueCoTask
-from ._validation import check_input, spec_from_image_shape
+from ._validation import InputSpec, check_input, spec_from_image_shape
+from ._version import __version__
 from .augment import make_augmentation
 from .backbones import BACKBONE_NAMES, build_backbone
 from .callbacks import Callback, ProgressBar
+from .nn.heads import ProjectionHead
 from .nn.model import CueCoModel
 from .nn.momentum import MomentumSchedule
 
 # centroids without an assigned key for this many consecutive steps are re-seeded
 _RESEED_AFTER_STEPS = 50
+_FILE_FORMAT = "skcueco.CueCoEmbedder"
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
 
 
@@ -632,6 +637,134 @@ class CueCoEmbedder(
         labels : ndarray of shape (n_samples,)
         """
         return self.fit(X).predict(X)
+
+    # -- safe persistence -------------------------------------------------------
+    def save(self, path):
+        """Write the fitted model to ``path`` in a format that runs no code on load.
+
+        The file holds tensors plus JSON (parameters, input layout, history
+        and the library version) and is read back with
+        ``torch.load(weights_only=True)``. It keeps what inference needs;
+        pickle or joblib also keep the training state for ``warm_start``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file.
+
+        Raises
+        ------
+        ValueError
+            If a parameter cannot be stored as data: a custom ``torch.nn.Module``
+            backbone or a callable augmentation (use joblib for those).
+        """
+        check_is_fitted(self)
+        params = self.get_params(deep=False)
+        if isinstance(params["backbone"], torch.nn.Module) or callable(params["augmentation"]):
+            raise ValueError(
+                "save() stores parameters as data and cannot store a custom backbone "
+                "module or a callable augmentation; use joblib.dump for this model."
+            )
+        params["callbacks"] = None
+        if not isinstance(params["random_state"], (numbers.Integral, type(None))):
+            params["random_state"] = None
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+        spec = self._input_spec
+        meta = {
+            "format": _FILE_FORMAT,
+            "version": __version__,
+            "params": params,
+            "input_spec": [spec.kind, list(spec.shape), spec.channels_last],
+            "n_features_in": int(self.n_features_in_),
+            "feature_names_in": (list(map(str, self.feature_names_in_))
+                                 if hasattr(self, "feature_names_in_") else None),
+            "feature_dim": int(self._n_features_out),
+            "history": self.history_.to_dict(orient="list"),
+        }
+        payload = {
+            "meta": json.dumps(meta),
+            "encoder": _to_cpu(self.encoder_.state_dict()),
+            "projector": _to_cpu(self._projector.state_dict()),
+            "preprocess": _to_cpu(self._preprocess.state_dict()),
+            "cluster_centers": torch.from_numpy(self.cluster_centers_),
+        }
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        embedder : CueCoEmbedder
+            Fitted, on its saved ``device`` when available, else on the CPU.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a skcueco model (e.g. a pickle that would run
+            code, or a damaged file) or comes from an incompatible version.
+        """
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            meta = json.loads(payload["meta"])
+            assert meta["format"] == _FILE_FORMAT
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise ValueError(
+                f"{path!s} is not a skcueco model file, or it was altered; refusing "
+                f"to load it ({type(exc).__name__}: {exc})."
+            ) from exc
+        saved = meta["version"].split(".")[:2]
+        if saved != __version__.split(".")[:2]:
+            raise ValueError(
+                f"{path!s} was saved by skcueco {meta['version']}, which is not "
+                f"compatible with this version ({__version__}); save it again "
+                "with a matching version."
+            )
+        params = dict(meta["params"])
+        if isinstance(params.get("image_shape"), list):
+            params["image_shape"] = tuple(params["image_shape"])
+        est = cls(**params)
+        kind, shape, channels_last = meta["input_spec"]
+        spec = InputSpec(kind, tuple(shape), channels_last)
+        try:
+            device = resolve_device(est.device)
+        except ValueError:
+            warnings.warn(f"device={est.device!r} is not available here; loading "
+                          "onto the CPU.", UserWarning)
+            device = torch.device("cpu")
+        try:
+            with torch.random.fork_rng(devices=[]):
+                encoder, feature_dim = build_backbone(
+                    est.backbone, input_kind=spec.kind, input_shape=spec.shape)
+                projector = ProjectionHead(feature_dim, est.hidden_dim, est.projection_dim)
+            encoder.load_state_dict(payload["encoder"])
+            projector.load_state_dict(payload["projector"])
+            preprocess = Preprocess(spec, 0.0, 1.0)
+            preprocess.load_state_dict(payload["preprocess"])
+            centers = payload["cluster_centers"].numpy()
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"{path!s} holds weights that do not fit its parameters: {exc}") from exc
+        est.encoder_ = encoder.to(device).eval()
+        est._projector = projector.to(device).eval()
+        est._preprocess = preprocess.to(device)
+        est.cluster_centers_ = centers.copy()
+        est.history_ = pd.DataFrame(meta["history"])
+        est.n_iter_ = len(est.history_)
+        est.n_features_in_ = meta["n_features_in"]
+        if meta["feature_names_in"] is not None:
+            est.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
+        est.image_shape_ = tuple(spec.shape) if spec.kind == "image" else None
+        est._input_spec = spec
+        est.device_ = device
+        est._n_features_out = meta["feature_dim"]
+        return est
 
     # -- tags -------------------------------------------------------------------
     def __sklearn_tags__(self):
