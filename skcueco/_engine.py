@@ -104,6 +104,15 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
+    def _backend_flags(self):
+        # cuDNN autotuning pays off over thousands of same-shape steps; set
+        # for this fit only, the caller's global flags are restored afterwards
+        if self.device.type != "cuda":
+            return nullcontext()
+        cudnn = torch.backends.cudnn
+        return cudnn.flags(enabled=cudnn.enabled, benchmark=True,
+                           deterministic=cudnn.deterministic, allow_tf32=cudnn.allow_tf32)
+
     def _autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
@@ -142,8 +151,9 @@ class Trainer:
         self.stop_training = self.interrupted = False
         self._call("on_train_begin")
         try:
-            while self.epoch < self.max_epochs and not self.stop_training:
-                self._run_epoch(task, loader, optimizer, scheduler, self.scaler)
+            with self._backend_flags():
+                while self.epoch < self.max_epochs and not self.stop_training:
+                    self._run_epoch(task, loader, optimizer, scheduler, self.scaler)
         except KeyboardInterrupt:
             self.interrupted = True
             if hasattr(task, "restore_snapshot"):
