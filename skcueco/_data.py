@@ -29,10 +29,13 @@ class ArrayBatches(Dataset):
     def __getitem__(self, indices):
         # DataLoader hands us a whole list of indices (batch_size=None below):
         # one fancy-index gather per batch instead of one Python call per row
-        rows = self.X[np.asarray(indices)]
-        if rows.dtype == np.bool_:
-            rows = rows.astype(np.uint8)
-        return torch.from_numpy(np.ascontiguousarray(rows))
+        return rows_tensor(self.X[np.asarray(indices)])
+
+
+def rows_tensor(block):
+    """A block of compact rows as a contiguous tensor (bool becomes uint8)."""
+    block = np.ascontiguousarray(block, dtype=np.uint8 if block.dtype == np.bool_ else None)
+    return torch.from_numpy(block)
 
 
 def make_loader(X, *, batch_size, shuffle, generator=None, drop_last=False,

@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import Preprocess, input_statistics, make_loader
+from ._data import Preprocess, input_statistics, make_loader, rows_tensor
 from ._engine import Trainer
 from ._optim import BASE_LR, make_optimizer, warmup_cosine
 from ._persistence import TorchStateMixin
@@ -785,11 +785,12 @@ def _encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
     modules.eval()
     out = []
     try:
-        for rows in make_loader(X, batch_size=batch_size, shuffle=False):
+        for start in range(0, X.shape[0], batch_size):
+            rows = rows_tensor(X[start:start + batch_size])
             n = rows.shape[0]
             if fixed_batch and n < batch_size:
                 rows = torch.cat([rows, rows.new_zeros((batch_size - n, *rows.shape[1:]))])
-            out.append(fn(preprocess(rows.to(device)))[:n].float().cpu())
+            out.append(fn(preprocess(rows.to(device, non_blocking=True)))[:n].float().cpu())
     finally:
         modules.train(was_training)
     return torch.cat(out)
