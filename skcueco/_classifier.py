@@ -195,6 +195,10 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
             )
         return labeled
 
+    def __sklearn_is_fitted__(self):
+        # n_features_in_ is set before training: only a finished fit has a head
+        return hasattr(self, "head_")
+
     @staticmethod
     def _embedder_input(X2d, spec):
         # images given as 3-D/4-D arrays go back to their shape so the embedder

@@ -35,6 +35,10 @@ class ArrayBatches(Dataset):
 def rows_tensor(block):
     """A block of compact rows as a contiguous tensor (bool becomes uint8)."""
     block = np.ascontiguousarray(block, dtype=np.uint8 if block.dtype == np.bool_ else None)
+    if not block.flags.writeable:
+        # a slice of a read-only (e.g. memory-mapped) array: torch cannot wrap
+        # it without warning, and one batch is cheap to copy
+        block = block.copy()
     return torch.from_numpy(block)
 
 

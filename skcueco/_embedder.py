@@ -3,6 +3,7 @@
 import json
 import numbers
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from .nn.momentum import MomentumSchedule
 # centroids without an assigned key for this many consecutive steps are re-seeded
 _RESEED_AFTER_STEPS = 50
 _FILE_FORMAT = "skcueco.CueCoEmbedder"
+_PRIVATE_FITTED = ("_input_spec", "_preprocess", "_projector", "_n_features_out", "_train_state")
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
 
 
@@ -341,12 +343,13 @@ class CueCoEmbedder(
         self : CueCoEmbedder
             The fitted embedder.
         """
-        if self.warm_start and hasattr(self, "_train_state") and resume_from is None:
-            X, spec = self._validate_for_inference(X)
-            return self._train(X, spec, mode="continue")
-        X, spec = self._validate_fit_input(X)
-        state = None if resume_from is None else _load_checkpoint(resume_from)
-        return self._train(X, spec, mode="fresh", state=state)
+        with self._unfitted_on_error():
+            if self.warm_start and hasattr(self, "_train_state") and resume_from is None:
+                X, spec = self._validate_for_inference(X)
+                return self._train(X, spec, mode="continue")
+            X, spec = self._validate_fit_input(X)
+            state = None if resume_from is None else _load_checkpoint(resume_from)
+            return self._train(X, spec, mode="fresh", state=state)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -367,11 +370,26 @@ class CueCoEmbedder(
         -------
         self : CueCoEmbedder
         """
-        if not hasattr(self, "_train_state"):
-            X, spec = self._validate_fit_input(X)
+        with self._unfitted_on_error():
+            if not hasattr(self, "_train_state"):
+                X, spec = self._validate_fit_input(X)
+            else:
+                X, spec = self._validate_for_inference(X)
             return self._train(X, spec, mode="partial")
-        X, spec = self._validate_for_inference(X)
-        return self._train(X, spec, mode="partial")
+
+    @contextmanager
+    def _unfitted_on_error(self):
+        """A fit that fails leaves the estimator unfitted, never half-updated."""
+        try:
+            yield
+        except Exception:
+            for name in list(vars(self)):
+                if (name.endswith("_") and not name.startswith("__")) or name in _PRIVATE_FITTED:
+                    delattr(self, name)
+            raise
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "encoder_")
 
     def _train(self, X, spec, *, mode, state=None):
         """Build (or restore) the model, run the trainer, publish the result.
@@ -781,7 +799,8 @@ def _encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
     matrix kernels round differently for different row counts, and a constant
     shape makes each sample's result independent of the others in ``X``.
     """
-    was_training = modules.training
+    # restore every submodule's own mode afterwards (not one flag for all)
+    modes = [(m, m.training) for m in modules.modules()]
     modules.eval()
     out = []
     try:
@@ -792,7 +811,8 @@ def _encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
                 rows = torch.cat([rows, rows.new_zeros((batch_size - n, *rows.shape[1:]))])
             out.append(fn(preprocess(rows.to(device, non_blocking=True)))[:n].float().cpu())
     finally:
-        modules.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return torch.cat(out)
 
 
