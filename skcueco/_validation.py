@@ -87,7 +87,8 @@ def spec_from_image_shape(image_shape, n_features):
         return InputSpec("vector", (n_features,))
     shape = tuple(image_shape)
     if len(shape) not in (2, 3) or not all(
-        isinstance(s, (int, np.integer)) and s > 0 for s in shape
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+        for s in shape
     ):
         raise ValueError(
             "image_shape must be (height, width) or (height, width, channels) with "
@@ -130,7 +131,6 @@ def check_input(estimator, X, *, reset):
         )
     spec = None
     if isinstance(X, np.ndarray) and X.ndim in (3, 4):
-        _check_dtype(X)
         if X.shape[0] == 0:
             raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}).")
         X, spec = _flatten_images(X)
