@@ -168,6 +168,10 @@ class CueCoEmbedder(
         When True, ``fit`` on a fitted estimator continues training for
         ``max_epochs`` more epochs (new cosine cycle, no warm-up) keeping the
         weights, optimiser state, queue and centroids.
+    compile : bool or str, default=False
+        Run the backbones through ``torch.compile`` during training (the
+        fitted ``encoder_`` stays a plain module). A string names the
+        ``torch.compile`` backend (e.g. ``"inductor"``, ``"cudagraphs"``).
     callbacks : list of Callback, default=None
         Hooks called during training (see :mod:`skcueco.callbacks`).
     device : str, default="auto"
@@ -253,6 +257,7 @@ class CueCoEmbedder(
         "num_workers": [Interval(numbers.Integral, 0, None, closed="left")],
         "channels_last": [StrOptions({"auto"}), "boolean"],
         "warm_start": ["boolean"],
+        "compile": ["boolean", str],
         "callbacks": [list, None],
         "device": [str, HasMethods(["__index__"]), torch.device],
         "random_state": ["random_state"],
@@ -286,6 +291,7 @@ class CueCoEmbedder(
         num_workers=0,
         channels_last="auto",
         warm_start=False,
+        compile=False,
         callbacks=None,
         device="auto",
         random_state=None,
@@ -315,6 +321,7 @@ class CueCoEmbedder(
         self.num_workers = num_workers
         self.channels_last = channels_last
         self.warm_start = warm_start
+        self.compile = compile
         self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
@@ -418,6 +425,9 @@ class CueCoEmbedder(
         channels_last = self._use_channels_last(spec, device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.compile_backbones(
+                **({"backend": self.compile} if isinstance(self.compile, str) else {}))
         task = CueCoTask(
             model, run["preprocess"],
             make_augmentation(

@@ -95,6 +95,16 @@ class CueCoModel(nn.Module):
         self.register_buffer("centroids_ready", torch.zeros((), dtype=torch.bool))
         # steps each centroid has gone without an assigned key; dead ones get re-seeded
         self.register_buffer("empty_steps", torch.zeros(n_clusters, dtype=torch.long))
+        # compiled views of the backbones for training (a plain dict: not
+        # registered, so state_dict and the published modules stay uncompiled)
+        self._compiled = {}
+
+    def compile_backbones(self, **kwargs):
+        """Use ``torch.compile`` (with ``kwargs``) for the backbones in training."""
+        self._compiled = {
+            "q": torch.compile(self.backbone_q, **kwargs),
+            "k": torch.compile(self.backbone_k, **kwargs),
+        }
 
     # -- encoders -------------------------------------------------------------
     def forward(self, x):
@@ -113,12 +123,13 @@ class CueCoModel(nn.Module):
         yield from self.projector_k.parameters()
 
     def encode_query(self, x):
-        z = self.predictor(self.projector_q(self.backbone_q(x)))
+        h = self._compiled.get("q", self.backbone_q)(x)
+        z = self.predictor(self.projector_q(h))
         return F.normalize(z, dim=1)  # (N, D)
 
     @torch.no_grad()
     def encode_key(self, x):
-        k = self.projector_k(self.backbone_k(x))
+        k = self.projector_k(self._compiled.get("k", self.backbone_k)(x))
         return F.normalize(k, dim=1)  # (N, D)
 
     # -- losses ---------------------------------------------------------------
