@@ -76,7 +76,7 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         Class labels seen among the labeled rows.
     n_features_in_ : int
         Number of values per sample seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names, when ``X`` was a DataFrame with string column names.
     device_ : torch.device
         Device of the embedder and of the linear head.

@@ -174,8 +174,9 @@ class CueCoEmbedder(
         ``torch.compile`` backend (e.g. ``"inductor"``, ``"cudagraphs"``).
     callbacks : list of Callback, default=None
         Hooks called during training (see :mod:`skcueco.callbacks`).
-    device : str, default="auto"
-        ``"auto"`` uses CUDA, then MPS, then the CPU.
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA, then MPS, then the CPU; or a torch device
+        name such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
     random_state : int, RandomState instance or None, default=None
         Seeds weights, shuffling and augmentations. On the CPU the same seed
         gives bitwise-identical embeddings. No global random state is used.
@@ -197,7 +198,7 @@ class CueCoEmbedder(
         Number of epochs trained.
     n_features_in_ : int
         Number of values per sample seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names, when ``X`` was a DataFrame with string column names.
     image_shape_ : tuple of int or None
         ``(C, H, W)`` of the images, None for vector input.
@@ -212,10 +213,15 @@ class CueCoEmbedder(
     -----
     On the CPU, ``transform`` and ``predict`` pad every batch to
     ``batch_size`` rows, so a sample's embedding does not depend on which other
-    samples are transformed with it (bitwise). The learning rate follows a linear warm-up (10 % of the epochs, at most
-    10) and a cosine decay to 0. Value ranges: uint8 images are divided by
-    255; other images already within [0, 1] are used as they are, any other
-    range is scaled to [0, 1] with the minimum and maximum seen in ``fit``.
+    samples are transformed with it (bitwise).
+
+    The learning rate follows a linear warm-up (10 % of the epochs, at most
+    10) and a cosine decay to 0.
+
+    Value ranges: uint8 images are divided by 255; other images already
+    within [0, 1] are used as they are; otherwise images are divided by the
+    largest value seen in ``fit`` (so 0 stays black: digits' 0-16 become
+    0-1), after shifting by the smallest value when it is negative.
 
     References
     ----------
@@ -639,7 +645,7 @@ class CueCoEmbedder(
         """
         X, spec = self._validate_for_inference(X)
         preprocess = self._preprocess_for(spec)
-        centers = torch.as_tensor(self.cluster_centers_, device=self.device_)
+        centers = torch.from_numpy(self.cluster_centers_)  # _encode returns CPU tensors
 
         def project(x):
             z = self._projector(self.encoder_(x)).float()
