@@ -356,10 +356,12 @@ class CueCoEmbedder(
         self : CueCoEmbedder
             The fitted embedder.
         """
-        with self._unfitted_on_error():
-            if self.warm_start and hasattr(self, "_train_state") and resume_from is None:
-                X, spec = self._validate_for_inference(X)
+        if self.warm_start and hasattr(self, "_train_state") and resume_from is None:
+            # bad input must not cost the model trained so far: validate first
+            X, spec = self._validate_for_inference(X)
+            with self._unfitted_on_error():
                 return self._train(X, spec, mode="continue")
+        with self._unfitted_on_error():
             X, spec = self._validate_fit_input(X)
             state = None if resume_from is None else _load_checkpoint(resume_from)
             return self._train(X, spec, mode="fresh", state=state)
@@ -383,11 +385,12 @@ class CueCoEmbedder(
         -------
         self : CueCoEmbedder
         """
+        if hasattr(self, "_train_state"):
+            X, spec = self._validate_for_inference(X)
+            with self._unfitted_on_error():
+                return self._train(X, spec, mode="partial")
         with self._unfitted_on_error():
-            if not hasattr(self, "_train_state"):
-                X, spec = self._validate_fit_input(X)
-            else:
-                X, spec = self._validate_for_inference(X)
+            X, spec = self._validate_fit_input(X)
             return self._train(X, spec, mode="partial")
 
     @contextmanager

@@ -7,8 +7,7 @@ provides::
     training_step(batch, epoch) -> (loss, logs)   # logs: dict of 0-d tensors
     after_optimizer_step(step)
     on_epoch_end(epoch) -> dict of extra Python values for the history
-    state_dict() / load_state_dict(state)   # optional: for checkpoints
-    restore_snapshot()                       # optional: state of the last epoch
+    state_dict() / load_state_dict(state)   # optional: checkpoints, Ctrl-C
 
 Per-step values stay on the device and are summed there; they are read back
 once per epoch, so the hot path has no host synchronisation (except the
@@ -138,9 +137,9 @@ class Trainer:
 
         Notes
         -----
-        ``KeyboardInterrupt`` ends training after the current step; the task
-        is rolled back to the end of the last completed epoch (when it can
-        ``restore_snapshot``) and a warning says so.
+        ``KeyboardInterrupt`` ends training after the current step; the whole
+        training state (task, optimiser, schedule, counters) is rolled back to
+        the end of the last completed epoch and a warning says so.
         """
         self.task, self.optimizer, self.scheduler = task, optimizer, scheduler
         self.scaler = torch.amp.GradScaler(
@@ -156,8 +155,7 @@ class Trainer:
                     self._run_epoch(task, loader, optimizer, scheduler, self.scaler)
         except KeyboardInterrupt:
             self.interrupted = True
-            if hasattr(task, "restore_snapshot"):
-                task.restore_snapshot()
+            self.load_state_dict(self._epoch_start)
             warnings.warn(
                 f"Training was interrupted during epoch {self.epoch + 1}; the model "
                 f"is left as it was after epoch {self.epoch}.", RuntimeWarning,
@@ -209,6 +207,8 @@ class Trainer:
             self.task.load_state_dict(state["task"])
 
     def _run_epoch(self, task, loader, optimizer, scheduler, scaler):
+        # a copy to roll back to if the epoch is interrupted half-way
+        self._epoch_start = _copy_state(self.state_dict())
         epoch = self.epoch
         start = time.perf_counter()
         task.on_epoch_begin(epoch)
@@ -255,3 +255,14 @@ class Trainer:
             "or the input holds extreme values."
         )
 
+
+
+def _copy_state(obj):
+    """Deep copy of a nested state with every tensor cloned to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _copy_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copy_state(v) for v in obj)
+    return obj

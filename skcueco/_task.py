@@ -64,7 +64,6 @@ class CueCoTask:
         self.current_weight = 0.0
         # global step at which this run's schedules start (warm start)
         self.step_offset = 0
-        self._snapshot = None
         self.n_reseeded = 0
         self._keys = None
 
@@ -79,8 +78,6 @@ class CueCoTask:
         self.model.init_centroids(self.key_features())
 
     def on_epoch_begin(self, epoch):
-        if self._snapshot is None:
-            self._take_snapshot()
         self.model.train()
         if self.uses_clusters(epoch) and (
             self.cluster_update == "epoch" or not self.centroids_ready
@@ -109,19 +106,9 @@ class CueCoTask:
     def on_epoch_end(self, epoch):
         if self.current_weight > 0 and self.cluster_update == "online":
             self.n_reseeded += self.model.reseed_dead_centroids(self.reseed_after)
-        self._take_snapshot()
         return {"cluster_weight": self.current_weight}
 
     # -- state ------------------------------------------------------------------
-    def _take_snapshot(self):
-        self._snapshot = {k: v.detach().to("cpu", copy=True)
-                          for k, v in self.model.state_dict().items()}
-
-    def restore_snapshot(self):
-        """Put the model back to the end of the last completed epoch."""
-        if self._snapshot is not None:
-            self.model.load_state_dict(self._snapshot)
-
     def state_dict(self):
         """Model weights, queue, centroids and random streams (CPU tensors)."""
         state = {
@@ -143,4 +130,3 @@ class CueCoTask:
             self.model.generator.set_state(state["model_rng"])
         if "loader_rng" in state and self.loader_generator is not None:
             self.loader_generator.set_state(state["loader_rng"])
-        self._snapshot = None

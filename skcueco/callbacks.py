@@ -156,12 +156,24 @@ class Checkpoint(Callback):
         self.saved_ = sorted(self._dir.glob("epoch-*.pt"))
 
     def on_epoch_end(self, trainer, epoch, logs):
-        last = trainer.epoch >= trainer.max_epochs
-        if (epoch + 1) % self.every and not last:
-            return
+        last = trainer.epoch >= trainer.max_epochs or trainer.stop_training
+        if (epoch + 1) % self.every == 0 or last:
+            self._save(trainer, epoch)
+
+    def on_train_end(self, trainer):
+        # a stop requested after this callback ran (e.g. by EarlyStopping later
+        # in the list) still gets its final checkpoint
+        done = trainer.epoch
+        if done and not trainer.interrupted and self._path(done - 1) not in self.saved_:
+            self._save(trainer, done - 1)
+
+    def _path(self, epoch):
+        return self._dir / f"epoch-{epoch + 1:04d}.pt"
+
+    def _save(self, trainer, epoch):
         if not trainer.is_main_process:
             return
-        path = self._dir / f"epoch-{epoch + 1:04d}.pt"
+        path = self._path(epoch)
         tmp = path.with_suffix(".tmp")
         torch.save(trainer.state_dict(), tmp)
         os.replace(tmp, path)  # never leave a half-written checkpoint
@@ -203,7 +215,7 @@ class KNNMonitor(Callback):
         self.temperature = temperature
 
     def on_epoch_end(self, trainer, epoch, logs):
-        last = trainer.epoch >= trainer.max_epochs
+        last = trainer.epoch >= trainer.max_epochs or trainer.stop_training
         if (epoch + 1) % self.every and not last:
             return
         bank = trainer.embed(self.X_train)
