@@ -1,6 +1,19 @@
-"""Rank and world-size helpers that are no-ops without ``torch.distributed``."""
+"""Process-group helpers that are no-ops without ``torch.distributed``.
 
+``fit`` never starts processes: under ``torchrun`` (``WORLD_SIZE > 1`` in the
+environment) it joins the process group that the launcher describes, NCCL on
+GPUs and gloo on CPUs.
+"""
+
+import os
+from datetime import timedelta
+
+import torch
 import torch.distributed as dist
+
+# a rank that dies or hangs makes the others fail after this long rather than
+# wait forever in a collective
+DEFAULT_TIMEOUT_S = 600
 
 
 def is_distributed():
@@ -21,3 +34,66 @@ def get_world_size():
 def is_main_process():
     """True on rank 0 and when not distributed."""
     return get_rank() == 0
+
+
+def launched_distributed():
+    """Whether a launcher such as torchrun started several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(timeout_s=DEFAULT_TIMEOUT_S):
+    """Join the process group described by torchrun's environment variables.
+
+    Does nothing when ``WORLD_SIZE`` is 1 or unset, or when the group is
+    already initialised (by the user's script, say).
+
+    Parameters
+    ----------
+    timeout_s : float, default=600
+        Collective operations waiting longer than this raise an error.
+
+    Returns
+    -------
+    distributed : bool
+        Whether a multi-process group is running.
+    """
+    if not launched_distributed() or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return is_distributed()
+
+
+def local_rank():
+    """This process's index on its machine (``LOCAL_RANK``), 0 by default."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@torch.no_grad()
+def all_gather_cat(tensor):
+    """Concatenate ``tensor`` from every rank along dim 0 (rank order).
+
+    No gradient flows through the result: used for keys, which have none.
+    """
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def all_reduce_(tensor, op="sum"):
+    """In-place sum (or ``"max"``) over ranks; returns ``tensor``."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensor, src=0):
+    """In-place copy of rank ``src``'s ``tensor`` to every rank; returns it."""
+    if is_distributed():
+        dist.broadcast(tensor, src)
+    return tensor

@@ -12,6 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._distributed import (
+    all_gather_cat,
+    all_reduce_,
+    broadcast_,
+    get_rank,
+    get_world_size,
+    is_distributed,
+)
 from .heads import PredictionHead, ProjectionHead
 from .kmeans import spherical_kmeans
 from .losses import assign_clusters, cluster_pull, info_nce, proto_nce
@@ -101,10 +109,30 @@ class CueCoModel(nn.Module):
 
     def compile_backbones(self, **kwargs):
         """Use ``torch.compile`` (with ``kwargs``) for the backbones in training."""
-        self._compiled = {
-            "q": torch.compile(self.backbone_q, **kwargs),
-            "k": torch.compile(self.backbone_k, **kwargs),
-        }
+        self._compiled.update(
+            q=torch.compile(self.backbone_q, **kwargs),
+            k=torch.compile(self.backbone_k, **kwargs),
+        )
+
+    def distribute(self, device_ids=None, shuffle_bn=True):
+        """Train the query network with DistributedDataParallel.
+
+        Parameters
+        ----------
+        device_ids : list of int, default=None
+            The one GPU of this process, None on the CPU.
+        shuffle_bn : bool, default=True
+            MoCo's shuffled BatchNorm for the key network: keys are computed
+            on a random mix of every rank's images, so BatchNorm statistics
+            cannot leak which key belongs to which query.
+        """
+        query = _QueryNet(
+            self._compiled.get("q", self.backbone_q), self.projector_q, self.predictor
+        )
+        self._compiled["ddp_q"] = torch.nn.parallel.DistributedDataParallel(
+            query, device_ids=device_ids
+        )
+        self.shuffle_bn = shuffle_bn
 
     # -- encoders -------------------------------------------------------------
     def forward(self, x):
@@ -123,14 +151,31 @@ class CueCoModel(nn.Module):
         yield from self.projector_k.parameters()
 
     def encode_query(self, x):
-        h = self._compiled.get("q", self.backbone_q)(x)
-        z = self.predictor(self.projector_q(h))
+        if "ddp_q" in self._compiled and self.training:
+            z = self._compiled["ddp_q"](x)
+        else:
+            z = self.predictor(self.projector_q(self._compiled.get("q", self.backbone_q)(x)))
         return F.normalize(z, dim=1)  # (N, D)
 
     @torch.no_grad()
     def encode_key(self, x):
+        if self.training and getattr(self, "shuffle_bn", False) and is_distributed():
+            return self._encode_key_shuffled(x)
         k = self.projector_k(self._compiled.get("k", self.backbone_k)(x))
         return F.normalize(k, dim=1)  # (N, D)
+
+    @torch.no_grad()
+    def _encode_key_shuffled(self, x):
+        # MoCo's shuffle-BN: every rank draws the same permutation (identical
+        # generators), encodes its slice of the shuffled global batch, and
+        # takes back the keys of its own images
+        world, rank, n = get_world_size(), get_rank(), x.shape[0]
+        x_all = all_gather_cat(x)  # (world * N, ...)
+        perm = torch.randperm(world * n, generator=self.generator).to(x.device)
+        mine = perm.view(world, n)[rank]
+        k = self.projector_k(self._compiled.get("k", self.backbone_k)(x_all[mine]))
+        k_all = all_gather_cat(F.normalize(k, dim=1))  # (world * N, D), shuffled order
+        return k_all[torch.argsort(perm).view(world, n)[rank]]  # (N, D)
 
     # -- losses ---------------------------------------------------------------
     def training_step(self, v1, v2, cluster_weight=0.0):
@@ -203,7 +248,8 @@ class CueCoModel(nn.Module):
             features.float(), self.centroids.shape[0], n_iter=n_iter,
             generator=self.generator,
         )
-        self.centroids.copy_(centroids)
+        # every rank must hold the same centroids: rank 0's k-means wins
+        self.centroids.copy_(broadcast_(centroids.contiguous()))
         self.centroids_ready.fill_(True)
         self.empty_steps.zero_()
 
@@ -219,6 +265,9 @@ class CueCoModel(nn.Module):
         a = assign_clusters(keys, self.centroids)  # (M,)
         counts = torch.bincount(a, minlength=n_clusters)  # (K,)
         sums = torch.zeros_like(self.centroids).index_add_(0, a, keys)  # (K, D)
+        # the keys of all ranks move the centroids, identically everywhere
+        all_reduce_(counts)
+        all_reduce_(sums)
         means = sums / counts.clamp_min(1).unsqueeze(1)
         beta = self.cluster_momentum
         updated = F.normalize(beta * self.centroids + (1 - beta) * means, dim=1)
@@ -251,6 +300,12 @@ class CueCoModel(nn.Module):
         return int(dead.numel())
 
     @torch.no_grad()
+    def sync_buffers(self):
+        """Copy rank 0's buffers (BatchNorm statistics, queue) to all ranks."""
+        for buffer in self.buffers():
+            broadcast_(buffer)
+
+    @torch.no_grad()
     def project(self, x):
         """Unit-norm projections of the query network, ``(N, D)``.
 
@@ -263,3 +318,14 @@ class CueCoModel(nn.Module):
     def predict_clusters(self, x):
         """Index of the nearest centroid for each input, ``(N,)``."""
         return assign_clusters(self.project(x), self.centroids)
+
+
+class _QueryNet(nn.Module):
+    """The query path as one module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, backbone, projector, predictor):
+        super().__init__()
+        self.backbone, self.projector, self.predictor = backbone, projector, predictor
+
+    def forward(self, x):
+        return self.predictor(self.projector(self.backbone(x)))
