@@ -8,7 +8,14 @@ per batch, moved to the device in their compact dtype, and converted there.
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
 
 
 class ArrayBatches(Dataset):
@@ -43,7 +50,7 @@ def rows_tensor(block):
 
 
 def make_loader(X, *, batch_size, shuffle, generator=None, drop_last=False,
-                num_workers=0, pin_memory=False, sampler=None):
+                num_workers=0, pin_memory=False, shard=None):
     """DataLoader yielding compact ``(B, n_features)`` tensors.
 
     Parameters
@@ -57,19 +64,24 @@ def make_loader(X, *, batch_size, shuffle, generator=None, drop_last=False,
     drop_last : bool, default=False
     num_workers : int, default=0
     pin_memory : bool, default=False
-    sampler : torch.utils.data.Sampler, default=None
-        Overrides ``shuffle`` (used for distributed sharding).
+    shard : tuple of (int, int, int), default=None
+        ``(world_size, rank, seed)``: this process reads its share of a
+        :class:`~torch.utils.data.DistributedSampler` seeded with ``seed``
+        (reshuffled per epoch by ``loader.sampler.sampler.set_epoch``).
 
     Returns
     -------
     loader : torch.utils.data.DataLoader
     """
     dataset = ArrayBatches(X)
-    if sampler is None:
-        sampler = (
-            RandomSampler(dataset, generator=generator) if shuffle
-            else SequentialSampler(dataset)
-        )
+    if shard is not None:
+        world_size, rank, seed = shard
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                     shuffle=shuffle, seed=seed, drop_last=True)
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
     batches = BatchSampler(sampler, batch_size, drop_last)
     return DataLoader(
         dataset,

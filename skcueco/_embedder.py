@@ -19,11 +19,19 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._data import Preprocess, input_statistics, make_loader, rows_tensor
+from ._distributed import (
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+    launched_distributed,
+    local_rank,
+)
 from ._engine import Trainer
 from ._optim import BASE_LR, make_optimizer, warmup_cosine
 from ._persistence import TorchStateMixin
 from ._task import CueCoTask
-from ._validation import InputSpec, check_input, spec_from_image_shape
+from ._validation import InputSpec, check_input, image_format, spec_from_image_shape
 from ._version import __version__
 from .augment import make_augmentation
 from .backbones import BACKBONE_NAMES, build_backbone
@@ -52,7 +60,9 @@ def resolve_device(device):
     """
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            # under torchrun each process owns the GPU of its local rank
+            return torch.device("cuda", local_rank() if launched_distributed() else
+                                torch.cuda.current_device())
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
@@ -145,8 +155,16 @@ class CueCoEmbedder(
         ``"auto"`` reads rows of ``s*s`` or ``3*s*s`` values (``s >= 8``) as
         square grayscale or channels-last RGB images, others as vectors.
         Ignored for 3-D and 4-D input.
+    image_size : int, tuple of (int, int) or None, default=None
+        ``(height, width)`` that images read from files, folders, PIL images
+        or a torch Dataset are fitted to (scaled to cover it, aspect ratio
+        kept, then centre-cropped); an int means a square. None: the size of
+        the first image. New images in ``transform`` are fitted to the
+        training size. Arrays are never resized.
     batch_size : int, default=256
-        Images per optimiser step (capped at the number of samples).
+        Images per optimiser step (capped at the number of samples); per
+        process under ``torchrun``, where the learning rate follows the
+        global batch ``batch_size * world_size``.
     max_epochs : int, default=100
         Number of passes over the data.
     lr : float or "auto", default="auto"
@@ -172,6 +190,13 @@ class CueCoEmbedder(
         Run the backbones through ``torch.compile`` during training (the
         fitted ``encoder_`` stays a plain module). A string names the
         ``torch.compile`` backend (e.g. ``"inductor"``, ``"cudagraphs"``).
+    distributed_bn : {"shuffle", "sync"}, default="shuffle"
+        BatchNorm under ``torchrun`` (several processes). ``"shuffle"``:
+        MoCo's shuffled BatchNorm for the key network, which keeps a batch's
+        statistics from revealing which key matches which query; it runs on
+        any backend, CPUs included. ``"sync"``: SyncBatchNorm in both
+        networks (statistics over the global batch; CUDA only, one more
+        collective per BatchNorm layer). Ignored in a single process.
     callbacks : list of Callback, default=None
         Hooks called during training (see :mod:`skcueco.callbacks`).
     device : str or torch.device, default="auto"
@@ -254,6 +279,7 @@ class CueCoEmbedder(
         "cluster_momentum": [Interval(numbers.Real, 0, 1, closed="both")],
         "augmentation": [StrOptions({"auto", "rgb", "grayscale", "vector", "none"}), callable],
         "image_shape": [StrOptions({"auto"}), None, tuple, list],
+        "image_size": [None, Interval(numbers.Integral, 1, None, closed="left"), tuple, list],
         "batch_size": [Interval(numbers.Integral, 2, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "lr": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="neither")],
@@ -264,6 +290,7 @@ class CueCoEmbedder(
         "channels_last": [StrOptions({"auto"}), "boolean"],
         "warm_start": ["boolean"],
         "compile": ["boolean", str],
+        "distributed_bn": [StrOptions({"shuffle", "sync"})],
         "callbacks": [list, None],
         "device": [str, HasMethods(["__index__"]), torch.device],
         "random_state": ["random_state"],
@@ -288,6 +315,7 @@ class CueCoEmbedder(
         cluster_momentum=0.9,
         augmentation="auto",
         image_shape="auto",
+        image_size=None,
         batch_size=256,
         max_epochs=100,
         lr="auto",
@@ -298,6 +326,7 @@ class CueCoEmbedder(
         channels_last="auto",
         warm_start=False,
         compile=False,
+        distributed_bn="shuffle",
         callbacks=None,
         device="auto",
         random_state=None,
@@ -318,6 +347,7 @@ class CueCoEmbedder(
         self.cluster_momentum = cluster_momentum
         self.augmentation = augmentation
         self.image_shape = image_shape
+        self.image_size = image_size
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.lr = lr
@@ -328,6 +358,7 @@ class CueCoEmbedder(
         self.channels_last = channels_last
         self.warm_start = warm_start
         self.compile = compile
+        self.distributed_bn = distributed_bn
         self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
@@ -344,6 +375,9 @@ class CueCoEmbedder(
                 (n_samples, H, W, C) or (n_samples, C, H, W)
             Images (any numeric dtype; uint8 stays uint8 in memory) or
             feature vectors. A DataFrame of flattened pixels is accepted.
+            So are images decoded lazily by :class:`~skcueco.ImageSource`:
+            a list, array or pandas Series of file paths, a folder, a list
+            of PIL images or a torch Dataset (see ``image_size``).
         y : None
             Ignored; present for API consistency.
         resume_from : str or path-like, default=None
@@ -416,6 +450,8 @@ class CueCoEmbedder(
         epoch at constant learning rate and momentum).
         """
         previous = getattr(self, "_train_state", None) if mode != "fresh" else None
+        distributed = init_distributed()
+        world, rank = get_world_size(), get_rank()
         run = self._build(X, spec, previous)
         model, device, batch_size = run["model"], run["device"], run["batch_size"]
         loader_generator = torch.Generator().manual_seed(run["seeds"][3])
@@ -423,20 +459,41 @@ class CueCoEmbedder(
             X, batch_size=batch_size, shuffle=True, drop_last=True,
             generator=loader_generator, num_workers=self.num_workers,
             pin_memory=device.type == "cuda",
+            shard=(world, rank, run["seeds"][3]) if distributed else None,
         )
         steps = len(loader)
+        if steps == 0:
+            raise ValueError(
+                f"Each of the {world} processes gets fewer than batch_size={batch_size} "
+                "samples: use a smaller batch_size or fewer processes."
+            )
         done_epochs = 0 if previous is None else previous["epoch"]
         n_epochs = 1 if mode == "partial" else self.max_epochs
-        lr = self.lr if self.lr != "auto" else BASE_LR[self.optimizer] * batch_size / 256
-        optimizer = make_optimizer(
-            self.optimizer, model.query_parameters(), lr=lr, weight_decay=self.weight_decay
-        )
+        # the learning rate follows the global batch, summed over processes
+        lr = self.lr
+        if lr == "auto":
+            lr = BASE_LR[self.optimizer] * batch_size * world / 256
+        if distributed and self.distributed_bn == "sync":
+            if device.type != "cuda":
+                raise ValueError(
+                    "distributed_bn='sync' needs CUDA GPUs (PyTorch's SyncBatchNorm "
+                    "does not run on the CPU); use distributed_bn='shuffle'."
+                )
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         channels_last = self._use_channels_last(spec, device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
         if self.compile:
             model.compile_backbones(
                 **({"backend": self.compile} if isinstance(self.compile, str) else {}))
+        if distributed:
+            model.distribute(
+                device_ids=[device.index] if device.type == "cuda" else None,
+                shuffle_bn=self.distributed_bn == "shuffle",
+            )
+        optimizer = make_optimizer(
+            self.optimizer, model.query_parameters(), lr=lr, weight_decay=self.weight_decay
+        )
         task = CueCoTask(
             model, run["preprocess"],
             make_augmentation(
@@ -444,7 +501,8 @@ class CueCoEmbedder(
                 n_channels=spec.shape[0] if spec.kind == "image" else None,
                 image_size=spec.shape[1:] if spec.kind == "image" else None,
             ),
-            torch.Generator(device=device).manual_seed(run["seeds"][2]),
+            # each process draws its own views
+            torch.Generator(device=device).manual_seed(run["seeds"][2] + rank),
             total_steps=steps * n_epochs,
             key_momentum=self.key_momentum,
             cluster_weight=self.cluster_weight,
@@ -454,6 +512,7 @@ class CueCoEmbedder(
             reseed_after=_RESEED_AFTER_STEPS,
             loader_generator=loader_generator,
             channels_last=channels_last,
+            sampler=loader.sampler.sampler if distributed else None,
         )
         if mode == "partial":
             task.momentum = MomentumSchedule(1, base=self.key_momentum, final=self.key_momentum)
@@ -479,6 +538,10 @@ class CueCoEmbedder(
             warmup = 0 if previous is not None else steps * min(10, n_epochs // 10)
             scheduler = warmup_cosine(optimizer, steps * n_epochs, warmup)
         trainer.fit(task, loader, optimizer, scheduler, state=state)
+        if distributed:
+            # BatchNorm statistics drift apart per process: rank 0's win, so
+            # every process ends with the same fitted estimator
+            model.sync_buffers()
         self._train_state = _to_cpu(trainer.state_dict())
         self._publish(run, spec, trainer.history)
         return self
@@ -489,7 +552,7 @@ class CueCoEmbedder(
         return bool(self.channels_last) and spec.kind == "image"
 
     def _validate_fit_input(self, X):
-        X, spec = check_input(self, X, reset=True)
+        X, spec = check_input(self, X, reset=True, image_size=self.image_size)
         if spec is None:
             spec = spec_from_image_shape(self.image_shape, X.shape[1])
         self._check_params_vs_input(X)
@@ -547,7 +610,8 @@ class CueCoEmbedder(
 
     def _flatten_like_fit(self, X, spec):
         """Validate extra data (e.g. a monitor's) against the fitted layout."""
-        X, other = check_input(self, X, reset=False)
+        # images from files are decoded at the fitted size and colour mode
+        X, other = check_input(self, X, reset=False, **image_format(spec))
         if other is None:
             return X, spec
         if other.shape != spec.shape:
@@ -696,6 +760,8 @@ class CueCoEmbedder(
             backbone or a callable augmentation (use joblib for those).
         """
         check_is_fitted(self)
+        if not is_main_process():
+            return  # under torchrun every rank holds the same model: rank 0 writes
         params = self.get_params(deep=False)
         if isinstance(params["backbone"], torch.nn.Module) or callable(params["augmentation"]):
             raise ValueError(
@@ -765,8 +831,9 @@ class CueCoEmbedder(
                 "with a matching version."
             )
         params = dict(meta["params"])
-        if isinstance(params.get("image_shape"), list):
-            params["image_shape"] = tuple(params["image_shape"])
+        for name in ("image_shape", "image_size"):
+            if isinstance(params.get(name), list):
+                params[name] = tuple(params[name])
         est = cls(**params)
         kind, shape, channels_last = meta["input_spec"]
         spec = InputSpec(kind, tuple(shape), channels_last)
@@ -783,8 +850,8 @@ class CueCoEmbedder(
                 projector = ProjectionHead(feature_dim, est.hidden_dim, est.projection_dim)
             encoder.load_state_dict(payload["encoder"])
             projector.load_state_dict(payload["projector"])
-            preprocess = Preprocess(spec, 0.0, 1.0)
-            preprocess.load_state_dict(payload["preprocess"])
+            pre = payload["preprocess"]
+            preprocess = Preprocess(spec, pre["offset"], pre["scale"])
             centers = payload["cluster_centers"].numpy()
         except (KeyError, RuntimeError, ValueError) as exc:
             raise ValueError(f"{path!s} holds weights that do not fit its parameters: {exc}") from exc
@@ -859,9 +926,7 @@ def _encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
 
 def _relayout(preprocess, spec):
     """``preprocess`` for the same images stored in another memory layout."""
-    other = Preprocess(spec, 0.0, 1.0).to(preprocess.offset.device)
-    other.load_state_dict(preprocess.state_dict())
-    return other
+    return Preprocess(spec, preprocess.offset, preprocess.scale)
 
 
 def _to_cpu(obj):

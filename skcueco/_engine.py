@@ -20,7 +20,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ._distributed import is_main_process
+from ._distributed import all_reduce_, get_world_size, is_main_process
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -220,7 +220,7 @@ class Trainer:
             with self._autocast():
                 loss, logs = task.training_step(batch, epoch)
             nonfinite |= ~torch.isfinite(loss.detach())
-            if (self.global_step + 1) % self.check_every == 0 and bool(nonfinite):
+            if (self.global_step + 1) % self.check_every == 0 and _on_any_rank(nonfinite):
                 self._raise_nonfinite(epoch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -237,10 +237,13 @@ class Trainer:
             self._call("on_batch_end", self.global_step, logs)
         if n_steps == 0:
             raise ValueError("The loader produced no batch: the data set is too small.")
-        if bool(nonfinite):
+        if _on_any_rank(nonfinite):
             self._raise_nonfinite(epoch)
+        # one collective per epoch: the history is the mean over all ranks
+        keys = list(sums)
+        means = all_reduce_(torch.stack([sums[k] for k in keys])) / (n_steps * get_world_size())
         record = {"epoch": epoch + 1}
-        record.update({k: float(v) / n_steps for k, v in sums.items()})
+        record.update(zip(keys, means.tolist()))
         record["lr"] = optimizer.param_groups[0]["lr"]
         record.update(task.on_epoch_end(epoch) or {})
         record["seconds"] = time.perf_counter() - start
@@ -266,3 +269,8 @@ def _copy_state(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_copy_state(v) for v in obj)
     return obj
+
+
+def _on_any_rank(flag):
+    """Whether ``flag`` (a 0-d bool tensor) is set on this or any other rank."""
+    return bool(all_reduce_(flag.to(torch.int32), op="max"))

@@ -8,6 +8,7 @@ PyTorch: no scikit-learn here.
 
 import torch
 
+from ._distributed import all_gather_cat
 from .nn.momentum import MomentumSchedule
 
 
@@ -43,12 +44,14 @@ class CueCoTask:
     channels_last : bool, default=False
         Feed the views in channels-last memory format (faster convolutions
         on GPUs).
+    sampler : torch.utils.data.DistributedSampler, default=None
+        Reseeded every epoch (``set_epoch``) in distributed training.
     """
 
     def __init__(self, model, preprocess, augmentation, generator, *, total_steps,
                  key_momentum, cluster_weight, cluster_warmup, cluster_update,
                  key_features, reseed_after, loader_generator=None,
-                 channels_last=False):
+                 channels_last=False, sampler=None):
         self.model = model
         self.preprocess = preprocess
         self.augmentation = augmentation
@@ -61,6 +64,7 @@ class CueCoTask:
         self.reseed_after = reseed_after
         self.loader_generator = loader_generator
         self.channels_last = channels_last
+        self.sampler = sampler
         self.current_weight = 0.0
         # global step at which this run's schedules start (warm start)
         self.step_offset = 0
@@ -78,6 +82,8 @@ class CueCoTask:
         self.model.init_centroids(self.key_features())
 
     def on_epoch_begin(self, epoch):
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
         self.model.train()
         if self.uses_clusters(epoch) and (
             self.cluster_update == "epoch" or not self.centroids_ready
@@ -100,8 +106,9 @@ class CueCoTask:
         keys = torch.cat(self._keys)  # (2N, D)
         self._keys = None
         if self.current_weight > 0 and self.cluster_update == "online":
-            self.model.update_centroids(keys)
-        self.model.enqueue(keys)
+            self.model.update_centroids(keys)  # sums over ranks inside
+        # every rank's queue receives the keys of all ranks
+        self.model.enqueue(all_gather_cat(keys))
 
     def on_epoch_end(self, epoch):
         if self.current_weight > 0 and self.cluster_update == "online":

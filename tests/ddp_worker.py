@@ -1,0 +1,62 @@
+"""Run by tests/test_distributed.py under torchrun (not collected by pytest).
+
+Usage: python -m torch.distributed.run --standalone --nproc_per_node=N
+       tests/ddp_worker.py OUT_DIR BATCH_SIZE [--fail-rank R]
+"""
+
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from skcueco import CueCoEmbedder
+from skcueco.callbacks import Callback
+
+
+def data():
+    """Three blobs of 16-dimensional vectors, the same on every rank."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, size=(3, 16))
+    return (centers[np.arange(192) % 3] + rng.normal(size=(192, 16))).astype(np.float32)
+
+
+PARAMS = dict(max_epochs=4, hidden_dim=64, projection_dim=16, queue_size=100, n_clusters=3,
+              cluster_warmup=1, image_shape=None, random_state=0, device="cpu")
+
+
+class FailOnRank(Callback):
+    def __init__(self, rank):
+        self.rank = rank
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if int(os.environ.get("RANK", "0")) == self.rank and epoch == 1:
+            raise RuntimeError(f"rank {self.rank} fails on purpose")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("batch_size", type=int)
+    parser.add_argument("--fail-rank", type=int)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    callbacks = [FailOnRank(args.fail_rank)] if args.fail_rank is not None else None
+    est = CueCoEmbedder(batch_size=args.batch_size, callbacks=callbacks, **PARAMS).fit(data())
+    rank = int(os.environ.get("RANK", "0"))
+    model = est._train_state["task"]["model"]
+    np.savez(
+        os.path.join(args.out, f"rank{rank}.npz"),
+        weights=np.concatenate([v.numpy().ravel() for v in est.encoder_.state_dict().values()]),
+        centers=est.cluster_centers_,
+        queue=model["queue.keys"].numpy(),
+        queue_ptr=model["queue.ptr"].numpy(),
+        loss=est.history_["loss"].to_numpy(),
+        global_step=est._train_state["global_step"],
+        embedding=est.transform(data()[:10]),
+    )
+    est.save(os.path.join(args.out, "model.pt"))  # rank 0 only
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""DistributedDataParallel under torchrun: 2 CPU processes with gloo.
+
+What differs between 2 processes with batch B and 1 process with batch 2B,
+by design: query BatchNorm statistics come from B images per process (not
+2B), the key network uses shuffle-BN across processes, each process draws
+its own augmentations, and the DistributedSampler orders the data
+differently. Identical by design: the number of optimiser steps, the
+learning rate (global batch 2B), the queue contents per step (2 x 2B keys)
+and the centroid updates (over all 2B keys). So the loss trajectories agree
+statistically, within the tolerance tested below, not bitwise.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skcueco import CueCoEmbedder
+
+WORKER = str(Path(__file__).with_name("ddp_worker.py"))
+
+
+def torchrun(out, batch_size, *extra, nproc=2, timeout=240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", WORKER, str(out), str(batch_size), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    result = torchrun(out, 16)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, [np.load(out / f"rank{r}.npz") for r in (0, 1)]
+
+
+def test_both_ranks_end_with_the_same_model(two_ranks):
+    _, (r0, r1) = two_ranks
+    for key in ("weights", "centers", "queue", "queue_ptr", "loss", "embedding"):
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
+    assert np.isfinite(r0["loss"]).all()
+
+
+def test_queue_holds_the_keys_of_both_ranks(two_ranks):
+    _, (r0, _) = two_ranks
+    # 192 samples over 2 ranks, 16 per rank and step: 6 steps an epoch, 4 epochs
+    assert int(r0["global_step"]) == 24
+    # each step enqueues k1 and k2 of every rank: 2 * 16 * 2 keys, FIFO mod 100
+    assert int(r0["queue_ptr"]) == (24 * 2 * 16 * 2) % 100
+    assert int(r0["queue_ptr"]) != (24 * 2 * 16) % 100  # what local keys would give
+
+
+def test_only_rank_zero_saves_and_the_file_loads(two_ranks):
+    out, (r0, _) = two_ranks
+    loaded = CueCoEmbedder.load(out / "model.pt")
+    sys.path.insert(0, str(Path(WORKER).parent))
+    try:
+        from ddp_worker import data
+    finally:
+        sys.path.pop(0)
+    np.testing.assert_allclose(loaded.transform(data()[:10]), r0["embedding"], rtol=0, atol=0)
+
+
+def test_two_ranks_follow_the_single_process_trajectory(two_ranks, tmp_path):
+    _, (r0, _) = two_ranks
+    single = torchrun(tmp_path, 32, nproc=1)
+    assert single.returncode == 0, single.stderr[-3000:]
+    s0 = np.load(tmp_path / "rank0.npz")
+    assert int(s0["global_step"]) == int(r0["global_step"])  # same number of steps
+    relative = np.abs(r0["loss"] - s0["loss"]) / s0["loss"]
+    assert relative.max() < 0.15, (r0["loss"], s0["loss"])
+
+
+def test_a_failing_rank_stops_the_job(tmp_path):
+    start = time.monotonic()
+    result = torchrun(tmp_path, 16, "--fail-rank", "1", timeout=180)
+    assert result.returncode != 0
+    assert "rank 1 fails on purpose" in result.stderr
+    assert time.monotonic() - start < 120
