@@ -80,3 +80,27 @@ def test_a_failing_rank_stops_the_job(tmp_path):
     assert result.returncode != 0
     assert "rank 1 fails on purpose" in result.stderr
     assert time.monotonic() - start < 120
+
+
+def test_train_cli_under_torchrun_saves_once_and_resumes(tmp_path):
+    X = np.random.default_rng(0).normal(size=(128, 12)).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    out, ckpt = tmp_path / "model.pt", tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "skcueco.train", "--data", str(tmp_path / "X.npy"), "--epochs", "2",
+           "--batch-size", "16", "--device", "cpu", "--checkpoint-dir", str(ckpt),
+           "--out", str(out), "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model written to") == 1  # rank 0 reports and saves
+    assert sorted(p.name for p in ckpt.iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
+    first = CueCoEmbedder.load(out)
+    assert first.n_iter_ == 2 and first.transform(X).shape == (128, first.encoder_.out_dim)
+
+    # --resume continues from the newest checkpoint up to the new --epochs
+    cmd[cmd.index("--epochs") + 1] = "3"
+    result = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = CueCoEmbedder.load(out)
+    assert resumed.n_iter_ == 3
+    np.testing.assert_array_equal(resumed.history_["loss"].iloc[:2], first.history_["loss"])
