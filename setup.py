@@ -26,6 +26,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
+        "pillow",  # imported directly by skcueco._imageio (torchvision brings it too)
         "scikit-learn>=1.6",
         "numpy",
         "pandas",

@@ -15,7 +15,8 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, c
 from ._data import make_loader
 from ._embedder import CueCoEmbedder
 from ._persistence import TorchStateMixin
-from ._validation import check_input
+from ._sources import ImageSource
+from ._validation import check_input, image_format
 from .augment import make_augmentation
 from .nn.linear_eval import LinearHead, train_linear_head
 
@@ -24,6 +25,18 @@ def _head_has(name):
     def check(self):
         return self.head == "linear" or hasattr(self.head, name)
     return check
+
+
+def _image_format(embedder):
+    """How images from files are decoded for ``embedder`` (size and mode).
+
+    A fitted (or frozen) embedder decodes at its training size and mode; an
+    unfitted one at its ``image_size`` (None for the default embedder).
+    """
+    spec = getattr(embedder, "_input_spec", None)
+    if spec is not None:
+        return image_format(spec)
+    return {"image_size": getattr(embedder, "image_size", None)}
 
 
 class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
@@ -139,7 +152,8 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like
-            Images or vectors, in any layout :class:`CueCoEmbedder` accepts.
+            Images or vectors, in any layout :class:`CueCoEmbedder` accepts,
+            including file paths, folders, PIL images and torch Datasets.
         y : array-like of shape (n_samples,)
             Class labels; the value ``unlabeled`` (default -1) marks a row
             without label (numeric labels only).
@@ -154,7 +168,7 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
                 f"This {type(self).__name__} estimator requires y to be passed, "
                 "but the target y is None."
             )
-        X2d, spec = check_input(self, X, reset=True)
+        X2d, spec = check_input(self, X, reset=True, **_image_format(self.embedder))
         y = column_or_1d(y, warn=True)
         check_consistent_length(X2d, y)
         labeled = self._labeled_mask(y)
@@ -169,10 +183,12 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         embedder = self.embedder
         if embedder is None:
             embedder = CueCoEmbedder(random_state=rng.randint(2**31 - 1))
-        self.embedder_ = clone(embedder).fit(self._embedder_input(X2d, spec))
+        # y=None spelled out: FrozenEstimator.fit requires the argument
+        self.embedder_ = clone(embedder).fit(self._embedder_input(X2d, spec), None)
         self.device_ = self.embedder_.device_
         self.classes_ = encoder.classes_
-        X_lab = self._embedder_input(X2d[labeled], spec)
+        # [rows, ...]: an ImageSource gives a lazy subset, an array its rows
+        X_lab = self._embedder_input(X2d[labeled, ...], spec)
         if self.head == "linear":
             self.head_ = self._fit_linear_head(
                 X_lab, encoder.transform(y[labeled]), seed=rng.randint(2**31 - 1)
@@ -203,7 +219,9 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
     def _embedder_input(X2d, spec):
         # images given as 3-D/4-D arrays go back to their shape so the embedder
         # reads their layout; 2-D input is read with the embedder's image_shape
-        return X2d if spec is None else X2d.reshape(-1, *spec.array_shape)
+        if spec is None or isinstance(X2d, ImageSource):
+            return X2d
+        return X2d.reshape(-1, *spec.array_shape)
 
     def _fit_linear_head(self, X_lab, y_codes, seed):
         embedder = self.embedder_
@@ -238,7 +256,7 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
 
     def _embed(self, X):
         check_is_fitted(self)
-        X2d, spec = check_input(self, X, reset=False)
+        X2d, spec = check_input(self, X, reset=False, **_image_format(self.embedder_))
         return self.embedder_.transform(self._embedder_input(X2d, spec))
 
     @torch.no_grad()

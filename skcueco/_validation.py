@@ -11,6 +11,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.validation import validate_data
 
+from ._sources import as_image_source
+
 # a flattened vector of d features is read as a side x side image only when the
 # side is at least this large; below it the "image" would be noise-sized
 MIN_AUTO_IMAGE_SIDE = 8
@@ -104,31 +106,44 @@ def spec_from_image_shape(image_shape, n_features):
     return InputSpec("image", (int(c), int(h), int(w)), True)
 
 
-def check_input(estimator, X, *, reset):
+def check_input(estimator, X, *, reset, image_size=None, mode="auto"):
     """Validate ``X`` and return it flattened, with its layout if it had one.
 
     Parameters
     ----------
     estimator : BaseEstimator
         Receives ``n_features_in_`` (and ``feature_names_in_``) when ``reset``.
-    X : array-like or DataFrame
-        Images of ndim 3 or 4, or a 2-D array of flattened images or vectors.
+    X : array-like, DataFrame or images
+        Images of ndim 3 or 4, a 2-D array of flattened images or vectors, or
+        images that :class:`~skcueco.ImageSource` reads (file paths, a
+        folder, PIL images, a torch Dataset).
     reset : bool
         True in ``fit``; False checks consistency with the fitted data.
+    image_size : int, tuple of (int, int) or None, default=None
+        Size images read by an ImageSource are fitted to (None: the first
+        image's); ignored for arrays.
+    mode : {"auto", "RGB", "L"}, default="auto"
+        Colour mode of images read by an ImageSource; ignored for arrays.
 
     Returns
     -------
-    X2d : ndarray of shape (n_samples, n_features)
+    X2d : ndarray of shape (n_samples, n_features) or ImageSource
         Same dtype as the input when it is numeric; no copy when possible.
+        Images from files and the like come back as a lazy ImageSource.
     spec : InputSpec or None
-        The layout of 3-D and 4-D input; None for 2-D input, whose reading
-        the caller decides (:func:`spec_from_image_shape`).
+        The layout of 3-D and 4-D input and of an ImageSource; None for 2-D
+        input, whose reading the caller decides (:func:`spec_from_image_shape`).
     """
     if sp.issparse(X):
         raise TypeError(
             "Sparse input is not supported: pass a dense array of images or "
             "feature vectors (for instance X.toarray())."
         )
+    source = as_image_source(X, image_size=image_size, mode=mode)
+    if source is not None:
+        _check_source(estimator, source, reset)
+        c = 3 if source.mode == "RGB" else 1
+        return source, InputSpec("image", (c, *source.image_size), True)
     spec = None
     if isinstance(X, np.ndarray) and X.ndim in (3, 4):
         if X.shape[0] == 0:
@@ -148,6 +163,46 @@ def check_input(estimator, X, *, reset):
     )
     _check_dtype(X)
     return X, spec
+
+
+def image_format(spec):
+    """``image_size`` and ``mode`` that decode new images like the fitted ones.
+
+    Parameters
+    ----------
+    spec : InputSpec or None
+        The fitted input description.
+
+    Returns
+    -------
+    kwargs : dict
+        Keyword arguments for :func:`check_input`; empty unless ``spec``
+        describes 1- or 3-channel images.
+    """
+    if spec is None or spec.kind != "image" or spec.shape[0] not in (1, 3):
+        return {}
+    c, h, w = spec.shape
+    return {"image_size": (h, w), "mode": "RGB" if c == 3 else "L"}
+
+
+def _check_source(estimator, source, reset):
+    # validate_data cannot look at a lazy source: the same checks by hand
+    n_samples, n_features = source.shape
+    if reset:
+        if n_samples < 2:
+            raise ValueError(
+                f"Found {n_samples} image(s) while a minimum of 2 is required."
+            )
+        estimator.n_features_in_ = n_features
+        if hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+        return
+    expected = getattr(estimator, "n_features_in_", None)
+    if expected is not None and n_features != expected:
+        raise ValueError(
+            f"X has {n_features} features, but {type(estimator).__name__} is "
+            f"expecting {expected} features as input."
+        )
 
 
 def _check_dtype(X):
