@@ -3,6 +3,7 @@
 import numbers
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.preprocessing import LabelEncoder
@@ -179,6 +180,17 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
                 "The labeled rows hold only 1 class; a classifier needs at least "
                 "2 classes."
             )
+        if isinstance(self.head, type):
+            raise TypeError(
+                f"head must be 'linear' or a classifier instance such as "
+                f"{self.head.__name__}(), not the class {self.head.__name__}."
+            )
+        inner = getattr(self.embedder, "estimator", self.embedder)
+        if self.embedder is not None and not isinstance(inner, CueCoEmbedder):
+            raise TypeError(
+                "embedder must be a CueCoEmbedder or a FrozenEstimator wrapping one, "
+                f"got {type(inner).__name__}."
+            )
         rng = check_random_state(self.random_state)
         embedder = self.embedder
         if embedder is None:
@@ -215,10 +227,13 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         # n_features_in_ is set before training: only a finished fit has a head
         return hasattr(self, "head_")
 
-    @staticmethod
-    def _embedder_input(X2d, spec):
+    def _embedder_input(self, X2d, spec):
         # images given as 3-D/4-D arrays go back to their shape so the embedder
         # reads their layout; 2-D input is read with the embedder's image_shape
+        if spec is None and hasattr(self, "feature_names_in_"):
+            # column names travel on, so an embedder fitted on a DataFrame
+            # (e.g. a FrozenEstimator) sees the names it was fitted with
+            return pd.DataFrame(X2d, columns=self.feature_names_in_, copy=False)
         if spec is None or isinstance(X2d, ImageSource):
             return X2d
         return X2d.reshape(-1, *spec.array_shape)

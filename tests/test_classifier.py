@@ -499,3 +499,15 @@ def test_invalid_parameters(digits, fit_calls, params, match):
     with pytest.raises(InvalidParameterError, match=match):
         _classifier(**params).fit(X, y)
     assert fit_calls == []
+
+
+def test_head_given_as_a_class_is_refused_before_pretraining(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    calls = []
+    monkeypatch.setattr(CueCoEmbedder, "fit", lambda self, X, y=None: calls.append(1))
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    y = np.arange(20) % 2
+    with pytest.raises(TypeError, match=r"LogisticRegression\(\)"):
+        CueCoClassifier(head=LogisticRegression).fit(X, y)
+    assert calls == []  # no time spent pretraining
