@@ -204,7 +204,8 @@ class CueCoEmbedder(
         name such as ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
     random_state : int, RandomState instance or None, default=None
         Seeds weights, shuffling and augmentations. On the CPU the same seed
-        gives bitwise-identical embeddings. No global random state is used.
+        gives bitwise-identical embeddings (for the same number of torch
+        threads). No global random state is used.
     verbose : int, default=0
         1 or more shows a progress bar over epochs.
 
