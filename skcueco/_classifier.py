@@ -18,7 +18,6 @@ from ._embedder import CueCoEmbedder
 from ._persistence import TorchStateMixin
 from ._sources import ImageSource
 from ._validation import check_input, image_format
-from .augment import make_augmentation
 from .nn.linear_eval import LinearHead, train_linear_head
 
 
@@ -245,17 +244,15 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         features = torch.from_numpy(embedder._transform(X_lab, spec))
         augment = None
         if self.head_augmentation:
-            aug = make_augmentation(
-                getattr(embedder, "augmentation", "auto"), input_kind=spec.kind,
-                n_channels=spec.shape[0] if spec.kind == "image" else None,
-                image_size=spec.shape[1:] if spec.kind == "image" else None,
-            )
+            aug = embedder._augmentation_for(spec)
             preprocess = embedder._preprocess_for(spec)
             aug_gen = torch.Generator(device=device).manual_seed(seed)
 
             @torch.no_grad()
-            def augment(rows):
+            def augmented_features(rows):
                 return embedder.encoder_(aug(preprocess(rows.to(device)), aug_gen)).float()
+
+            augment = augmented_features
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

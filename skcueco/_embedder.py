@@ -497,11 +497,7 @@ class CueCoEmbedder(
         )
         task = CueCoTask(
             model, run["preprocess"],
-            make_augmentation(
-                self.augmentation, input_kind=spec.kind,
-                n_channels=spec.shape[0] if spec.kind == "image" else None,
-                image_size=spec.shape[1:] if spec.kind == "image" else None,
-            ),
+            self._augmentation_for(spec),
             # each process draws its own views
             torch.Generator(device=device).manual_seed(run["seeds"][2] + rank),
             total_steps=steps * n_epochs,
@@ -546,6 +542,15 @@ class CueCoEmbedder(
         self._train_state = _to_cpu(trainer.state_dict())
         self._publish(run, spec, trainer.history)
         return self
+
+    def _augmentation_for(self, spec):
+        """The view augmentation for inputs described by ``spec``."""
+        image = spec.kind == "image"
+        return make_augmentation(
+            self.augmentation, input_kind=spec.kind,
+            n_channels=spec.shape[0] if image else None,
+            image_size=spec.shape[1:] if image else None,
+        )
 
     def _use_channels_last(self, spec, device):
         if self.channels_last == "auto":

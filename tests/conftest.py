@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 # Small enough that one fit takes a fraction of a second on one CPU core,
 # large enough for one full batch per epoch (drop_last) and a 3-way k-means.
@@ -20,6 +21,16 @@ FAST_PARAMS = dict(
 )
 
 N_SAMPLES = 48
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests train tiny networks: one intra-op thread is faster than two, and
+    far faster when other processes share the cores (OpenMP barrier waits)."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
 
 
 @pytest.fixture(scope="session")

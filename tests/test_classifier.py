@@ -52,16 +52,6 @@ def _classifier(embedder=None, **params):
     return CueCoClassifier(_embedder() if embedder is None else embedder, **params)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # these networks are tiny: a second intra-op thread costs more than it
-    # gains, several times over when other processes share the cores
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_digits(return_X_y=True)

@@ -11,7 +11,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from numpy.testing import assert_array_equal
 from PIL import Image
 
@@ -23,15 +22,6 @@ from skcueco.datasets import (
     load_imagenet100,
 )
 from skcueco.recipes import recipe, recipe_names
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # a tiny network: one intra-op thread is faster, above all on shared cores
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
 
 
 @pytest.fixture

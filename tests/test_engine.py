@@ -14,14 +14,6 @@ from skcueco.callbacks import Callback
 from skcueco.nn.model import CueCoModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
-
 # ----------------------------------------------------------------------------- toy task
 
 

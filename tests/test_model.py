@@ -12,15 +12,6 @@ FEATURE_DIM = 16
 PROJ_DIM = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: intra-op threads only add barrier waits on a busy machine.
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
-
 def _backbone():
     return nn.Sequential(
         nn.Flatten(), nn.Linear(N_FEATURES, FEATURE_DIM), nn.BatchNorm1d(FEATURE_DIM), nn.ReLU()

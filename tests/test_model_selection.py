@@ -62,15 +62,6 @@ def _torch_threads(estimator, X, y):
     return float(torch.get_num_threads())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny networks: a second intra-op thread costs more than it gains
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     X, y = load_digits(return_X_y=True)

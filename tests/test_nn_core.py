@@ -25,16 +25,6 @@ from skcueco.nn import (
 from skcueco.nn.kmeans import _lloyd_step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # The tensors here are tiny: intra-op threads only add OpenMP barrier
-    # waits, which stall badly when other jobs share the CPU cores.
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
-
 def _unit(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(*shape, generator=g), dim=-1)

@@ -25,15 +25,6 @@ N = 48  # one batch of 32 per epoch in conftest.FAST_PARAMS
 LABELS = np.arange(N) % 2  # dark and bright images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny networks: a second thread costs more than it gains on shared cores
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
-
 @pytest.fixture(scope="module")
 def pixels():
     """(48, 8, 8, 3) uint8 images, dark (label 0) and bright (label 1) in turn."""
