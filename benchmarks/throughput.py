@@ -163,7 +163,7 @@ def bench_transform(est, X, device, repeats=3):
 
 def main(argv=None):
     args = parse_args(argv)
-    from skcueco._embedder import resolve_device
+    from skcueco._device import resolve_device
     from skcueco._engine import resolve_amp
 
     device = resolve_device(args.device)

@@ -163,3 +163,55 @@ def input_statistics(X, spec, chunk_size=4096):
     constant = std <= 1e-12 * np.maximum(np.abs(mean), 1.0)
     scale = 1.0 / np.where(constant, 1.0, std)
     return mean.astype(np.float32), scale.astype(np.float32)
+
+
+@torch.no_grad()
+def encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
+    """Apply ``fn`` batch by batch in eval mode; returns a float32 tensor on the CPU.
+
+    With ``fixed_batch`` every batch is zero-padded to ``batch_size`` rows: CPU
+    matrix kernels round differently for different row counts, and a constant
+    shape makes each sample's result independent of the others in ``X``.
+
+    On a GPU, input batches go through pinned memory so their copies overlap
+    the computation, and results are gathered on the device and copied back
+    once per ~64 MB, not once per batch (each copy back waits for the GPU).
+    """
+    gpu = device.type == "cuda"
+    # restore every submodule's own mode afterwards (not one flag for all)
+    modes = [(m, m.training) for m in modules.modules()]
+    modules.eval()
+    out, pending, pending_start = None, [], 0
+
+    def flush():
+        nonlocal pending, pending_start
+        if pending:
+            block = torch.cat(pending).cpu()
+            out[pending_start:pending_start + block.shape[0]] = block
+            pending_start += block.shape[0]
+            pending = []
+
+    try:
+        for start in range(0, X.shape[0], batch_size):
+            rows = rows_tensor(X[start:start + batch_size])
+            n = rows.shape[0]
+            if fixed_batch and n < batch_size:
+                rows = torch.cat([rows, rows.new_zeros((batch_size - n, *rows.shape[1:]))])
+            if gpu:
+                rows = rows.pin_memory()
+            features = fn(preprocess(rows.to(device, non_blocking=gpu)))[:n].float()
+            if out is None:
+                out = torch.empty((X.shape[0], *features.shape[1:]), dtype=torch.float32)
+                chunk_rows = max(1, (64 << 20) // max(1, features[0].numel() * 4))
+            pending.append(features)
+            if not gpu or sum(p.shape[0] for p in pending) >= chunk_rows:
+                flush()
+        flush()
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return out
+
+def relayout(preprocess, spec):
+    """``preprocess`` for the same images stored in another memory layout."""
+    return Preprocess(spec, preprocess.offset, preprocess.scale)

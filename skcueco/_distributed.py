@@ -5,6 +5,7 @@ environment) it joins the process group that the launcher describes, NCCL on
 GPUs and gloo on CPUs.
 """
 
+import atexit
 import os
 from datetime import timedelta
 
@@ -64,7 +65,16 @@ def init_distributed(timeout_s=DEFAULT_TIMEOUT_S):
         if backend == "nccl":
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        # a group left alive at interpreter exit can abort the process from
+        # the backend's threads ("terminate called ..."): close the one we made
+        atexit.register(_destroy)
     return is_distributed()
+
+
+def _destroy():
+    # no barrier: after a failure on one rank it would wait for the others
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_rank():

@@ -1,11 +1,8 @@
 """CueCoEmbedder: the scikit-learn transformer that trains CueCo."""
 
-import json
 import numbers
-import warnings
 from contextlib import contextmanager
 
-import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import (
@@ -18,75 +15,24 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import Preprocess, input_statistics, make_loader, rows_tensor
-from ._distributed import (
-    get_rank,
-    get_world_size,
-    init_distributed,
-    is_main_process,
-    launched_distributed,
-    local_rank,
-)
-from ._engine import Trainer
+from ._data import Preprocess, encode, input_statistics, make_loader, relayout
+from ._device import resolve_device
+from ._distributed import get_rank, get_world_size, init_distributed
+from ._engine import Trainer, copy_state
 from ._optim import BASE_LR, make_optimizer, warmup_cosine
-from ._persistence import TorchStateMixin
+from ._persistence import TorchStateMixin, load_embedder, save_embedder
 from ._task import CueCoTask
-from ._validation import InputSpec, check_input, image_format, spec_from_image_shape
-from ._version import __version__
+from ._validation import check_input, image_format, spec_from_image_shape
 from .augment import make_augmentation
 from .backbones import BACKBONE_NAMES, build_backbone
 from .callbacks import Callback, ProgressBar
-from .nn.heads import ProjectionHead
 from .nn.model import CueCoModel
 from .nn.momentum import MomentumSchedule
 
 # centroids without an assigned key for this many consecutive steps are re-seeded
 _RESEED_AFTER_STEPS = 50
-_FILE_FORMAT = "skcueco.CueCoEmbedder"
 _PRIVATE_FITTED = ("_input_spec", "_preprocess", "_projector", "_n_features_out", "_train_state")
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
-
-
-def resolve_device(device):
-    """``"auto"`` -> CUDA, then MPS, then CPU; other names are checked.
-
-    Parameters
-    ----------
-    device : str or torch.device
-
-    Returns
-    -------
-    device : torch.device
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            # under torchrun each process owns the GPU of its local rank
-            return torch.device("cuda", local_rank() if launched_distributed() else
-                                torch.cuda.current_device())
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={device!r} is not a valid torch device name.") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={str(device)!r} was requested but no CUDA GPU is available; "
-                "use device='auto' or 'cpu'."
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={str(device)!r} does not exist: {torch.cuda.device_count()} "
-                "CUDA device(s) are visible."
-            )
-    elif device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError("device='mps' was requested but MPS is not available.")
-    return device
 
 
 def _seeds(random_state, n):
@@ -539,7 +485,8 @@ class CueCoEmbedder(
             # BatchNorm statistics drift apart per process: rank 0's win, so
             # every process ends with the same fitted estimator
             model.sync_buffers()
-        self._train_state = _to_cpu(trainer.state_dict())
+            model.undistribute()
+        self._train_state = copy_state(trainer.state_dict())
         self._publish(run, spec, trainer.history)
         return self
 
@@ -602,13 +549,13 @@ class CueCoEmbedder(
         model.to(device)
 
         def key_features():
-            return _encode(model.encode_key, preprocess, model, X, batch_size, device)
+            return encode(model.encode_key, preprocess, model, X, batch_size, device)
 
         def embed(X_other):
             """Backbone features of the model being trained, for monitors."""
             X2d, other = self._flatten_like_fit(X_other, spec)
-            pre = preprocess if other == spec else _relayout(preprocess, other)
-            return _encode(model.backbone_q, pre, model, X2d, batch_size, device).numpy()
+            pre = preprocess if other == spec else relayout(preprocess, other)
+            return encode(model.backbone_q, pre, model, X2d, batch_size, device).numpy()
 
         return dict(model=model, preprocess=preprocess, device=device,
                     batch_size=batch_size, seeds=seeds, feature_dim=feature_dim,
@@ -695,13 +642,13 @@ class CueCoEmbedder(
 
     def _transform(self, X, spec):
         preprocess = self._preprocess_for(spec)
-        return _encode(self.encoder_, preprocess, self.encoder_, X, self.batch_size,
+        return encode(self.encoder_, preprocess, self.encoder_, X, self.batch_size,
                        self.device_, fixed_batch=self.device_.type == "cpu").numpy()
 
     def _preprocess_for(self, spec):
         if spec == self._input_spec:
             return self._preprocess
-        return _relayout(self._preprocess, spec)
+        return relayout(self._preprocess, spec)
 
     def predict(self, X):
         """Index of the nearest centroid for each sample.
@@ -718,14 +665,14 @@ class CueCoEmbedder(
         """
         X, spec = self._validate_for_inference(X)
         preprocess = self._preprocess_for(spec)
-        centers = torch.from_numpy(self.cluster_centers_)  # _encode returns CPU tensors
+        centers = torch.from_numpy(self.cluster_centers_)  # encode returns CPU tensors
 
         def project(x):
             z = self._projector(self.encoder_(x)).float()
             return torch.nn.functional.normalize(z, dim=1)
 
         modules = torch.nn.ModuleList([self.encoder_, self._projector])
-        z = _encode(project, preprocess, modules, X, self.batch_size, self.device_,
+        z = encode(project, preprocess, modules, X, self.batch_size, self.device_,
                     fixed_batch=self.device_.type == "cpu")
         return (z @ centers.T).argmax(dim=1).cpu().numpy()
 
@@ -765,39 +712,7 @@ class CueCoEmbedder(
             If a parameter cannot be stored as data: a custom ``torch.nn.Module``
             backbone or a callable augmentation (use joblib for those).
         """
-        check_is_fitted(self)
-        if not is_main_process():
-            return  # under torchrun every rank holds the same model: rank 0 writes
-        params = self.get_params(deep=False)
-        if isinstance(params["backbone"], torch.nn.Module) or callable(params["augmentation"]):
-            raise ValueError(
-                "save() stores parameters as data and cannot store a custom backbone "
-                "module or a callable augmentation; use joblib.dump for this model."
-            )
-        params["callbacks"] = None
-        if not isinstance(params["random_state"], (numbers.Integral, type(None))):
-            params["random_state"] = None
-        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
-        spec = self._input_spec
-        meta = {
-            "format": _FILE_FORMAT,
-            "version": __version__,
-            "params": params,
-            "input_spec": [spec.kind, list(spec.shape), spec.channels_last],
-            "n_features_in": int(self.n_features_in_),
-            "feature_names_in": (list(map(str, self.feature_names_in_))
-                                 if hasattr(self, "feature_names_in_") else None),
-            "feature_dim": int(self._n_features_out),
-            "history": self.history_.to_dict(orient="list"),
-        }
-        payload = {
-            "meta": json.dumps(meta),
-            "encoder": _to_cpu(self.encoder_.state_dict()),
-            "projector": _to_cpu(self._projector.state_dict()),
-            "preprocess": _to_cpu(self._preprocess.state_dict()),
-            "cluster_centers": torch.from_numpy(self.cluster_centers_),
-        }
-        torch.save(payload, path)
+        save_embedder(self, path)
 
     @classmethod
     def load(cls, path):
@@ -818,132 +733,13 @@ class CueCoEmbedder(
             If the file is not a skcueco model (e.g. a pickle that would run
             code, or a damaged file) or comes from an incompatible version.
         """
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(payload["meta"])
-            assert meta["format"] == _FILE_FORMAT
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ValueError(
-                f"{path!s} is not a skcueco model file, or it was altered; refusing "
-                f"to load it ({type(exc).__name__}: {exc})."
-            ) from exc
-        saved = meta["version"].split(".")[:2]
-        if saved != __version__.split(".")[:2]:
-            raise ValueError(
-                f"{path!s} was saved by skcueco {meta['version']}, which is not "
-                f"compatible with this version ({__version__}); save it again "
-                "with a matching version."
-            )
-        params = dict(meta["params"])
-        for name in ("image_shape", "image_size"):
-            if isinstance(params.get(name), list):
-                params[name] = tuple(params[name])
-        est = cls(**params)
-        kind, shape, channels_last = meta["input_spec"]
-        spec = InputSpec(kind, tuple(shape), channels_last)
-        try:
-            device = resolve_device(est.device)
-        except ValueError:
-            warnings.warn(f"device={est.device!r} is not available here; loading "
-                          "onto the CPU.", UserWarning)
-            device = torch.device("cpu")
-        try:
-            with torch.random.fork_rng(devices=[]):
-                encoder, feature_dim = build_backbone(
-                    est.backbone, input_kind=spec.kind, input_shape=spec.shape)
-                projector = ProjectionHead(feature_dim, est.hidden_dim, est.projection_dim)
-            encoder.load_state_dict(payload["encoder"])
-            projector.load_state_dict(payload["projector"])
-            pre = payload["preprocess"]
-            preprocess = Preprocess(spec, pre["offset"], pre["scale"])
-            centers = payload["cluster_centers"].numpy()
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise ValueError(f"{path!s} holds weights that do not fit its parameters: {exc}") from exc
-        est.encoder_ = encoder.to(device).eval()
-        est._projector = projector.to(device).eval()
-        est._preprocess = preprocess.to(device)
-        est.cluster_centers_ = centers.copy()
-        est.history_ = pd.DataFrame(meta["history"])
-        est.n_iter_ = len(est.history_)
-        est.n_features_in_ = meta["n_features_in"]
-        if meta["feature_names_in"] is not None:
-            est.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
-        est.image_shape_ = tuple(spec.shape) if spec.kind == "image" else None
-        est._input_spec = spec
-        est.device_ = device
-        est._n_features_out = meta["feature_dim"]
-        return est
+        return load_embedder(cls, path)
 
     # -- tags -------------------------------------------------------------------
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-
-@torch.no_grad()
-def _encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
-    """Apply ``fn`` batch by batch in eval mode; returns a float32 tensor on the CPU.
-
-    With ``fixed_batch`` every batch is zero-padded to ``batch_size`` rows: CPU
-    matrix kernels round differently for different row counts, and a constant
-    shape makes each sample's result independent of the others in ``X``.
-
-    On a GPU, input batches go through pinned memory so their copies overlap
-    the computation, and results are gathered on the device and copied back
-    once per ~64 MB, not once per batch (each copy back waits for the GPU).
-    """
-    gpu = device.type == "cuda"
-    # restore every submodule's own mode afterwards (not one flag for all)
-    modes = [(m, m.training) for m in modules.modules()]
-    modules.eval()
-    out, pending, pending_start = None, [], 0
-
-    def flush():
-        nonlocal pending, pending_start
-        if pending:
-            block = torch.cat(pending).cpu()
-            out[pending_start:pending_start + block.shape[0]] = block
-            pending_start += block.shape[0]
-            pending = []
-
-    try:
-        for start in range(0, X.shape[0], batch_size):
-            rows = rows_tensor(X[start:start + batch_size])
-            n = rows.shape[0]
-            if fixed_batch and n < batch_size:
-                rows = torch.cat([rows, rows.new_zeros((batch_size - n, *rows.shape[1:]))])
-            if gpu:
-                rows = rows.pin_memory()
-            features = fn(preprocess(rows.to(device, non_blocking=gpu)))[:n].float()
-            if out is None:
-                out = torch.empty((X.shape[0], *features.shape[1:]), dtype=torch.float32)
-                chunk_rows = max(1, (64 << 20) // max(1, features[0].numel() * 4))
-            pending.append(features)
-            if not gpu or sum(p.shape[0] for p in pending) >= chunk_rows:
-                flush()
-        flush()
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    return out
-
-def _relayout(preprocess, spec):
-    """``preprocess`` for the same images stored in another memory layout."""
-    return Preprocess(spec, preprocess.offset, preprocess.scale)
-
-
-def _to_cpu(obj):
-    """Copy of a nested state (dicts, lists, tensors) with tensors on the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def _without(state, key):

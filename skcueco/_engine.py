@@ -208,7 +208,7 @@ class Trainer:
 
     def _run_epoch(self, task, loader, optimizer, scheduler, scaler):
         # a copy to roll back to if the epoch is interrupted half-way
-        self._epoch_start = _copy_state(self.state_dict())
+        self._epoch_start = copy_state(self.state_dict())
         epoch = self.epoch
         start = time.perf_counter()
         task.on_epoch_begin(epoch)
@@ -260,14 +260,14 @@ class Trainer:
 
 
 
-def _copy_state(obj):
+def copy_state(obj):
     """Deep copy of a nested state with every tensor cloned to the CPU."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _copy_state(v) for k, v in obj.items()}
+        return {k: copy_state(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_copy_state(v) for v in obj)
+        return type(obj)(copy_state(v) for v in obj)
     return obj
 
 

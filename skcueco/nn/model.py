@@ -134,6 +134,11 @@ class CueCoModel(nn.Module):
         )
         self.shuffle_bn = shuffle_bn
 
+    def undistribute(self):
+        """Drop the DistributedDataParallel wrapper (while the group still lives:
+        a wrapper destroyed after the process group can abort the process)."""
+        self._compiled.pop("ddp_q", None)
+
     # -- encoders -------------------------------------------------------------
     def forward(self, x):
         """Backbone features of the query network, ``(N, feature_dim)``."""
