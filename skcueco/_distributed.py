@@ -71,6 +71,18 @@ def init_distributed(timeout_s=DEFAULT_TIMEOUT_S):
     return is_distributed()
 
 
+def shutdown_distributed():
+    """Wait for every rank, then close the process group (end of a script).
+
+    Closing without the barrier lets a fast rank tear down its connections
+    while a slower one still closes its own, which can abort the slower
+    process at exit.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _destroy():
     # no barrier: after a failure on one rank it would wait for the others
     if dist.is_available() and dist.is_initialized():

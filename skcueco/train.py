@@ -27,7 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from . import CueCoEmbedder
-from ._distributed import DEFAULT_TIMEOUT_S, init_distributed, is_main_process
+from ._distributed import (
+    DEFAULT_TIMEOUT_S,
+    init_distributed,
+    is_main_process,
+    shutdown_distributed,
+)
 from .callbacks import Checkpoint
 
 
@@ -107,6 +112,7 @@ def main(argv=None):
         last = embedder.history_.iloc[-1]
         print(f"trained {embedder.n_iter_} epochs on {embedder.device_}: final loss "
               f"{last['loss']:.4f}; model written to {args.out}")
+    shutdown_distributed()
     return 0
 
 

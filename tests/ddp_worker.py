@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from skcueco import CueCoEmbedder
+from skcueco._distributed import shutdown_distributed
 from skcueco.callbacks import Callback
 
 
@@ -56,6 +57,7 @@ def main():
         embedding=est.transform(data()[:10]),
     )
     est.save(os.path.join(args.out, "model.pt"))  # rank 0 only
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
