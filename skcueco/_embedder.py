@@ -663,18 +663,26 @@ class CueCoEmbedder(
         labels : ndarray of shape (n_samples,)
             Cluster index in ``[0, n_clusters)``.
         """
+        z = torch.from_numpy(self._project(X))
+        centers = torch.from_numpy(self.cluster_centers_)
+        return (z @ centers.T).argmax(dim=1).numpy()
+
+    def _project(self, X):
+        """Unit-norm projections ``(n_samples, projection_dim)`` of ``X``.
+
+        The space the centroids live in: cosine similarity to
+        ``cluster_centers_`` is a plain dot product with these rows.
+        """
         X, spec = self._validate_for_inference(X)
         preprocess = self._preprocess_for(spec)
-        centers = torch.from_numpy(self.cluster_centers_)  # encode returns CPU tensors
 
         def project(x):
             z = self._projector(self.encoder_(x)).float()
             return torch.nn.functional.normalize(z, dim=1)
 
         modules = torch.nn.ModuleList([self.encoder_, self._projector])
-        z = encode(project, preprocess, modules, X, self.batch_size, self.device_,
-                    fixed_batch=self.device_.type == "cpu")
-        return (z @ centers.T).argmax(dim=1).cpu().numpy()
+        return encode(project, preprocess, modules, X, self.batch_size, self.device_,
+                      fixed_batch=self.device_.type == "cpu").numpy()
 
     def fit_predict(self, X, y=None):
         """Fit, then return the cluster index of each training sample.
