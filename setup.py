@@ -26,7 +26,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
-        "pillow",  # imported directly by skcueco._imageio (torchvision brings it too)
+        "pillow",  # imported directly by skcueco.data.imageio (torchvision brings it too)
         "scikit-learn>=1.6",
         "numpy",
         "pandas",
@@ -38,7 +38,7 @@ setup(
         "docs": ["sphinx", "numpydoc", "sphinx-gallery", "matplotlib"],
         "plot": ["matplotlib"],
     },
-    entry_points={"console_scripts": ["skcueco=skcueco.__main__:main"]},
+    entry_points={"console_scripts": ["skcueco=skcueco.cli.main:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -163,8 +163,8 @@ def bench_transform(est, X, device, repeats=3):
 
 def main(argv=None):
     args = parse_args(argv)
-    from skcueco._device import resolve_device
-    from skcueco._engine import resolve_amp
+    from skcueco.training.device import resolve_device
+    from skcueco.training.engine import resolve_amp
 
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(amp_param(args.amp), device)

@@ -12,7 +12,7 @@ Scikit-learn estimators that learn representations from unlabeled images:
 
 from ._classifier import CueCoClassifier
 from ._embedder import CueCoEmbedder
-from ._sources import ImageSource
+from .data.sources import ImageSource
 from ._version import __version__
 
 __all__ = ["CueCoClassifier", "CueCoEmbedder", "ImageSource", "__version__"]

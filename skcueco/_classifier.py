@@ -13,11 +13,11 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
-from ._data import make_loader
+from .data.loaders import make_loader
 from ._embedder import CueCoEmbedder
 from ._persistence import TorchStateMixin
-from ._sources import ImageSource
-from ._validation import check_input, image_format
+from .data.sources import ImageSource
+from .data.validation import check_input, image_format
 from .nn.linear_eval import LinearHead, train_linear_head
 
 

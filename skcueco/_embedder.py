@@ -15,14 +15,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import Preprocess, encode, input_statistics, make_loader, relayout
-from ._device import resolve_device
-from ._distributed import get_rank, get_world_size, init_distributed
-from ._engine import Trainer, copy_state
-from ._optim import BASE_LR, make_optimizer, warmup_cosine
+from .data.loaders import encode, make_loader
+from .data.preprocess import Preprocess, input_statistics, relayout
+from .training.device import resolve_device
+from .training.distributed import get_rank, get_world_size, init_distributed
+from .training.engine import Trainer, copy_state
+from .training.optim import BASE_LR, make_optimizer, warmup_cosine
 from ._persistence import TorchStateMixin, load_embedder, save_embedder
-from ._task import CueCoTask
-from ._validation import check_input, image_format, spec_from_image_shape
+from .training.task import CueCoTask
+from .data.validation import check_input, image_format, spec_from_image_shape
 from .augment import make_augmentation
 from .backbones import BACKBONE_NAMES, build_backbone
 from .callbacks import Callback, ProgressBar

@@ -15,11 +15,11 @@ import pandas as pd
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import Preprocess
-from ._device import device_available, resolve_device
-from ._distributed import is_main_process
-from ._engine import copy_state
-from ._validation import InputSpec
+from .data.preprocess import Preprocess
+from .training.device import device_available, resolve_device
+from .training.distributed import is_main_process
+from .training.engine import copy_state
+from .data.validation import InputSpec
 from ._version import __version__
 from .backbones import build_backbone
 from .nn.heads import ProjectionHead

@@ -3,7 +3,7 @@
 The hook names follow skorch (``on_train_begin``, ``on_epoch_begin``,
 ``on_batch_end``, ``on_epoch_end``, ``on_train_end``) so they map one to one
 onto other callback APIs. Every hook receives the running
-:class:`~skcueco._engine.Trainer`.
+:class:`~skcueco.training.engine.Trainer`.
 """
 
 import os

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from skcueco import CueCoEmbedder
-from skcueco._distributed import shutdown_distributed
+from skcueco.training.distributed import shutdown_distributed
 from skcueco.callbacks import Callback
 
 

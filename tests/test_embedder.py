@@ -21,9 +21,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 from torch import nn
 
-import skcueco._data
+import skcueco.data.loaders
 from skcueco import CueCoEmbedder
-from skcueco._engine import NonFiniteLossError
+from skcueco.training.engine import NonFiniteLossError
 from skcueco.backbones import MLP
 
 
@@ -174,7 +174,7 @@ def test_read_only_input(rgb_u8, vectors, fast_params, kind):
     # batches of read-only data are copied, not wrapped as non-writable
     # tensors (torch warns about those, once per process, so check directly)
     rows = X_ro.reshape(len(X_ro), -1)[:4]
-    assert not np.shares_memory(skcueco._data.rows_tensor(rows).numpy(), X_ro)
+    assert not np.shares_memory(skcueco.data.loaders.rows_tensor(rows).numpy(), X_ro)
 
 
 @pytest.mark.parametrize("kind", ["vectors", "rgb_transposed", "rgb_strided"])
@@ -212,13 +212,13 @@ def test_uint8_training_set_is_not_copied(make_images, fast_params, monkeypatch,
     # The loader must gather batches from the caller's compact array, not
     # from a float (or any other) copy of the whole set.
     seen = []
-    original_init = skcueco._data.ArrayBatches.__init__
+    original_init = skcueco.data.loaders.ArrayBatches.__init__
 
     def recording_init(self, X):
         seen.append(X)
         original_init(self, X)
 
-    monkeypatch.setattr(skcueco._data.ArrayBatches, "__init__", recording_init)
+    monkeypatch.setattr(skcueco.data.loaders.ArrayBatches, "__init__", recording_init)
     X = make_images(shape)
     _fit(X, fast_params)
     assert seen, "fit built no ArrayBatches"

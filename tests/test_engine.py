@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skcueco._engine import NonFiniteLossError, Trainer, resolve_amp
-from skcueco._task import CueCoTask
+from skcueco.training.engine import NonFiniteLossError, Trainer, resolve_amp
+from skcueco.training.task import CueCoTask
 from skcueco.augment import VectorAugmentation
 from skcueco.callbacks import Callback
 from skcueco.nn.model import CueCoModel

@@ -6,7 +6,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from skcueco import CueCoEmbedder
-from skcueco.__main__ import probe_accuracy
+from skcueco.cli.main import probe_accuracy
 
 
 @pytest.fixture(scope="module")

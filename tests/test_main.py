@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from skcueco import CueCoEmbedder
-from skcueco.__main__ import main
+from skcueco.cli.main import main
 
 FAST = ["--epochs", "2", "--batch-size", "64", "--quiet"]
 

@@ -19,7 +19,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_sp
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skcueco import CueCoClassifier, CueCoEmbedder, ImageSource
-from skcueco._sources import as_image_source
+from skcueco.data.sources import as_image_source
 
 N = 48  # one batch of 32 per epoch in conftest.FAST_PARAMS
 LABELS = np.arange(N) % 2  # dark and bright images

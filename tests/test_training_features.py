@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from skcueco import CueCoEmbedder
-from skcueco._optim import LARS, make_optimizer, warmup_cosine
+from skcueco.training.optim import LARS, make_optimizer, warmup_cosine
 from skcueco.callbacks import Callback, Checkpoint
 
 PARAMS = dict(

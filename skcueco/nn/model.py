@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._distributed import (
+from ..training.distributed import (
     all_gather_cat,
     all_reduce_,
     broadcast_,

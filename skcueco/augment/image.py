@@ -1,50 +1,18 @@
-"""Batched view augmentations with per-image randomness.
+"""Random crop, flip, affine, colour, blur and noise for image batches.
 
-CueCo compares two random views of every training image. The augmentations in
-this module take a whole batch ``x`` on whatever device it lives on (CPU or
-GPU) and return a new batch of the same shape and dtype in which **each image
-gets its own random parameters**.
-
-torchvision's v2 transforms accept batched tensors too, but they draw *one*
-set of parameters per call, so every image of a batch would get the same crop,
-flip and colour change. The transforms here are therefore written with torch
-primitives:
-
-- random resized crop, horizontal flip and a small affine are fused into one
-  per-image 2x3 matrix and applied with a single ``affine_grid`` /
-  ``grid_sample`` call per batch;
-- brightness, contrast, saturation, hue (a rotation in YIQ space) and
-  grayscale are fused into one per-image 3x3 colour matrix plus offset,
-  applied with one batched matmul;
-- Gaussian blur is a separable grouped convolution with one kernel per image.
-
-No Python loop runs over images. Every random draw comes from the
-``generator`` argument, never from torch's global RNG. Draws happen on
-``generator.device`` and are moved to ``x.device``, so a CPU generator can
-drive augmentations of a GPU batch.
-
-An augmentation is any :class:`Augmentation`: called as
-``aug(x, generator)``, it returns a new tensor and never modifies ``x``.
+Crop, flip and affine are fused into one per-image 2x3 matrix applied with a
+single ``grid_sample``; the colour operations into one per-image 3x3 matrix
+plus offset; the blur is a separable grouped convolution. No Python loop
+runs over images.
 """
 
 import functools
-import inspect
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "Augmentation",
-    "ImageAugmentation",
-    "VectorAugmentation",
-    "NoAugmentation",
-    "CallableAugmentation",
-    "rgb_augmentation",
-    "grayscale_augmentation",
-    "make_augmentation",
-]
+from .base import Augmentation, _check_batch, _check_generator, _check_range, _rand, _randn
 
 # Candidate boxes drawn per image for the random resized crop; the first one
 # that fits the image is used, as in torchvision's rejection sampling.
@@ -74,51 +42,6 @@ def _chroma_bases():
 
 _CHROMA_BASES = _chroma_bases()  # (3, 3, 3): P0, P1, P2
 
-_STRING_OPTIONS = ("auto", "rgb", "grayscale", "vector", "none")
-
-
-def _check_generator(generator):
-    if generator is None:
-        # A fresh generator instead of torch's global RNG: library code never
-        # touches global random state.
-        generator = torch.Generator()
-        generator.seed()
-    elif not isinstance(generator, torch.Generator):
-        raise TypeError(
-            "generator must be a torch.Generator or None, "
-            f"got {type(generator).__name__}."
-        )
-    return generator
-
-
-def _check_batch(x, ndim, name):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
-    if x.ndim != ndim:
-        raise ValueError(
-            f"{name} expects a {ndim}-d batch, got shape {tuple(x.shape)}."
-        )
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor, got {x.dtype}.")
-
-
-def _draw(sample, generator, shape, device):
-    # Drawn where the generator lives, then moved: a CPU generator works for
-    # GPU batches. Drawing into pinned memory lets that copy run
-    # asynchronously; a copy from pageable memory would make the host wait
-    # for the GPU's queue to drain, on every training step.
-    pin = generator.device.type == "cpu" and device.type == "cuda"
-    out = sample(shape, generator=generator, device=generator.device, pin_memory=pin)
-    return out.to(device, non_blocking=pin)
-
-
-def _rand(generator, shape, device):
-    return _draw(torch.rand, generator, shape, device)
-
-
-def _randn(generator, shape, device):
-    return _draw(torch.randn, generator, shape, device)
-
 
 @functools.lru_cache(maxsize=16)
 def _colour_constants(device, dtype):
@@ -131,20 +54,6 @@ def _colour_constants(device, dtype):
     bases = torch.tensor(_CHROMA_BASES, dtype=dtype, device=device)  # (3, 3, 3)
     return luma, bases
 
-
-def _check_range(name, value, low=None, high=None, ordered_pair=False, positive=False):
-    values = value if ordered_pair else (value,)
-    if ordered_pair and (not isinstance(value, (tuple, list)) or len(value) != 2):
-        raise ValueError(f"{name} must be a pair (low, high), got {value!r}.")
-    for v in values:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or math.isnan(v):
-            raise ValueError(f"{name} must hold real numbers, got {value!r}.")
-        if (low is not None and v < low) or (high is not None and v > high):
-            raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}.")
-        if positive and v <= 0:
-            raise ValueError(f"{name} must be positive, got {value!r}.")
-    if ordered_pair and value[0] > value[1]:
-        raise ValueError(f"{name} must satisfy low <= high, got {value!r}.")
 
 
 def _affine_grid(theta, h, w):
@@ -165,27 +74,6 @@ def _affine_grid(theta, h, w):
     along_x = t[..., 0, :] * xs.view(1, 1, w, 1)  # (N, 1, W, 2)
     along_y = t[..., 1, :] * ys.view(1, h, 1, 1) + t[..., 2, :]  # (N, H, 1, 2)
     return along_x + along_y  # (N, H, W, 2)
-
-
-class Augmentation:
-    """Base class of batched view augmentations.
-
-    Subclasses implement ``__call__(x, generator)``: return a new tensor with
-    the shape and dtype of ``x``, drawing all randomness from ``generator``
-    and leaving ``x`` unmodified. :func:`make_augmentation` returns instances
-    of this class unchanged; any other callable is wrapped in
-    :class:`CallableAugmentation`.
-    """
-
-    def __call__(self, x, generator=None):
-        raise NotImplementedError
-
-    def __repr__(self):
-        names = [
-            p for p in inspect.signature(type(self).__init__).parameters if p != "self"
-        ]
-        args = ", ".join(f"{p}={getattr(self, p)!r}" for p in names)
-        return f"{type(self).__name__}({args})"
 
 
 class ImageAugmentation(Augmentation):
@@ -586,272 +474,3 @@ class ImageAugmentation(Augmentation):
         z = F.conv2d(z, kh.view(n * c, 1, -1, 1), groups=n * c)
         return z.view(n, c, h, w)
 
-
-class VectorAugmentation(Augmentation):
-    """Gaussian noise and random feature masking for feature vectors.
-
-    Parameters
-    ----------
-    noise_std : float, default=0.1
-        Standard deviation of the additive Gaussian noise, in the units of the
-        features (which are usually standardised).
-    mask_p : float, default=0.2
-        Probability that each feature of each sample is set to 0. A sample
-        whose features would all be masked keeps them all.
-
-    Examples
-    --------
-    >>> import torch
-    >>> aug = VectorAugmentation(noise_std=0.0, mask_p=0.5)
-    >>> views = aug(torch.ones(2, 4), torch.Generator().manual_seed(0))
-    >>> views.shape
-    torch.Size([2, 4])
-    """
-
-    def __init__(self, noise_std=0.1, mask_p=0.2):
-        _check_range("noise_std", noise_std, 0.0)
-        _check_range("mask_p", mask_p, 0.0, 1.0)
-        self.noise_std = noise_std
-        self.mask_p = mask_p
-
-    def __call__(self, x, generator=None):
-        """Return one random view of every sample.
-
-        Parameters
-        ----------
-        x : Tensor of shape (n_samples, n_features)
-            Float features, on any device. Not modified.
-        generator : torch.Generator or None, default=None
-            Source of all random draws. None uses a fresh, non-deterministically
-            seeded generator.
-
-        Returns
-        -------
-        views : Tensor of shape (n_samples, n_features)
-            Same dtype and device as ``x``.
-        """
-        _check_batch(x, 2, "VectorAugmentation")
-        generator = _check_generator(generator)
-        y = x.clone()
-        if self.noise_std > 0:
-            y += self.noise_std * _randn(generator, x.shape, x.device).to(x.dtype)
-        if self.mask_p > 0:
-            keep = _rand(generator, x.shape, x.device) >= self.mask_p  # (N, d)
-            # An all-zero sample carries no signal to contrast; keep it whole.
-            keep |= ~keep.any(dim=1, keepdim=True)
-            y *= keep
-        return y
-
-
-class NoAugmentation(Augmentation):
-    """Identity augmentation: both views are copies of the input.
-
-    Examples
-    --------
-    >>> import torch
-    >>> x = torch.rand(2, 3)
-    >>> torch.equal(NoAugmentation()(x), x)
-    True
-    """
-
-    def __call__(self, x, generator=None):
-        """Return a copy of ``x`` (``generator`` is ignored)."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
-        return x.clone()
-
-
-class CallableAugmentation(Augmentation):
-    """Wrap a user function ``func(x) -> Tensor`` as an augmentation.
-
-    Parameters
-    ----------
-    func : callable
-        Called on the whole batch without a generator, so its randomness is
-        its own business (and the ``random_state`` of the estimator does not
-        make it reproducible). It must return a tensor of the input's shape.
-        It receives a copy of the batch, so it may work in place.
-
-    Examples
-    --------
-    >>> import torch
-    >>> aug = CallableAugmentation(lambda x: x.flip(-1))
-    >>> aug(torch.arange(3.0).view(1, 3))
-    tensor([[2., 1., 0.]])
-    """
-
-    def __init__(self, func):
-        if not callable(func):
-            raise TypeError(f"func must be callable, got {type(func).__name__}.")
-        self.func = func
-
-    def __call__(self, x, generator=None):
-        """Apply ``func`` to a copy of ``x`` and check its output."""
-        # A copy, so a function that works in place cannot corrupt the batch
-        # from which the second view is drawn.
-        out = self.func(x.clone())
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(
-                "The callable passed as augmentation must return a torch.Tensor, "
-                f"got {type(out).__name__}."
-            )
-        if out.shape != x.shape:
-            raise ValueError(
-                "The callable passed as augmentation must keep the batch shape: "
-                f"got {tuple(out.shape)} for input {tuple(x.shape)}."
-            )
-        return out
-
-
-def _image_side(image_size):
-    if image_size is None:
-        raise ValueError("image_size is required for image augmentations.")
-    if isinstance(image_size, numbers.Integral):
-        return int(image_size), int(image_size)
-    h, w = image_size
-    return int(h), int(w)
-
-
-def rgb_augmentation(image_size):
-    """CueCo's augmentation recipe for RGB images.
-
-    Random resized crop (scale 0.2-1.0), horizontal flip, colour jitter
-    (0.4, 0.4, 0.4, 0.1) with probability 0.8, grayscale with probability 0.2,
-    and Gaussian blur only for images larger than 32 px, where it removes
-    detail that small images do not have.
-
-    Parameters
-    ----------
-    image_size : int or tuple of int
-        Side, or ``(height, width)``, of the images.
-
-    Returns
-    -------
-    augmentation : ImageAugmentation
-    """
-    h, w = _image_side(image_size)
-    return ImageAugmentation(
-        crop_scale=(0.2, 1.0),
-        flip=True,
-        color_jitter=(0.4, 0.4, 0.4, 0.1),
-        jitter_p=0.8,
-        grayscale_p=0.2,
-        blur=min(h, w) > 32,
-        blur_p=0.5,
-    )
-
-
-def grayscale_augmentation(image_size=None):
-    """Augmentation recipe for small grayscale images (digits).
-
-    A mild crop (scale 0.5-1.0: a digit is a few pixels and a small crop
-    loses it), a small affine (rotation up to 10 degrees, shift up to 10 %),
-    brightness and contrast jitter (0.4, 0.4) with probability 0.8 and
-    Gaussian noise of std 0.05. No flip: a mirrored digit is another symbol.
-
-    Parameters
-    ----------
-    image_size : int or tuple of int or None, default=None
-        Accepted for symmetry with :func:`rgb_augmentation`; the recipe does
-        not depend on it.
-
-    Returns
-    -------
-    augmentation : ImageAugmentation
-    """
-    return ImageAugmentation(
-        crop_scale=(0.5, 1.0),
-        flip=False,
-        rotation=10.0,
-        translate=0.1,
-        color_jitter=(0.4, 0.4, 0.0, 0.0),
-        jitter_p=0.8,
-        grayscale_p=0.0,
-        blur=False,
-        noise_std=0.05,
-    )
-
-
-def make_augmentation(augmentation, *, input_kind, n_channels=None, image_size=None):
-    """Resolve the ``augmentation`` parameter of the estimators.
-
-    Parameters
-    ----------
-    augmentation : {"auto", "rgb", "grayscale", "vector", "none"}, \
-            Augmentation or callable
-        - ``"auto"``: :class:`VectorAugmentation` for vectors; for images,
-          :func:`grayscale_augmentation` for 1 channel,
-          :func:`rgb_augmentation` for 3 channels, and crop plus flip only
-          for other channel counts.
-        - ``"rgb"``, ``"grayscale"``, ``"vector"``: that recipe; it must suit
-          the input (``"rgb"`` needs 3-channel images, ``"grayscale"`` any
-          images, ``"vector"`` vectors).
-        - ``"none"``: :class:`NoAugmentation`.
-        - An :class:`Augmentation` instance is returned as is; any other
-          callable ``func(x) -> Tensor`` is wrapped in
-          :class:`CallableAugmentation`.
-    input_kind : {"image", "vector"}
-        Kind of the training data.
-    n_channels : int or None, default=None
-        Number of image channels; required for images.
-    image_size : int or tuple of int or None, default=None
-        Image side or ``(height, width)``; required for images of other than
-        one channel (the RGB recipe blurs only images above 32 px).
-
-    Returns
-    -------
-    augmentation : Augmentation
-    """
-    if input_kind not in ("image", "vector"):
-        raise ValueError(f"input_kind must be 'image' or 'vector', got {input_kind!r}.")
-    if isinstance(augmentation, str):
-        if augmentation not in _STRING_OPTIONS:
-            raise ValueError(
-                f"augmentation must be one of {', '.join(map(repr, _STRING_OPTIONS))}, "
-                f"an Augmentation or a callable; got {augmentation!r}."
-            )
-        if augmentation == "none":
-            return NoAugmentation()
-        if input_kind == "vector":
-            if augmentation in ("auto", "vector"):
-                return VectorAugmentation()
-            raise ValueError(
-                f"augmentation={augmentation!r} is for images but the input is "
-                "vectors; use 'vector', 'auto' or 'none'."
-            )
-        if augmentation == "vector":
-            raise ValueError(
-                "augmentation='vector' is for vectors but the input is images; "
-                "use 'auto', 'rgb', 'grayscale' or 'none'."
-            )
-        if n_channels is None:
-            raise ValueError("n_channels is required for image input.")
-        if augmentation == "grayscale" or (augmentation == "auto" and n_channels == 1):
-            return grayscale_augmentation(image_size)
-        if augmentation == "rgb" or (augmentation == "auto" and n_channels == 3):
-            if n_channels != 3:
-                raise ValueError(
-                    f"augmentation='rgb' needs 3-channel images, got {n_channels} "
-                    "channel(s); use 'auto' or 'grayscale'."
-                )
-            return rgb_augmentation(image_size)
-        # Colour operations have no meaning for other channel counts
-        # (e.g. multispectral images), so only geometry is randomised.
-        _image_side(image_size)
-        return ImageAugmentation(color_jitter=None, jitter_p=0.0, grayscale_p=0.0)
-    if isinstance(augmentation, Augmentation):
-        if isinstance(augmentation, ImageAugmentation) and input_kind != "image":
-            raise ValueError(
-                "augmentation is an ImageAugmentation but the input is vectors."
-            )
-        if isinstance(augmentation, VectorAugmentation) and input_kind != "vector":
-            raise ValueError(
-                "augmentation is a VectorAugmentation but the input is images."
-            )
-        return augmentation
-    if callable(augmentation):
-        return CallableAugmentation(augmentation)
-    raise TypeError(
-        f"augmentation must be one of {', '.join(map(repr, _STRING_OPTIONS))}, "
-        f"an Augmentation or a callable; got {type(augmentation).__name__}."
-    )

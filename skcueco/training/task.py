@@ -8,12 +8,12 @@ PyTorch: no scikit-learn here.
 
 import torch
 
-from ._distributed import all_gather_cat
-from .nn.momentum import MomentumSchedule
+from .distributed import all_gather_cat
+from ..nn.momentum import MomentumSchedule
 
 
 class CueCoTask:
-    """One CueCo training run for :class:`~skcueco._engine.Trainer`.
+    """One CueCo training run for :class:`~skcueco.training.engine.Trainer`.
 
     Parameters
     ----------

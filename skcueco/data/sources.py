@@ -10,7 +10,7 @@ and loader workers decode in parallel.
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from ._imageio import GRAY_MODES, check_size, collect, decode, is_int, probe, scan_folder
+from .imageio import GRAY_MODES, check_size, collect, decode, is_int, probe, scan_folder
 
 MODES = ("auto", "RGB", "L")
 

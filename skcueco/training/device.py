@@ -2,7 +2,7 @@
 
 import torch
 
-from ._distributed import launched_distributed, local_rank
+from .distributed import launched_distributed, local_rank
 
 
 def resolve_device(device):

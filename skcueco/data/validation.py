@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.validation import validate_data
 
-from ._sources import as_image_source
+from .sources import as_image_source
 
 # a flattened vector of d features is read as a side x side image only when the
 # side is at least this large; below it the "image" would be noise-sized

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ._distributed import all_reduce_, get_world_size, is_main_process
+from .distributed import all_reduce_, get_world_size, is_main_process
 
 
 class NonFiniteLossError(FloatingPointError):
