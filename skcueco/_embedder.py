@@ -15,30 +15,16 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .data.loaders import encode, make_loader
-from .data.preprocess import Preprocess, input_statistics, relayout
-from .training.device import resolve_device
-from .training.distributed import get_rank, get_world_size, init_distributed
-from .training.engine import Trainer, copy_state
-from .training.optim import BASE_LR, make_optimizer, warmup_cosine
 from ._persistence import TorchStateMixin, load_embedder, save_embedder
-from .training.task import CueCoTask
-from .data.validation import check_input, image_format, spec_from_image_shape
-from .augment import make_augmentation
-from .backbones import BACKBONE_NAMES, build_backbone
+from .backbones import BACKBONE_NAMES
 from .callbacks import Callback, ProgressBar
-from .nn.model import CueCoModel
-from .nn.momentum import MomentumSchedule
+from .data.loaders import encode
+from .data.preprocess import relayout
+from .data.validation import check_input, image_format, spec_from_image_shape
+from .training.run import CueCoConfig, Seeds, fit_cueco, untrained_cueco, view_augmentation
 
-# centroids without an assigned key for this many consecutive steps are re-seeded
-_RESEED_AFTER_STEPS = 50
 _PRIVATE_FITTED = ("_input_spec", "_preprocess", "_projector", "_n_features_out", "_train_state")
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
-
-
-def _seeds(random_state, n):
-    rng = check_random_state(random_state)
-    return [int(s) for s in rng.randint(0, 2**31 - 1, size=n)]
 
 
 class CueCoEmbedder(
@@ -390,120 +376,24 @@ class CueCoEmbedder(
         return hasattr(self, "encoder_")
 
     def _train(self, X, spec, *, mode, state=None):
-        """Build (or restore) the model, run the trainer, publish the result.
-
-        ``mode`` is ``"fresh"`` (optionally resuming the checkpoint ``state``
-        on the same schedule), ``"continue"`` (warm start: ``max_epochs`` more
-        epochs on a new cosine cycle without warm-up) or ``"partial"`` (one
-        epoch at constant learning rate and momentum).
-        """
-        previous = getattr(self, "_train_state", None) if mode != "fresh" else None
-        distributed = init_distributed()
-        world, rank = get_world_size(), get_rank()
-        run = self._build(X, spec, previous)
-        model, device, batch_size = run["model"], run["device"], run["batch_size"]
-        loader_generator = torch.Generator().manual_seed(run["seeds"][3])
-        loader = make_loader(
-            X, batch_size=batch_size, shuffle=True, drop_last=True,
-            generator=loader_generator, num_workers=self.num_workers,
-            pin_memory=device.type == "cuda",
-            shard=(world, rank, run["seeds"][3]) if distributed else None,
-        )
-        steps = len(loader)
-        if steps == 0:
-            raise ValueError(
-                f"Each of the {world} processes gets fewer than batch_size={batch_size} "
-                "samples: use a smaller batch_size or fewer processes."
-            )
-        done_epochs = 0 if previous is None else previous["epoch"]
-        n_epochs = 1 if mode == "partial" else self.max_epochs
-        # the learning rate follows the global batch, summed over processes
-        lr = self.lr
-        if lr == "auto":
-            lr = BASE_LR[self.optimizer] * batch_size * world / 256
-        if distributed and self.distributed_bn == "sync":
-            if device.type != "cuda":
-                raise ValueError(
-                    "distributed_bn='sync' needs CUDA GPUs (PyTorch's SyncBatchNorm "
-                    "does not run on the CPU); use distributed_bn='shuffle'."
-                )
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        channels_last = self._use_channels_last(spec, device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        if self.compile:
-            model.compile_backbones(
-                **({"backend": self.compile} if isinstance(self.compile, str) else {}))
-        if distributed:
-            model.distribute(
-                device_ids=[device.index] if device.type == "cuda" else None,
-                shuffle_bn=self.distributed_bn == "shuffle",
-            )
-        optimizer = make_optimizer(
-            self.optimizer, model.query_parameters(), lr=lr, weight_decay=self.weight_decay
-        )
-        task = CueCoTask(
-            model, run["preprocess"],
-            self._augmentation_for(spec),
-            # each process draws its own views
-            torch.Generator(device=device).manual_seed(run["seeds"][2] + rank),
-            total_steps=steps * n_epochs,
-            key_momentum=self.key_momentum,
-            cluster_weight=self.cluster_weight,
-            cluster_warmup=self.cluster_warmup,
-            cluster_update=self.cluster_update,
-            key_features=run["key_features"],
-            reseed_after=_RESEED_AFTER_STEPS,
-            loader_generator=loader_generator,
-            channels_last=channels_last,
-            sampler=loader.sampler.sampler if distributed else None,
-        )
-        if mode == "partial":
-            task.momentum = MomentumSchedule(1, base=self.key_momentum, final=self.key_momentum)
+        """Run :func:`~skcueco.training.run.fit_cueco` and publish its result."""
+        previous = None
+        if mode != "fresh" and hasattr(self, "_train_state"):
+            previous = (self._train_state, self._preprocess)
         callbacks = list(self.callbacks or [])
         if self.verbose:
-            callbacks.append(ProgressBar())
-        trainer = Trainer(
-            device=device, max_epochs=done_epochs + n_epochs, callbacks=callbacks,
-            amp=self.amp,
+            callbacks.append(ProgressBar(**({"per_batch": True} if self.verbose >= 2 else {})))
+        result = fit_cueco(
+            X, spec, CueCoConfig.from_params(self.get_params(deep=False)),
+            self._seeds(), mode=mode, previous=previous, state=state,
+            callbacks=callbacks, validate=lambda X_other: self._flatten_like_fit(X_other, spec),
         )
-        trainer.embed = run["embed"]
-        scheduler = None
-        if previous is not None:
-            # continue: weights, optimiser state, queue, centroids and random
-            # streams come back; the schedule starts a new cycle at `lr`
-            trainer.task, trainer.optimizer = task, optimizer
-            trainer.scaler = torch.amp.GradScaler(device.type, enabled=False)
-            trainer.load_state_dict(_without(previous, "scheduler"))
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] = lr
-            task.step_offset = trainer.global_step
-        if mode != "partial":
-            warmup = 0 if previous is not None else steps * min(10, n_epochs // 10)
-            scheduler = warmup_cosine(optimizer, steps * n_epochs, warmup)
-        trainer.fit(task, loader, optimizer, scheduler, state=state)
-        if distributed:
-            # BatchNorm statistics drift apart per process: rank 0's win, so
-            # every process ends with the same fitted estimator
-            model.sync_buffers()
-            model.undistribute()
-        self._train_state = copy_state(trainer.state_dict())
-        self._publish(run, spec, trainer.history)
+        self._publish(result, spec)
         return self
 
-    def _augmentation_for(self, spec):
-        """The view augmentation for inputs described by ``spec``."""
-        image = spec.kind == "image"
-        return make_augmentation(
-            self.augmentation, input_kind=spec.kind,
-            n_channels=spec.shape[0] if image else None,
-            image_size=spec.shape[1:] if image else None,
-        )
-
-    def _use_channels_last(self, spec, device):
-        if self.channels_last == "auto":
-            return spec.kind == "image" and device.type == "cuda"
-        return bool(self.channels_last) and spec.kind == "image"
+    def _seeds(self):
+        rng = check_random_state(self.random_state)
+        return Seeds(*(int(s) for s in rng.randint(0, 2**31 - 1, size=4)))
 
     def _validate_fit_input(self, X):
         X, spec = check_input(self, X, reset=True, image_size=self.image_size)
@@ -511,56 +401,6 @@ class CueCoEmbedder(
             spec = spec_from_image_shape(self.image_shape, X.shape[1])
         self._check_params_vs_input(X)
         return X, spec
-
-    def _build(self, X, spec, previous=None):
-        """Device, input conversion and initialised model for ``X``.
-
-        With ``previous`` (a training state) the input conversion and queue
-        size of the earlier fit are kept so its state loads into the model.
-        """
-        device = resolve_device(self.device)
-        n_samples = X.shape[0]
-        batch_size = min(self.batch_size, n_samples)
-        seeds = _seeds(self.random_state, 4)
-        if previous is None:
-            preprocess = Preprocess(spec, *input_statistics(X, spec)).to(device)
-            queue_size = min(self.queue_size, n_samples)
-        else:
-            preprocess = self._preprocess.to(device)
-            queue_size = previous["task"]["model"]["queue.keys"].shape[0]
-        # weights are drawn from torch's global generator inside a fork that is
-        # restored on exit, so the caller's global random state is untouched
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeds[0])
-            backbone, feature_dim = build_backbone(
-                self.backbone, input_kind=spec.kind, input_shape=spec.shape
-            )
-            model = CueCoModel(
-                backbone, feature_dim,
-                projection_dim=self.projection_dim,
-                hidden_dim=self.hidden_dim,
-                queue_size=queue_size,
-                n_clusters=self.n_clusters,
-                temperature=self.temperature,
-                cluster_loss=self.cluster_loss,
-                cluster_temperature=self.cluster_temperature,
-                cluster_momentum=self.cluster_momentum,
-                generator=torch.Generator().manual_seed(seeds[1]),
-            )
-        model.to(device)
-
-        def key_features():
-            return encode(model.encode_key, preprocess, model, X, batch_size, device)
-
-        def embed(X_other):
-            """Backbone features of the model being trained, for monitors."""
-            X2d, other = self._flatten_like_fit(X_other, spec)
-            pre = preprocess if other == spec else relayout(preprocess, other)
-            return encode(model.backbone_q, pre, model, X2d, batch_size, device).numpy()
-
-        return dict(model=model, preprocess=preprocess, device=device,
-                    batch_size=batch_size, seeds=seeds, feature_dim=feature_dim,
-                    key_features=key_features, embed=embed)
 
     def _flatten_like_fit(self, X, spec):
         """Validate extra data (e.g. a monitor's) against the fitted layout."""
@@ -577,33 +417,32 @@ class CueCoEmbedder(
             )
         return X, other
 
-    def _publish(self, run, spec, history):
-        """Set the fitted attributes from a (trained or untrained) run.
+    def _publish(self, result, spec):
+        """Set the fitted attributes from a :class:`~skcueco.training.run.FitResult`.
 
         Only the query backbone, its projector and the centroids stay on the
         device; the key network, queue and optimiser state live on in
         ``_train_state`` on the CPU (for ``warm_start`` and ``partial_fit``).
         """
-        model = run["model"]
-        if not bool(model.centroids_ready):
-            # the warm-up lasted the whole run: centroids still serve `predict`
-            model.init_centroids(run["key_features"]())
-        model.eval()
-        self.encoder_ = model.backbone_q.to(memory_format=torch.contiguous_format)
-        self._projector = model.projector_q
-        self._preprocess = run["preprocess"]
-        self.cluster_centers_ = model.centroids.detach().cpu().numpy().copy()
+        self.encoder_ = result.encoder
+        self._projector = result.projector
+        self._preprocess = result.preprocess
+        self.cluster_centers_ = result.centroids.numpy()
+        history = result.history
         self.history_ = pd.DataFrame(history, columns=_HISTORY_COLUMNS if not history else None)
         self.n_iter_ = len(history)
         self.image_shape_ = tuple(spec.shape) if spec.kind == "image" else None
         self._input_spec = spec
-        self.device_ = run["device"]
-        self._n_features_out = run["feature_dim"]
+        self.device_ = result.device
+        self._n_features_out = result.feature_dim
+        if result.train_state is not None:
+            self._train_state = result.train_state
 
     def _fit_untrained(self, X):
         """Fitted attributes of the initial, untrained network (a baseline)."""
         X, spec = self._validate_fit_input(X)
-        self._publish(self._build(X, spec), spec, [])
+        config = CueCoConfig.from_params(self.get_params(deep=False))
+        self._publish(untrained_cueco(X, spec, config, self._seeds()), spec)
         return self
 
     def _check_params_vs_input(self, X):
@@ -650,6 +489,30 @@ class CueCoEmbedder(
         if spec == self._input_spec:
             return self._preprocess
         return relayout(self._preprocess, spec)
+
+    def _frozen_features(self, X, augment_seed=None):
+        """The feature-extraction seam for heads trained on frozen embeddings.
+
+        Returns ``(rows, features, augment)``: the validated compact rows of
+        ``X``, their embeddings (as :meth:`transform`), and, when
+        ``augment_seed`` is given, ``augment(rows_batch)`` -> embeddings of
+        fresh random views of a batch of those rows, on ``device_`` (the
+        training augmentation, drawn from a generator seeded with
+        ``augment_seed``); otherwise None.
+        """
+        rows, spec = self._validate_for_inference(X)
+        features = self._transform(rows, spec)
+        augment = None
+        if augment_seed is not None:
+            device = self.device_
+            aug = view_augmentation(self.augmentation, spec)
+            preprocess = self._preprocess_for(spec)
+            generator = torch.Generator(device=device).manual_seed(augment_seed)
+
+            @torch.no_grad()
+            def augment(batch):
+                return self.encoder_(aug(preprocess(batch.to(device)), generator)).float()
+        return rows, features, augment
 
     def predict(self, X):
         """Index of the nearest centroid for each sample.
@@ -749,10 +612,6 @@ class CueCoEmbedder(
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-
-def _without(state, key):
-    return {k: v for k, v in state.items() if k != key}
 
 
 def _load_checkpoint(path):

@@ -12,14 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.distributed import (
-    all_gather_cat,
-    all_reduce_,
-    broadcast_,
-    get_rank,
-    get_world_size,
-    is_distributed,
-)
 from .heads import PredictionHead, ProjectionHead
 from .kmeans import spherical_kmeans
 from .losses import assign_clusters, cluster_pull, info_nce, proto_nce
@@ -103,41 +95,6 @@ class CueCoModel(nn.Module):
         self.register_buffer("centroids_ready", torch.zeros((), dtype=torch.bool))
         # steps each centroid has gone without an assigned key; dead ones get re-seeded
         self.register_buffer("empty_steps", torch.zeros(n_clusters, dtype=torch.long))
-        # compiled views of the backbones for training (a plain dict: not
-        # registered, so state_dict and the published modules stay uncompiled)
-        self._compiled = {}
-
-    def compile_backbones(self, **kwargs):
-        """Use ``torch.compile`` (with ``kwargs``) for the backbones in training."""
-        self._compiled.update(
-            q=torch.compile(self.backbone_q, **kwargs),
-            k=torch.compile(self.backbone_k, **kwargs),
-        )
-
-    def distribute(self, device_ids=None, shuffle_bn=True):
-        """Train the query network with DistributedDataParallel.
-
-        Parameters
-        ----------
-        device_ids : list of int, default=None
-            The one GPU of this process, None on the CPU.
-        shuffle_bn : bool, default=True
-            MoCo's shuffled BatchNorm for the key network: keys are computed
-            on a random mix of every rank's images, so BatchNorm statistics
-            cannot leak which key belongs to which query.
-        """
-        query = _QueryNet(
-            self._compiled.get("q", self.backbone_q), self.projector_q, self.predictor
-        )
-        self._compiled["ddp_q"] = torch.nn.parallel.DistributedDataParallel(
-            query, device_ids=device_ids
-        )
-        self.shuffle_bn = shuffle_bn
-
-    def undistribute(self):
-        """Drop the DistributedDataParallel wrapper (while the group still lives:
-        a wrapper destroyed after the process group can abort the process)."""
-        self._compiled.pop("ddp_q", None)
 
     # -- encoders -------------------------------------------------------------
     def forward(self, x):
@@ -156,34 +113,18 @@ class CueCoModel(nn.Module):
         yield from self.projector_k.parameters()
 
     def encode_query(self, x):
-        if "ddp_q" in self._compiled and self.training:
-            z = self._compiled["ddp_q"](x)
-        else:
-            z = self.predictor(self.projector_q(self._compiled.get("q", self.backbone_q)(x)))
+        """Unit-norm query projections ``z = f_q(x)``, ``(N, D)``, with gradient."""
+        z = self.predictor(self.projector_q(self.backbone_q(x)))
         return F.normalize(z, dim=1)  # (N, D)
 
     @torch.no_grad()
     def encode_key(self, x):
-        if self.training and getattr(self, "shuffle_bn", False) and is_distributed():
-            return self._encode_key_shuffled(x)
-        k = self.projector_k(self._compiled.get("k", self.backbone_k)(x))
+        """Unit-norm key projections ``k = f_k(x)``, ``(N, D)``, never with gradient."""
+        k = self.projector_k(self.backbone_k(x))
         return F.normalize(k, dim=1)  # (N, D)
 
-    @torch.no_grad()
-    def _encode_key_shuffled(self, x):
-        # MoCo's shuffle-BN: every rank draws the same permutation (identical
-        # generators), encodes its slice of the shuffled global batch, and
-        # takes back the keys of its own images
-        world, rank, n = get_world_size(), get_rank(), x.shape[0]
-        x_all = all_gather_cat(x)  # (world * N, ...)
-        perm = torch.randperm(world * n, generator=self.generator).to(x.device)
-        mine = perm.view(world, n)[rank]
-        k = self.projector_k(self._compiled.get("k", self.backbone_k)(x_all[mine]))
-        k_all = all_gather_cat(F.normalize(k, dim=1))  # (world * N, D), shuffled order
-        return k_all[torch.argsort(perm).view(world, n)[rank]]  # (N, D)
-
     # -- losses ---------------------------------------------------------------
-    def training_step(self, v1, v2, cluster_weight=0.0):
+    def training_step(self, v1, v2, cluster_weight=0.0, *, encode_query=None, encode_key=None):
         """Loss of one batch of two views.
 
         Parameters
@@ -192,6 +133,10 @@ class CueCoModel(nn.Module):
             Two augmented views of the same images.
         cluster_weight : float, default=0.0
             Weight ``lambda`` of the clustering term; 0 gives MoCo v2.
+        encode_query, encode_key : callable, default=None
+            Replacements for :meth:`encode_query` and :meth:`encode_key`
+            with the same results (e.g. compiled, DistributedDataParallel or
+            shuffled-BatchNorm versions); the method stays the same.
 
         Returns
         -------
@@ -200,10 +145,22 @@ class CueCoModel(nn.Module):
         parts : dict of torch.Tensor
             Detached ``"contrastive"`` and ``"clustering"`` terms.
         keys : tuple of torch.Tensor
-            ``(k1, k2)``, each ``(N, D)``, for :meth:`after_step`.
+            ``(k1, k2)``, each ``(N, D)``, for the updates after the step
+            (:meth:`enqueue`, :meth:`update_centroids`).
         """
-        z1, z2 = self.encode_query(v1), self.encode_query(v2)  # (N, D) each
-        k1, k2 = self.encode_key(v1), self.encode_key(v2)  # (N, D) each
+        encode_query = encode_query or self.encode_query
+        encode_key = encode_key or self.encode_key
+        # keys first: they need no activations kept for backward, and run
+        # faster before the query activations fill the memory
+        k1, k2 = encode_key(v1), encode_key(v2)  # (N, D) each
+        z1, z2 = encode_query(v1), encode_query(v2)  # (N, D) each
+        return self.loss(z1, z2, k1, k2, cluster_weight)
+
+    def loss(self, z1, z2, k1, k2, cluster_weight=0.0):
+        """``L_con + lambda * L_clu`` of queries and keys (docs/method.rst, eq. 1-3).
+
+        Returns ``(loss, parts, (k1, k2))`` as :meth:`training_step`.
+        """
         # no copy needed: the queue is only overwritten after backward()
         negatives = self.queue.keys if self.queue.keys.shape[0] else None
         l_con = 0.5 * (
@@ -242,8 +199,11 @@ class CueCoModel(nn.Module):
         self.queue.enqueue(keys)
 
     @torch.no_grad()
-    def init_centroids(self, features, n_iter=30):
+    def init_centroids(self, features, n_iter=30, *, broadcast=None):
         """Spherical k-means (k-means++ seeding) on key features ``(M, D)``.
+
+        ``broadcast(tensor)``, when given, makes every process hold the same
+        centroids (in place, from one source process).
 
         The training task passes the keys of the whole training set (one pass
         in eval mode) rather than the queue: right after warm-up the queue can
@@ -253,26 +213,33 @@ class CueCoModel(nn.Module):
             features.float(), self.centroids.shape[0], n_iter=n_iter,
             generator=self.generator,
         )
-        # every rank must hold the same centroids: rank 0's k-means wins
-        self.centroids.copy_(broadcast_(centroids.contiguous()))
+        centroids = centroids.contiguous()
+        if broadcast is not None:
+            broadcast(centroids)
+        self.centroids.copy_(centroids)
         self.centroids_ready.fill_(True)
         self.empty_steps.zero_()
 
     @torch.no_grad()
-    def update_centroids(self, keys):
+    def update_centroids(self, keys, *, all_reduce=None):
         """Online update: ``M_k <- normalize(beta M_k + (1 - beta) mean(keys in k))``.
 
-        Also counts, per centroid, the consecutive updates without an assigned
+        ``all_reduce(tensor)``, when given, sums the per-cluster counts and
+        key sums over processes in place, so the keys of all processes move
+        the centroids identically everywhere. Also counts, per centroid, the consecutive updates without an assigned
         key; :meth:`reseed_dead_centroids` uses the count.
         """
         keys = keys.float()
         n_clusters = self.centroids.shape[0]
         a = assign_clusters(keys, self.centroids)  # (M,)
-        counts = torch.bincount(a, minlength=n_clusters)  # (K,)
+        # a fixed-length scatter, not bincount: bincount's output size depends
+        # on the data, which reads the indices back to the host on a GPU
+        counts = torch.zeros(n_clusters, dtype=torch.long, device=keys.device)
+        counts.scatter_add_(0, a, torch.ones_like(a))  # (K,)
         sums = torch.zeros_like(self.centroids).index_add_(0, a, keys)  # (K, D)
-        # the keys of all ranks move the centroids, identically everywhere
-        all_reduce_(counts)
-        all_reduce_(sums)
+        if all_reduce is not None:
+            all_reduce(counts)
+            all_reduce(sums)
         means = sums / counts.clamp_min(1).unsqueeze(1)
         beta = self.cluster_momentum
         updated = F.normalize(beta * self.centroids + (1 - beta) * means, dim=1)
@@ -305,12 +272,6 @@ class CueCoModel(nn.Module):
         return int(dead.numel())
 
     @torch.no_grad()
-    def sync_buffers(self):
-        """Copy rank 0's buffers (BatchNorm statistics, queue) to all ranks."""
-        for buffer in self.buffers():
-            broadcast_(buffer)
-
-    @torch.no_grad()
     def project(self, x):
         """Unit-norm projections of the query network, ``(N, D)``.
 
@@ -323,14 +284,3 @@ class CueCoModel(nn.Module):
     def predict_clusters(self, x):
         """Index of the nearest centroid for each input, ``(N,)``."""
         return assign_clusters(self.project(x), self.centroids)
-
-
-class _QueryNet(nn.Module):
-    """The query path as one module, so DistributedDataParallel can wrap it."""
-
-    def __init__(self, backbone, projector, predictor):
-        super().__init__()
-        self.backbone, self.projector, self.predictor = backbone, projector, predictor
-
-    def forward(self, x):
-        return self.predictor(self.projector(self.backbone(x)))

@@ -67,6 +67,9 @@ class Trainer:
     check_every : int, default=None
         Check the loss for NaN/inf every this many steps (a host sync).
         Default: every step on CPU, where it costs nothing, every 25 on GPU.
+    embed : callable, default=None
+        ``embed(X) -> ndarray`` of features of the model being trained, for
+        monitoring callbacks (e.g. a kNN accuracy on held-out data).
 
     Attributes
     ----------
@@ -80,7 +83,8 @@ class Trainer:
         Whether the last ``fit`` was stopped by ``KeyboardInterrupt``.
     """
 
-    def __init__(self, *, device, max_epochs, callbacks=(), amp=None, check_every=None):
+    def __init__(self, *, device, max_epochs, callbacks=(), amp=None, check_every=None,
+                 embed=None):
         self.device = torch.device(device)
         self.max_epochs = max_epochs
         self.callbacks = list(callbacks)
@@ -95,9 +99,7 @@ class Trainer:
         self.interrupted = False
         self.is_main_process = is_main_process()
         self.task = self.optimizer = self.scheduler = self.scaler = None
-        # set by the caller: embed(X) -> features of the model being trained,
-        # for monitoring callbacks
-        self.embed = None
+        self.embed = embed
 
     def _call(self, hook, *args):
         for cb in self.callbacks:
@@ -117,7 +119,7 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def fit(self, task, loader, optimizer, scheduler=None, state=None):
+    def fit(self, task, loader, optimizer, scheduler=None, state=None, *, restore_schedule=True):
         """Train ``task`` from ``self.epoch`` to ``max_epochs``.
 
         Parameters
@@ -129,7 +131,13 @@ class Trainer:
         scheduler : torch.optim.lr_scheduler.LRScheduler, default=None
             Stepped after every optimiser step.
         state : dict, default=None
-            A :meth:`state_dict` to resume from (a checkpoint).
+            A :meth:`state_dict` to start from.
+        restore_schedule : bool, default=True
+            True resumes ``state`` exactly (a checkpoint of this same run).
+            False continues an earlier run on a new schedule: weights,
+            optimiser state, queue, centroids, counters and history come
+            back, but the learning rates set in ``optimizer`` and the state
+            of ``scheduler`` are this run's.
 
         Returns
         -------
@@ -146,7 +154,7 @@ class Trainer:
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         if state is not None:
-            self.load_state_dict(state)
+            self.load_state_dict(state, restore_schedule=restore_schedule)
         self.stop_training = self.interrupted = False
         self._call("on_train_begin")
         try:
@@ -179,8 +187,11 @@ class Trainer:
             state["task"] = self.task.state_dict()
         return state
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, *, restore_schedule=True):
         """Restore a :meth:`state_dict` into the running objects.
+
+        With ``restore_schedule=False`` the optimiser's current learning
+        rates and the scheduler are left as they are (see :meth:`fit`).
 
         Raises
         ------
@@ -188,20 +199,27 @@ class Trainer:
             If the state does not fit the task (other parameters or data).
         """
         try:
-            self._load_state_dict(state)
+            self._load_state_dict(state, restore_schedule)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise ValueError(
                 "The checkpoint does not match this training run (different "
                 f"parameters or data?): {exc}"
             ) from exc
 
-    def _load_state_dict(self, state):
+    def _load_state_dict(self, state, restore_schedule=True):
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.history = [dict(r) for r in state["history"]]
+        rates = [(g["lr"], g.get("initial_lr")) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.scheduler is not None and "scheduler" in state:
+        if not restore_schedule:
+            for group, (lr, initial_lr) in zip(self.optimizer.param_groups, rates):
+                group["lr"] = lr
+                if initial_lr is not None:
+                    group["initial_lr"] = initial_lr
+        if state["scaler"]:  # empty when saved without a gradient scaler
+            self.scaler.load_state_dict(state["scaler"])
+        if restore_schedule and self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         if "task" in state:
             self.task.load_state_dict(state["task"])

@@ -2,13 +2,13 @@
 
 It turns a batch of compact rows into two views, asks the model for the loss,
 and performs the explicit state updates after the optimiser step (EMA of the
-key network, enqueue, centroids), following the schedule of CUECO.md. Pure
-PyTorch: no scikit-learn here.
+key network, enqueue, centroids), following docs/method.rst. Pure PyTorch:
+no scikit-learn here.
 """
 
 import torch
 
-from .distributed import all_gather_cat
+from .distributed import all_gather_cat, all_reduce_, broadcast_
 from ..nn.momentum import MomentumSchedule
 
 
@@ -27,7 +27,7 @@ class CueCoTask:
     total_steps : int
         Optimiser steps in the whole run (for the momentum schedule).
     key_momentum : float
-        Starting EMA momentum, raised to 1 along a cosine.
+        Starting EMA momentum, raised to ``final_momentum`` along a cosine.
     cluster_weight : float
         ``lambda`` once the warm-up is over.
     cluster_warmup : int
@@ -46,17 +46,26 @@ class CueCoTask:
         on GPUs).
     sampler : torch.utils.data.DistributedSampler, default=None
         Reseeded every epoch (``set_epoch``) in distributed training.
+    encoders : TrainingEncoders, default=None
+        How queries and keys are computed (compiled, DDP, shuffle-BN); None
+        uses the model's own encoders.
+    final_momentum : float, default=1.0
+        EMA momentum at the last step (``key_momentum`` keeps it constant).
+    step_offset : int, default=0
+        Global step at which this run's momentum schedule starts (a run that
+        continues an earlier one).
     """
 
     def __init__(self, model, preprocess, augmentation, generator, *, total_steps,
                  key_momentum, cluster_weight, cluster_warmup, cluster_update,
                  key_features, reseed_after, loader_generator=None,
-                 channels_last=False, sampler=None):
+                 channels_last=False, sampler=None, encoders=None, final_momentum=1.0,
+                 step_offset=0):
         self.model = model
         self.preprocess = preprocess
         self.augmentation = augmentation
         self.generator = generator
-        self.momentum = MomentumSchedule(total_steps, base=key_momentum)
+        self.momentum = MomentumSchedule(total_steps, base=key_momentum, final=final_momentum)
         self.cluster_weight = cluster_weight
         self.cluster_warmup = cluster_warmup
         self.cluster_update = cluster_update
@@ -65,9 +74,9 @@ class CueCoTask:
         self.loader_generator = loader_generator
         self.channels_last = channels_last
         self.sampler = sampler
+        self.encoders = encoders
         self.current_weight = 0.0
-        # global step at which this run's schedules start (warm start)
-        self.step_offset = 0
+        self.step_offset = step_offset
         self.n_reseeded = 0
         self._keys = None
 
@@ -79,7 +88,8 @@ class CueCoTask:
         return self.cluster_weight > 0 and epoch >= self.cluster_warmup
 
     def init_centroids(self):
-        self.model.init_centroids(self.key_features())
+        # every process must hold the same centroids: rank 0's k-means wins
+        self.model.init_centroids(self.key_features(), broadcast=broadcast_)
 
     def on_epoch_begin(self, epoch):
         if self.sampler is not None:
@@ -98,7 +108,11 @@ class CueCoTask:
         if self.channels_last:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
-        loss, parts, self._keys = self.model.training_step(v1, v2, self.current_weight)
+        enc = self.encoders
+        loss, parts, self._keys = self.model.training_step(
+            v1, v2, self.current_weight,
+            encode_query=enc and enc.encode_query, encode_key=enc and enc.encode_key,
+        )
         return loss, parts
 
     def after_optimizer_step(self, step):
@@ -106,7 +120,8 @@ class CueCoTask:
         keys = torch.cat(self._keys)  # (2N, D)
         self._keys = None
         if self.current_weight > 0 and self.cluster_update == "online":
-            self.model.update_centroids(keys)  # sums over ranks inside
+            # the keys of all processes move the centroids, identically everywhere
+            self.model.update_centroids(keys, all_reduce=all_reduce_)
         # every rank's queue receives the keys of all ranks
         self.model.enqueue(all_gather_cat(keys))
 
@@ -127,6 +142,8 @@ class CueCoTask:
             state["model_rng"] = self.model.generator.get_state()
         if self.loader_generator is not None:
             state["loader_rng"] = self.loader_generator.get_state()
+        if self.encoders is not None:
+            state.update(self.encoders.state_dict())
         return state
 
     def load_state_dict(self, state):
@@ -137,3 +154,5 @@ class CueCoTask:
             self.model.generator.set_state(state["model_rng"])
         if "loader_rng" in state and self.loader_generator is not None:
             self.loader_generator.set_state(state["loader_rng"])
+        if self.encoders is not None:
+            self.encoders.load_state_dict(state)
