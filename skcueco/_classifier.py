@@ -4,7 +4,6 @@ import numbers
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
@@ -13,12 +12,11 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
-from .data.loaders import make_loader
 from ._embedder import CueCoEmbedder
 from ._persistence import TorchStateMixin
 from .data.sources import ImageSource
 from .data.validation import check_input, image_format
-from .nn.linear_eval import LinearHead, train_linear_head
+from .training.linear_probe import LinearProbe
 
 
 def _head_has(name):
@@ -83,8 +81,9 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
     ----------
     embedder_ : CueCoEmbedder or FrozenEstimator
         The fitted embedder.
-    head_ : torch.nn.Module or classifier
-        The fitted head.
+    head_ : LinearProbe or classifier
+        The fitted head: for ``head="linear"`` a small estimator whose
+        ``module_`` is the trained PyTorch layer.
     classes_ : ndarray of shape (n_classes,)
         Class labels seen among the labeled rows.
     n_features_in_ : int
@@ -201,9 +200,13 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         # [rows, ...]: an ImageSource gives a lazy subset, an array its rows
         X_lab = self._embedder_input(X2d[labeled, ...], spec)
         if self.head == "linear":
-            self.head_ = self._fit_linear_head(
-                X_lab, encoder.transform(y[labeled]), seed=rng.randint(2**31 - 1)
-            )
+            seed = rng.randint(2**31 - 1)
+            rows, features, augment = self.embedder_._frozen_features(
+                X_lab, augment_seed=seed if self.head_augmentation else None)
+            self.head_ = LinearProbe(
+                epochs=self.head_epochs, lr=self.head_lr, batch_size=self.head_batch_size,
+                weight_decay=self.head_weight_decay, device=self.device_, seed=seed,
+            ).fit(features, y[labeled], rows=rows, augment=augment)
         else:
             self.head_ = clone(self.head).fit(self.embedder_.transform(X_lab), y[labeled])
         return self
@@ -237,47 +240,10 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
             return X2d
         return X2d.reshape(-1, *spec.array_shape)
 
-    def _fit_linear_head(self, X_lab, y_codes, seed):
-        embedder = self.embedder_
-        device = embedder.device_
-        X_lab, spec = embedder._validate_for_inference(X_lab)
-        features = torch.from_numpy(embedder._transform(X_lab, spec))
-        augment = None
-        if self.head_augmentation:
-            aug = embedder._augmentation_for(spec)
-            preprocess = embedder._preprocess_for(spec)
-            aug_gen = torch.Generator(device=device).manual_seed(seed)
-
-            @torch.no_grad()
-            def augmented_features(rows):
-                return embedder.encoder_(aug(preprocess(rows.to(device)), aug_gen)).float()
-
-            augment = augmented_features
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            head = LinearHead(features, len(self.classes_))
-        head.to(device)
-        train_linear_head(
-            head, features, torch.from_numpy(y_codes), X_rows=X_lab, augment=augment,
-            epochs=self.head_epochs, lr=self.head_lr, batch_size=self.head_batch_size,
-            weight_decay=self.head_weight_decay, generator=torch.Generator().manual_seed(seed),
-            device=device,
-        )
-        return head.eval()
-
     def _embed(self, X):
         check_is_fitted(self)
         X2d, spec = check_input(self, X, reset=False, **_image_format(self.embedder_))
         return self.embedder_.transform(self._embedder_input(X2d, spec))
-
-    @torch.no_grad()
-    def _logits(self, Z):
-        out = []
-        loader = make_loader(Z, batch_size=max(self.head_batch_size, 1024), shuffle=False)
-        for batch in loader:
-            out.append(self.head_.predict_logits(batch.to(self.device_)).cpu())
-        return torch.cat(out)
 
     def predict(self, X):
         """Predict class labels.
@@ -291,9 +257,7 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         -------
         y_pred : ndarray of shape (n_samples,)
         """
-        Z = self._embed(X)
-        if self.head == "linear":
-            return self.classes_[self._logits(Z).argmax(dim=1).numpy()]
+        Z = self._embed(X)  # checks that the classifier is fitted
         return self.head_.predict(Z)
 
     @available_if(_head_has("predict_proba"))
@@ -310,9 +274,7 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         proba : ndarray of shape (n_samples, n_classes)
             Columns follow ``classes_``.
         """
-        Z = self._embed(X)
-        if self.head == "linear":
-            return torch.softmax(self._logits(Z), dim=1).numpy()
+        Z = self._embed(X)  # checks that the classifier is fitted
         return self.head_.predict_proba(Z)
 
     @available_if(_head_has("decision_function"))
@@ -330,10 +292,5 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
             For two classes, the score of ``classes_[1]`` relative to
             ``classes_[0]``, as scikit-learn expects.
         """
-        Z = self._embed(X)
-        if self.head != "linear":
-            return self.head_.decision_function(Z)
-        logits = self._logits(Z).numpy()
-        if logits.shape[1] == 2:
-            return logits[:, 1] - logits[:, 0]
-        return logits
+        Z = self._embed(X)  # checks that the classifier is fitted
+        return self.head_.decision_function(Z)

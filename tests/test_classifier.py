@@ -131,11 +131,11 @@ def test_fitted_embedder_and_head(fitted, digits):
     assert fitted.embedder_.n_features_in_ == 64
     assert fitted.device_ == fitted.embedder_.device_
 
-    assert isinstance(fitted.head_, LinearHead)
-    assert not fitted.head_.training
+    assert isinstance(fitted.head_.module_, LinearHead)
+    assert not fitted.head_.module_.training
     n_features = fitted.embedder_.transform(X[:2]).shape[1]
-    assert fitted.head_.linear.in_features == n_features
-    assert fitted.head_.linear.out_features == 10
+    assert fitted.head_.module_.linear.in_features == n_features
+    assert fitted.head_.module_.linear.out_features == 10
 
 
 def test_string_labels(digits):
@@ -234,12 +234,12 @@ def test_unlabeled_rows_pretrain_the_embedder_only(digits, fit_calls):
     assert clf.embedder_.n_features_in_ == 64
     assert -1 not in clf.classes_
     assert_array_equal(clf.classes_, np.arange(10))
-    assert clf.head_.linear.out_features == 10
+    assert clf.head_.module_.linear.out_features == 10
     # the head's frozen standardisation is that of the labeled rows' features
     features = clf.embedder_.transform(X[labeled])
-    assert_allclose(clf.head_.mean.numpy(), features.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert_allclose(clf.head_.module_.mean.numpy(), features.mean(axis=0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(
-        clf.head_.mean.numpy(), clf.embedder_.transform(X).mean(axis=0), rtol=1e-3
+        clf.head_.module_.mean.numpy(), clf.embedder_.transform(X).mean(axis=0), rtol=1e-3
     )
     assert set(clf.predict(X)) <= set(range(10))
     assert clf.score(X[labeled], y[labeled]) > 0.5
@@ -268,8 +268,8 @@ def test_unlabeled_none_makes_minus_one_a_class(digits, fit_calls):
     clf = _classifier(unlabeled=None).fit(X, y_semi)
     assert fit_calls == [N_SAMPLES]
     assert_array_equal(clf.classes_, np.arange(-1, 10))
-    assert clf.head_.linear.out_features == 11
-    assert_allclose(clf.head_.mean.numpy(), clf.embedder_.transform(X).mean(axis=0),
+    assert clf.head_.module_.linear.out_features == 11
+    assert_allclose(clf.head_.module_.mean.numpy(), clf.embedder_.transform(X).mean(axis=0),
                     rtol=1e-5, atol=1e-6)
     assert clf.predict_proba(X).shape == (N_SAMPLES, 11)
 
