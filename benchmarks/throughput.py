@@ -1,17 +1,32 @@
 """Training and inference throughput of CueCoEmbedder against bare PyTorch.
 
-Prints, from one run on one device:
+Every comparison alternates its two sides over ``--rounds`` rounds (A then B,
+then B then A, ...) in one process, so that load from other processes and
+clock changes hit both alike, and prints each side's median with its spread
+(min-max over the rounds) and the ratio of the medians. Whole calls are timed
+as a user sees them: ``fit`` from the call to its return (k-means
+initialisation and the first epoch included), ``transform`` of the whole
+array.
 
-- ``fit``: images/s of ``CueCoEmbedder.fit`` (CueCo: InfoNCE + clustering,
-  engine, callbacks) and of a minimal hand-written MoCo v2 loop with the same
-  backbone, batch size, queue, augmentations, precision and memory format;
-  their ratio (goal >= 0.9).
-- ``transform``: images/s of ``CueCoEmbedder.transform`` and of a bare
-  ``model.eval()`` forward over the same batches; their ratio (goal >= 0.95).
-- peak memory (GPU: ``torch.cuda.max_memory_allocated``; CPU: max RSS).
+Modes (default: ``fit`` and ``transform``):
 
-Both sides start from the same uint8 array in host memory. Steady state only:
-the first epoch (cuDNN autotuning, k-means initialisation) is not timed.
+- default: ``CueCoEmbedder.fit`` against a minimal hand-written MoCo v2 loop
+  with the same backbone, batch size, queue, augmentations, precision and
+  memory format (goal: ratio >= 0.9); ``CueCoEmbedder.transform`` against a
+  bare ``model.eval()`` forward over channels-last batches (goal >= 0.95);
+  peak memory. With ``lightly`` importable (not a dependency) also a
+  lightly-style loop that augments image by image, as per-image dataset
+  transforms do.
+- ``--queue A B``: seconds per training step of the bare MoCo v2 loop with a
+  queue of ``A`` and of ``B`` keys (goal: ``B`` = 65536 costs at most 20 %
+  more than ``A`` = 4096).
+- ``--latency``: seconds per ``transform`` of 1 and of 10 images against a
+  bare forward of the same rows (goal: at most 2x).
+- ``--layout``: ``fit`` and ``transform`` with ``channels_last=True`` against
+  ``channels_last=False`` (what ``channels_last="auto"`` picks per device).
+- ``--compare-to PATH``: ``fit`` of the skcueco source tree at ``PATH`` (e.g.
+  a ``git worktree`` of an older commit) against this one, each round in a
+  fresh process per side.
 
 Examples
 --------
@@ -20,6 +35,12 @@ GPU, the reference setting (ResNet-18 at 32x32, batch 512, bf16, channels-last):
     python benchmarks/throughput.py --device cuda --backbone resnet18 \\
         --batch-size 512 --n-samples 51200 --epochs 3 --amp bf16
 
+CPU, small CNN on 32 px RGB, against an older checkout::
+
+    git worktree add /tmp/base HEAD~1
+    python benchmarks/throughput.py --device cpu --backbone small_cnn \\
+        --batch-size 256 --n-samples 2048 --epochs 1 --rounds 5 --compare-to /tmp/base
+
 Seconds on a CPU, as CI runs it so the script cannot rot::
 
     python benchmarks/throughput.py --quick
@@ -27,7 +48,12 @@ Seconds on a CPU, as CI runs it so the script cannot rot::
 
 import argparse
 import copy
+import json
+import os
 import resource
+import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -41,20 +67,48 @@ from skcueco.nn import KeyQueue, ProjectionHead, ema_update, info_nce
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--backbone", default="auto")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--n-samples", type=int, default=51200)
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs after one untimed")
-    p.add_argument("--queue-size", type=int, default=4096)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--backbone", default="auto",
+                   help="CueCoEmbedder backbone name: auto, small_cnn, resnet18, resnet50")
+    p.add_argument("--image-size", type=int, default=32, help="height = width of the RGB images")
+    p.add_argument("--batch-size", type=int, default=512, help="training batch size")
+    p.add_argument("--n-samples", type=int, default=51200, help="synthetic uint8 images")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per timed fit call")
+    p.add_argument("--queue-size", type=int, default=4096, help="MoCo key queue length")
     p.add_argument("--amp", default="auto", help="auto, bf16, fp16 or off")
-    p.add_argument("--quick", action="store_true", help="tiny CPU run (seconds)")
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                   help="memory format of both sides; auto: CueCoEmbedder's rule")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds; each runs both sides once, in alternating order")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round (--queue)")
+    p.add_argument("--repeats", type=int, default=50,
+                   help="calls per round and side (--latency)")
+    p.add_argument("--queue", type=int, nargs=2, metavar=("A", "B"), default=None,
+                   help="compare training steps with queues of A and B keys")
+    p.add_argument("--latency", action="store_true",
+                   help="transform of 1 and 10 images against a bare forward")
+    p.add_argument("--layout", action="store_true",
+                   help="fit and transform channels-last against contiguous NCHW")
+    p.add_argument("--compare-to", metavar="PATH", default=None,
+                   help="time fit of the skcueco tree at PATH against this one")
+    p.add_argument("--fit-samples", type=int, default=None,
+                   help="default mode: fit on the first FIT_SAMPLES images only (all of "
+                        "them are transformed)")
+    p.add_argument("--no-transform", action="store_true",
+                   help="default mode: skip the transform comparison")
+    p.add_argument("--fit-once", action="store_true",
+                   help="internal (--compare-to): time one fit, print JSON")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny CPU run of the default mode (seconds)")
     args = p.parse_args(argv)
     if args.quick:
         args.device, args.backbone, args.image_size = "cpu", "small_cnn", 16
         args.batch_size, args.n_samples, args.epochs, args.queue_size = 64, 512, 1, 256
+        args.rounds = 1
     return args
 
 
@@ -68,30 +122,79 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def reset_peak(device):
+def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
 
 
-def bench_fit(X, args):
-    est = CueCoEmbedder(
-        backbone=args.backbone, batch_size=args.batch_size, max_epochs=args.epochs + 1,
-        queue_size=args.queue_size, cluster_warmup=0, amp=amp_param(args.amp),
-        device=args.device, random_state=0,
-    )
-    est.fit(X)
-    seconds = est.history_["seconds"].iloc[1:].sum()
-    steps = len(X) // args.batch_size
-    return steps * args.batch_size * args.epochs / seconds, est
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def alternate(sides, rounds):
+    """``{name: [value per round]}`` of ``sides`` (name -> callable), order alternating."""
+    names = list(sides)
+    results = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            results[name].append(sides[name]())
+    return results
+
+
+def summary(values, unit, scale=1.0):
+    med = statistics.median(values) * scale
+    return f"{med:10.4g} {unit} (spread {min(values) * scale:.4g}-{max(values) * scale:.4g})"
+
+
+def report(title, results, unit, higher_is_better, goal=None, scale=1.0):
+    (a, va), (b, vb) = results.items()
+    print(f"{title}")
+    for name, values in results.items():
+        print(f"  {name:34s} {summary(values, unit, scale)}")
+    ratio = statistics.median(va) / statistics.median(vb)
+    per_round = statistics.median(x / y for x, y in zip(va, vb))
+    print(f"  ratio {a} / {b}: {ratio:.3f} (median of per-round ratios {per_round:.3f})"
+          + (f" (goal {goal})" if goal else ""))
+    return ratio
 
 
 def amp_param(amp):
     return False if amp == "off" else amp
 
 
-def bench_bare_moco(X, args, device, amp_dtype, channels_last):
-    """A minimal MoCo v2 loop: what a user would write by hand."""
+def channels_last_param(setting):
+    return {"auto": "auto", "on": True, "off": False}[setting]
+
+
+def make_estimator(args, **overrides):
+    params = {
+        "backbone": args.backbone, "batch_size": args.batch_size,
+        "max_epochs": args.epochs, "queue_size": args.queue_size, "cluster_warmup": 0,
+        "amp": amp_param(args.amp), "channels_last": channels_last_param(args.channels_last),
+        "device": args.device, "random_state": 0,
+    }
+    params.update(overrides)
+    return CueCoEmbedder(**params)
+
+
+def fit_rate(X, args, device, **overrides):
+    """Images/s of one whole ``fit`` call; the fitted estimator is kept in ``LAST``."""
+    est = make_estimator(args, **overrides)
+    seconds = timed(lambda: est.fit(X), device)
+    LAST["est"] = est
+    steps = len(X) // est.batch_size
+    return steps * est.batch_size * args.epochs / seconds
+
+
+LAST = {}
+
+
+def bare_moco(args, device, amp_dtype, channels_last, queue_size, per_image=False):
+    """A minimal MoCo v2 loop, what a user would write by hand: ``step(rows)``."""
     torch.manual_seed(0)
     backbone, dim = build_backbone(args.backbone, input_kind="image",
                                    input_shape=(3, args.image_size, args.image_size))
@@ -100,100 +203,222 @@ def bench_bare_moco(X, args, device, amp_dtype, channels_last):
     if channels_last:
         f_q.to(memory_format=torch.channels_last)
         f_k.to(memory_format=torch.channels_last)
-    queue = KeyQueue(min(args.queue_size, len(X)), 128).to(device)
+    queue = KeyQueue(queue_size, 128).to(device)
     aug = make_augmentation("auto", input_kind="image", n_channels=3,
                             image_size=(args.image_size, args.image_size))
     gen = torch.Generator(device=device).manual_seed(0)
     lr = 0.06 * args.batch_size / 256
     opt = torch.optim.SGD(f_q.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    steps = len(X) // args.batch_size
-    order = np.random.default_rng(0).permutation(len(X))
-    timed_images, timed_seconds = 0, 0.0
-    for epoch in range(args.epochs + 1):
+
+    def views(x):
+        if per_image:
+            # per-image dataset transforms, then collation
+            return (torch.cat([aug(x[i:i + 1], gen) for i in range(len(x))]),
+                    torch.cat([aug(x[i:i + 1], gen) for i in range(len(x))]))
+        return aug(x, gen), aug(x, gen)
+
+    def step(rows):
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        for i in range(steps):
-            idx = np.sort(order[i * args.batch_size:(i + 1) * args.batch_size])
-            rows = torch.from_numpy(X[idx])
-            if device.type == "cuda":
-                rows = rows.pin_memory()
-            x = rows.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
-            v1, v2 = aug(x, gen), aug(x, gen)
-            if channels_last:
-                v1 = v1.contiguous(memory_format=torch.channels_last)
-                v2 = v2.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                q1, q2 = F.normalize(f_q(v1), dim=1), F.normalize(f_q(v2), dim=1)
-                with torch.no_grad():
-                    k1, k2 = F.normalize(f_k(v1), dim=1), F.normalize(f_k(v2), dim=1)
-                loss = 0.5 * (info_nce(q1, k2, queue.keys) + info_nce(q2, k1, queue.keys))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema_update(f_k, f_q, 0.99)
-            queue.enqueue(torch.cat([k1, k2]).float())
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if epoch > 0:
-            timed_images += steps * args.batch_size
-            timed_seconds += time.perf_counter() - start
-    return timed_images / timed_seconds
+            rows = rows.pin_memory()
+        x = rows.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
+        v1, v2 = views(x)
+        if channels_last:
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2 = v2.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            q1, q2 = F.normalize(f_q(v1), dim=1), F.normalize(f_q(v2), dim=1)
+            with torch.no_grad():
+                k1, k2 = F.normalize(f_k(v1), dim=1), F.normalize(f_k(v2), dim=1)
+            loss = 0.5 * (info_nce(q1, k2, queue.keys) + info_nce(q2, k1, queue.keys))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema_update(f_k, f_q, 0.99)
+        queue.enqueue(torch.cat([k1, k2]).float())
+
+    return step
 
 
-def bench_transform(est, X, device, repeats=3):
-    est.transform(X[: est.batch_size])  # warm-up
-    best_ours = best_bare = float("inf")
-    model, pre = est.encoder_, est._preprocess
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        est.transform(X)
-        best_ours = min(best_ours, time.perf_counter() - t)
-        t = time.perf_counter()
-        with torch.no_grad():
-            out = []
-            for s in range(0, len(X), est.batch_size):
-                rows = torch.from_numpy(X[s:s + est.batch_size]).to(device)
-                out.append(model(pre(rows)).float().cpu())
-        best_bare = min(best_bare, time.perf_counter() - t)
-    return len(X) / best_ours, len(X) / best_bare
+def bare_fit_rate(X, args, device, amp_dtype, channels_last, per_image=False):
+    """Images/s of a whole bare training run (model building included)."""
+    def run():
+        step = bare_moco(args, device, amp_dtype, channels_last,
+                         min(args.queue_size, len(X)), per_image=per_image)
+        steps = len(X) // args.batch_size
+        for epoch in range(args.epochs):
+            order = np.random.default_rng(epoch).permutation(len(X))
+            for i in range(steps):
+                step(torch.from_numpy(X[np.sort(order[i * args.batch_size:
+                                                      (i + 1) * args.batch_size])]))
+    seconds = timed(run, device)
+    return (len(X) // args.batch_size) * args.batch_size * args.epochs / seconds
+
+
+def bare_forward(est, channels_last):
+    """A plain ``model.eval()`` forward of uint8 rows, optionally channels-last."""
+    model = est.encoder_.eval()
+    if channels_last:
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    c, h, w = est.image_shape_
+    device = est.device_
+
+    @torch.no_grad()
+    def forward(X, batch=256):
+        out = []
+        for s in range(0, len(X), batch):
+            rows = torch.from_numpy(X[s:s + batch]).to(device)
+            x = rows.view(-1, h, w, c).permute(0, 3, 1, 2).float() / 255
+            x = x.contiguous(memory_format=torch.channels_last if channels_last
+                             else torch.contiguous_format)
+            out.append(model(x).float().cpu())
+        return torch.cat(out)
+    return forward
+
+
+def main_default(X_all, args, device, amp_dtype, channels_last):
+    X = X_all[:args.fit_samples]
+    sides = {
+        "CueCoEmbedder.fit": lambda: fit_rate(X, args, device),
+        "bare MoCo v2 loop": lambda: bare_fit_rate(X, args, device, amp_dtype, channels_last),
+    }
+    try:
+        import lightly  # noqa: F401  (optional reference only)
+        sides["lightly-style per-image loop"] = lambda: bare_fit_rate(
+            X, args, device, amp_dtype, channels_last, per_image=True)
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    results = alternate(sides, args.rounds)
+    ratio = report("fit (whole calls)", dict(list(results.items())[:2]), "img/s", True,
+                   goal=">= 0.90")
+    if len(results) > 2:
+        print(f"  lightly-style per-image loop "
+              f"{summary(results['lightly-style per-image loop'], 'img/s')}")
+    kind = "GPU allocated" if device.type == "cuda" else "process max RSS"
+    print(f"  peak memory ({kind}): {peak_memory_mb(device):.0f} MiB")
+    t_ratio = None
+    if not args.no_transform:
+        est = LAST["est"]
+        forward = bare_forward(est, channels_last=True)
+        X = X_all
+        est.transform(X[:256])  # warm-up of both sides' kernels
+        forward(X[:256])
+        results = alternate({
+            "CueCoEmbedder.transform": lambda: len(X) / timed(lambda: est.transform(X), device),
+            "bare channels-last forward": lambda: len(X) / timed(lambda: forward(X), device),
+        }, args.rounds)
+        t_ratio = report(f"transform of {len(X)} images", results, "img/s", True,
+                         goal=">= 0.95")
+    return ratio, t_ratio
+
+
+def main_queue(X, args, device, amp_dtype, channels_last):
+    a, b = args.queue
+    rows = torch.from_numpy(X[:args.batch_size])
+    steps = {n: bare_moco(args, device, amp_dtype, channels_last, n) for n in (a, b)}
+    for step in steps.values():
+        step(rows)  # warm-up
+
+    def per_step(n):
+        return timed(lambda: [steps[n](rows) for _ in range(args.steps)], device) / args.steps
+
+    results = alternate({f"queue {a}": lambda: per_step(a),
+                         f"queue {b}": lambda: per_step(b)}, args.rounds)
+    ratio = report(f"training step, batch {args.batch_size}", results, "ms", False,
+                   scale=1e3)
+    print(f"  queue {b} costs {1 / ratio - 1:+.1%} per step over queue {a} (goal <= +20%)")
+    return 1 / ratio
+
+
+def main_latency(X, args, device):
+    est = make_estimator(args, max_epochs=1).fit(X)
+    forward = bare_forward(est, channels_last=False)
+    ratios = []
+    for n in (1, 10):
+        rows = X[:n]
+        est.transform(rows)  # warm-up, and the one-off batch-shape probe
+        forward(rows)
+
+        def per_call(fn, rows=rows):
+            return timed(lambda: [fn(rows) for _ in range(args.repeats)], device) / args.repeats
+
+        results = alternate({f"transform of {n}": lambda: per_call(est.transform),
+                             f"bare forward of {n}": lambda: per_call(forward)}, args.rounds)
+        ratios.append(report(f"latency, {n} image(s)", results, "ms", False, goal="<= 2",
+                             scale=1e3))
+    return ratios
+
+
+def main_layout(X, args, device):
+    est = {}
+
+    def fit(flag):
+        rate = fit_rate(X, args, device, channels_last=flag)
+        est[flag] = LAST["est"]
+        return rate
+
+    results = alternate({"fit channels-last": lambda: fit(True),
+                         "fit NCHW": lambda: fit(False)}, args.rounds)
+    fit_ratio = report("fit by memory format", results, "img/s", True)
+    results = alternate({
+        "transform channels-last": lambda: len(X) / timed(lambda: est[True].transform(X), device),
+        "transform NCHW": lambda: len(X) / timed(lambda: est[False].transform(X), device),
+    }, args.rounds)
+    return fit_ratio, report("transform by memory format", results, "img/s", True)
+
+
+def main_compare(args):
+    """``fit`` of this tree against the tree at ``--compare-to``, fresh processes."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"this tree": here, f"tree at {args.compare_to}": args.compare_to}
+    forwarded = [a for a in sys.argv[1:] if a != "--fit-once"]
+    i = forwarded.index("--compare-to")
+    forwarded = forwarded[:i] + forwarded[i + 2:]
+
+    def run(tree):
+        env = dict(os.environ, PYTHONPATH=tree)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), *forwarded,
+                              "--fit-once"], env=env, check=True, capture_output=True,
+                             text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])["fit"]
+
+    results = alternate({name: (lambda t=tree: run(t)) for name, tree in trees.items()},
+                        args.rounds)
+    return report("fit (whole calls, one fresh process each)", results, "img/s", True)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.compare_to and not args.fit_once:
+        return main_compare(args)
     from skcueco.training.device import resolve_device
     from skcueco.training.engine import resolve_amp
 
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(amp_param(args.amp), device)
-    channels_last = device.type == "cuda"
+    channels_last = args.channels_last == "on" or (
+        args.channels_last == "auto" and (device.type == "cuda" or (
+            device.type == "cpu" and args.backbone in ("auto", "small_cnn", "resnet18",
+                                                       "resnet50"))))
     torch.backends.cudnn.benchmark = True  # what a hand-written loop would set
     X = synthetic_images(args.n_samples, args.image_size)
+    if args.fit_once:
+        import skcueco
+        rate = fit_rate(X, args, device)
+        print(json.dumps({"fit": rate, "skcueco": os.path.dirname(skcueco.__file__)}))
+        return rate
     print(f"device={device} backbone={args.backbone} image={args.image_size}px "
-          f"batch={args.batch_size} samples={args.n_samples} timed_epochs={args.epochs} "
-          f"amp={amp_dtype} channels_last={channels_last} torch={torch.__version__}")
-
-    reset_peak(device)
-    bare = bench_bare_moco(X, args, device, amp_dtype, channels_last)
-    bare_mem = peak_memory_mb(device)
-    reset_peak(device)
-    ours, est = bench_fit(X, args)
-    ours_mem = peak_memory_mb(device)
-    t_ours, t_bare = bench_transform(est, X, device)
-
-    print(f"fit       CueCoEmbedder {ours:10.0f} img/s   bare MoCo v2 {bare:10.0f} img/s   "
-          f"ratio {ours / bare:.3f} (goal >= 0.90)")
-    print(f"transform CueCoEmbedder {t_ours:10.0f} img/s   bare forward {t_bare:10.0f} img/s   "
-          f"ratio {t_ours / t_bare:.3f} (goal >= 0.95)")
-    kind = "GPU allocated" if device.type == "cuda" else "process max RSS so far"
-    print(f"peak memory ({kind}): CueCoEmbedder.fit {ours_mem:.0f} MiB, "
-          f"bare loop {bare_mem:.0f} MiB")
-    if device.type == "cuda":
-        hours = 50000 * 1000 / ours / 3600
-        print(f"CIFAR-10 x 1000 epochs at this rate: {hours * 60:.0f} minutes")
-    return ours / bare, t_ours / t_bare
+          f"batch={args.batch_size} samples={args.n_samples} epochs={args.epochs} "
+          f"rounds={args.rounds} amp={amp_dtype} channels_last={channels_last} "
+          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    if args.queue:
+        return main_queue(X, args, device, amp_dtype, channels_last)
+    if args.latency:
+        return main_latency(X, args, device)
+    if args.layout:
+        return main_layout(X, args, device)
+    return main_default(X, args, device, amp_dtype, channels_last)
 
 
 if __name__ == "__main__":

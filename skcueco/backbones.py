@@ -68,7 +68,7 @@ class SmallCNN(nn.Module):
     See Also
     --------
     MLP : Backbone for vector input.
-    resnet : torchvision ResNets for larger images.
+    resnet : Torchvision ResNets for larger images.
 
     Notes
     -----

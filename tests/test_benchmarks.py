@@ -17,7 +17,18 @@ def _load(name):
 def test_throughput_quick_mode_prints_ratios(capsys):
     fit_ratio, transform_ratio = _load("throughput").main(["--quick"])
     out = capsys.readouterr().out
-    assert "fit       CueCoEmbedder" in out and "bare MoCo v2" in out
-    assert "transform CueCoEmbedder" in out and "peak memory" in out
+    assert "CueCoEmbedder.fit" in out and "bare MoCo v2" in out
+    assert "CueCoEmbedder.transform" in out and "peak memory" in out
     for ratio in (fit_ratio, transform_ratio):
         assert math.isfinite(ratio) and ratio > 0
+
+
+def test_throughput_queue_and_latency_modes_print_ratios(capsys):
+    tiny = ["--device", "cpu", "--backbone", "small_cnn", "--image-size", "8",
+            "--batch-size", "16", "--n-samples", "64", "--rounds", "2"]
+    throughput = _load("throughput")
+    extra = throughput.main(tiny + ["--queue", "32", "256", "--steps", "1"])
+    ratios = throughput.main(tiny + ["--latency", "--repeats", "2"])
+    out = capsys.readouterr().out
+    assert "queue 256 costs" in out and "latency, 10 image(s)" in out
+    assert all(math.isfinite(r) and r > 0 for r in [extra, *ratios])

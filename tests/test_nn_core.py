@@ -22,7 +22,8 @@ from skcueco.nn import (
     proto_nce,
     spherical_kmeans,
 )
-from skcueco.nn.kmeans import _lloyd_step
+from skcueco.nn.kmeans import _kmeans_plusplus, _lloyd_step
+from skcueco.nn.losses import sinkhorn_assign
 
 
 def _unit(*shape, seed=0):
@@ -33,7 +34,7 @@ def _unit(*shape, seed=0):
 # ----------------------------------------------------------------------------- losses
 
 
-@pytest.mark.parametrize("n_negatives", [1, 7, 4096])
+@pytest.mark.parametrize("n_negatives", [1, 7, 4096, 65536])
 def test_info_nce_equal_similarities_is_log_one_plus_k(n_negatives):
     # Identical unit vectors everywhere: every logit equals 1 / tau.
     v = _unit(1, 16)
@@ -72,6 +73,23 @@ def test_info_nce_matches_hand_computation():
         -logits[i][i] + math.log(sum(math.exp(v) for v in logits[i])) for i in range(2)
     ) / 2
     assert info_nce(q, k, temperature=tau).item() == pytest.approx(expected_ib, rel=1e-6)
+
+
+@pytest.mark.parametrize("n_negatives", [3, 4096])
+def test_info_nce_queue_matches_concatenated_cross_entropy(n_negatives):
+    # The cross-entropy over [l_pos | l_neg] / tau with target column 0 is
+    # the textbook form; the fused form must give the same loss and gradient.
+    q = _unit(9, 16, seed=5).requires_grad_()
+    k = _unit(9, 16, seed=6)
+    neg = _unit(n_negatives, 16, seed=7)
+    tau = 0.07
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ neg.T], dim=1) / tau
+    expected = F.cross_entropy(logits, torch.zeros(9, dtype=torch.long))
+    (expected_grad,) = torch.autograd.grad(expected, q)
+    loss = info_nce(q, k, neg, temperature=tau)
+    (grad,) = torch.autograd.grad(loss, q)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, expected_grad)
 
 
 def test_info_nce_gradient_reaches_query_only_with_detached_keys():
@@ -119,6 +137,33 @@ def test_assign_clusters_picks_most_similar_centroid():
     labels = assign_clusters(keys, centroids)
     assert labels.dtype == torch.long
     assert labels.tolist() == [1, 2, 0]
+
+
+def test_sinkhorn_assign_balances_a_batch_argmax_gives_to_one_centroid():
+    # every key is closest to centroid 0, but the keys differ along the others
+    centroids = torch.eye(4)
+    g = torch.Generator().manual_seed(0)
+    keys = F.normalize(
+        torch.cat([torch.full((40, 1), 3.0), torch.rand(40, 3, generator=g)], dim=1), dim=1
+    )
+    assert assign_clusters(keys, centroids).tolist() == [0] * 40
+    counts = torch.bincount(sinkhorn_assign(keys, centroids, n_iter=3), minlength=4)
+    assert counts.min() >= 5, counts  # no centroid left out ...
+    assert counts.max() <= 20, counts  # ... and none takes most of the batch
+
+
+def test_sinkhorn_assign_keeps_clear_balanced_assignments_and_zero_iterations_is_argmax():
+    centres = torch.eye(6)[:3]
+    g = torch.Generator().manual_seed(1)
+    keys = F.normalize(
+        centres.repeat_interleave(20, 0) + 0.05 * torch.randn(60, 6, generator=g), dim=1
+    )
+    truth = torch.arange(3).repeat_interleave(20)
+    assert torch.equal(sinkhorn_assign(keys, centres), truth)
+    skewed = _unit(30, 6, seed=3)
+    assert torch.equal(sinkhorn_assign(skewed, centres, n_iter=0),
+                       assign_clusters(skewed, centres))
+    assert sinkhorn_assign(keys.bfloat16(), centres).dtype == torch.long
 
 
 # ------------------------------------------------------------------------------ queue
@@ -270,6 +315,15 @@ def test_lloyd_step_reseeds_empty_cluster_at_farthest_point():
     # x[3] is the worst-fit point (lowest similarity to its own centroid).
     torch.testing.assert_close(new[2], x[3])
     torch.testing.assert_close(new[0], F.normalize(x[0] + x[1], dim=0))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kmeans_plusplus_never_picks_a_point_of_zero_weight(seed):
+    # 99 copies of one direction and a single other one: once a copy is
+    # chosen, every other copy has weight 0 and the lone point must follow.
+    x = torch.cat([torch.eye(4)[:1].expand(99, 4), torch.eye(4)[1:2]])
+    centroids = _kmeans_plusplus(x, 2, torch.Generator().manual_seed(seed))
+    assert sorted(centroids.argmax(dim=1).tolist()) == [0, 1]
 
 
 def test_spherical_kmeans_edge_cases():

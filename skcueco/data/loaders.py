@@ -5,6 +5,8 @@ The training set stays in the caller's dtype (uint8 images stay uint8: a
 per batch, moved to the device in their compact dtype, and converted there.
 """
 
+import weakref
+
 import numpy as np
 import torch
 from torch.utils.data import (
@@ -95,19 +97,108 @@ def make_loader(X, *, batch_size, shuffle, generator=None, drop_last=False,
     )
 
 
+# Rows per inference batch in ``transform``/``predict``; separate from the
+# training ``batch_size`` so that a model trained with large batches neither
+# pads a single image to thousands of rows nor changes its outputs with it.
+INFERENCE_ROWS = 256
+
+# Verdicts of `_row_shape_ok`, per module tree, so each row count is checked
+# once per set of weights and threads, not once per call.
+_ROW_CHECKS = weakref.WeakKeyDictionary()
+
+
+def _probe_rows(X, n, generator):
+    """``n`` random rows of ``X``'s width and dtype (values in its usual range)."""
+    shape = (n, *X.shape[1:])
+    if X.dtype == np.uint8 or X.dtype == np.bool_:
+        return torch.randint(0, 256 if X.dtype == np.uint8 else 2, shape,
+                             generator=generator, dtype=torch.uint8)
+    return torch.rand(shape, generator=generator, dtype=torch.float64).to(
+        rows_tensor(X[:1]).dtype)
+
+
+def _row_shape_ok(fn, preprocess, modules, X, device, key, rows, n_rows):
+    """Whether ``fn`` on ``n_rows`` rows gives, bitwise, the rows of a full batch.
+
+    CPU kernels may pick a different algorithm (and summation order) for a
+    different number of rows, so batch independence would require padding
+    every batch to ``rows``. Which algorithm runs depends on the shapes, not on
+    the values, so comparing one random batch of ``rows`` rows with its first
+    ``n_rows`` rows shows whether that shape can skip the padding.
+    """
+    tensors = [*modules.parameters(), *modules.buffers()]
+    state = tuple(t._version for t in tensors)
+    # keyed on the first module that holds weights: `modules` may be a
+    # container made per call, its members live as long as the fitted model
+    anchor = next((m for m in modules.modules() if m._parameters or m._buffers), modules)
+    checks = _ROW_CHECKS.setdefault(anchor, {}).setdefault(key, {})
+    tag = (rows, torch.get_num_threads(), X.shape[1:], X.dtype.str, state)
+    if checks.get("tag") != tag:
+        generator = torch.Generator().manual_seed(0)
+        probe = _probe_rows(X, rows, generator)
+        full = fn(preprocess(probe.to(device))).float()
+        checks.clear()
+        # outputs all alike (say all zero) would hide any rounding difference
+        checks.update(tag=tag, probe=probe, full=full,
+                      informative=bool(full.ne(full.flatten()[0]).any()))
+    if n_rows not in checks:
+        part = fn(preprocess(checks["probe"][:n_rows].to(device))).float()
+        checks[n_rows] = checks["informative"] and torch.equal(part, checks["full"][:n_rows])
+    return checks[n_rows]
+
+
+def _tail_rows(fn, preprocess, modules, X, device, key, rows, n):
+    """Row count to pad a last batch of ``n < rows`` rows to, on the CPU."""
+    if key is None:
+        return rows
+    candidates = [n] + [2 ** i for i in range(1, rows.bit_length()) if n < 2 ** i < rows]
+    for m in candidates:
+        if _row_shape_ok(fn, preprocess, modules, X, device, key, rows, m):
+            return m
+    return rows
+
+
 @torch.no_grad()
-def encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
+def encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False, check_key=None):
     """Apply ``fn`` batch by batch in eval mode; returns a float32 tensor on the CPU.
 
-    With ``fixed_batch`` every batch is zero-padded to ``batch_size`` rows: CPU
-    matrix kernels round differently for different row counts, and a constant
-    shape makes each sample's result independent of the others in ``X``.
+    Parameters
+    ----------
+    fn : callable
+        Model input batch to output batch.
+    preprocess : callable
+        Compact rows to model input (see :class:`~skcueco.data.preprocess.Preprocess`).
+    modules : torch.nn.Module
+        The modules ``fn`` uses; put in eval mode for the call.
+    X : ndarray of shape (n_samples, n_features)
+    batch_size : int
+        Rows per batch.
+    device : torch.device
+    fixed_batch : bool, default=False
+        Make each sample's output independent of the other samples in ``X``
+        (bitwise) on the CPU, where matrix kernels may round differently for
+        different row counts: every batch has ``batch_size`` rows, the last
+        one zero-padded up to a row count shown to give the same rows as a
+        full batch (see ``check_key``), else to ``batch_size``.
+    check_key : hashable or None, default=None
+        Names ``fn`` among the functions run on ``modules``. With
+        ``fixed_batch``, the last batch of ``n`` rows is padded to the first
+        of ``n, 2, 4, ...`` rows for which a random probe batch, run once per
+        set of weights, gives bitwise the rows of a full batch. None: always
+        pad to ``batch_size``.
 
+    Returns
+    -------
+    out : Tensor of shape (n_samples, ...), float32, on the CPU
+
+    Notes
+    -----
     On a GPU, input batches go through pinned memory so their copies overlap
     the computation, and results are gathered on the device and copied back
     once per ~64 MB, not once per batch (each copy back waits for the GPU).
     """
     gpu = device.type == "cuda"
+    fixed_batch = fixed_batch and not gpu
     # restore every submodule's own mode afterwards (not one flag for all)
     modes = [(m, m.training) for m in modules.modules()]
     modules.eval()
@@ -126,7 +217,10 @@ def encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False):
             rows = rows_tensor(X[start:start + batch_size])
             n = rows.shape[0]
             if fixed_batch and n < batch_size:
-                rows = torch.cat([rows, rows.new_zeros((batch_size - n, *rows.shape[1:]))])
+                pad_to = _tail_rows(fn, preprocess, modules, X, device, check_key,
+                                    batch_size, n)
+                if pad_to > n:
+                    rows = torch.cat([rows, rows.new_zeros((pad_to - n, *rows.shape[1:]))])
             if gpu:
                 rows = rows.pin_memory()
             features = fn(preprocess(rows.to(device, non_blocking=gpu)))[:n].float()

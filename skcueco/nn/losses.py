@@ -9,7 +9,13 @@ division by a small temperature would amplify their rounding error.
 import torch
 import torch.nn.functional as F
 
-__all__ = ["info_nce", "cluster_pull", "proto_nce", "assign_clusters"]
+__all__ = [
+    "info_nce", "cluster_pull", "proto_nce", "assign_clusters", "sinkhorn_assign",
+    "ASSIGNMENTS",
+]
+
+# how keys are assigned to centroids (``CueCoModel(cluster_assign=...)``)
+ASSIGNMENTS = ("argmax", "sinkhorn")
 
 
 def info_nce(query, positive_key, negatives=None, temperature=0.2):
@@ -41,6 +47,12 @@ def info_nce(query, positive_key, negatives=None, temperature=0.2):
     negatives the logits are ``q @ k.T / tau`` and the target of row ``i`` is
     column ``i``; equal similarities give ``log(n_samples)``.
 
+    With a queue the loss is computed as
+    ``logaddexp(l_pos, logsumexp(l_neg)) - l_pos`` on logits of the query
+    pre-scaled by ``1 / tau``: the same value as the cross-entropy over the
+    concatenated ``[l_pos | l_neg] / tau``, without building that
+    ``(n_samples, 1 + K)`` block or dividing it.
+
     Examples
     --------
     >>> import torch
@@ -56,12 +68,16 @@ def info_nce(query, positive_key, negatives=None, temperature=0.2):
         logits = query @ positive_key.T / temperature  # (N, N)
         target = torch.arange(query.shape[0], device=query.device)  # (N,)
         return F.cross_entropy(logits, target)
-    l_pos = (query * positive_key).sum(dim=1, keepdim=True)  # (N, 1)
+    # Cross-entropy with the positive in column 0 of [l_pos | l_neg] is
+    # logsumexp([l_pos, l_neg]) - l_pos. Scaling the (N, D) query once instead
+    # of the (N, K) logits, and combining the positive with the negatives'
+    # logsumexp instead of concatenating them, leaves the matmul and a single
+    # reduction as the only passes over the (N, K) block: with a large queue
+    # those passes, not the backbone, would otherwise dominate a step.
+    query = query / temperature  # (N, D)
+    l_pos = (query * positive_key).sum(dim=1)  # (N,)
     l_neg = query @ negatives.float().T  # (N, K)
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature  # (N, 1 + K)
-    # The positive sits in column 0 for every row.
-    target = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
-    return F.cross_entropy(logits, target)
+    return (torch.logaddexp(l_pos, torch.logsumexp(l_neg, dim=1)) - l_pos).mean()
 
 
 def cluster_pull(query, centroids, assignments):
@@ -133,3 +149,46 @@ def assign_clusters(keys, centroids):
     """
     sims = keys.float() @ centroids.float().T  # (N, K)
     return sims.argmax(dim=1)
+
+
+@torch.no_grad()
+def sinkhorn_assign(keys, centroids, n_iter=3, epsilon=0.05):
+    """Balanced assignment of keys to centroids by Sinkhorn-Knopp (as SwAV).
+
+    The soft assignment ``Q = diag(u) exp(S / epsilon) diag(v)`` of the
+    similarities ``S = keys @ centroids.T`` is rescaled alternately so that
+    every centroid receives the same total mass ``n_samples / n_clusters``
+    and every key a mass of 1; each key then goes to the centroid of its
+    largest entry. No single centroid can take the whole batch.
+
+    Parameters
+    ----------
+    keys : Tensor of shape (n_samples, dim)
+        L2-normalised key features.
+    centroids : Tensor of shape (n_clusters, dim)
+        L2-normalised centroids.
+    n_iter : int, default=3
+        Sinkhorn-Knopp iterations (each normalises columns, then rows).
+    epsilon : float, default=0.05
+        Entropic regularisation; smaller is closer to a hard equipartition.
+
+    Returns
+    -------
+    labels : LongTensor of shape (n_samples,)
+        Balanced hard assignments; ``n_iter=0`` gives
+        :func:`assign_clusters`.
+
+    Notes
+    -----
+    Computed in float32 in the log domain (row and column log-sum-exp), so
+    a small ``epsilon`` does not overflow.
+    """
+    log_q = keys.float() @ centroids.float().T / epsilon  # (N, K)
+    n_samples, n_clusters = log_q.shape
+    for _ in range(n_iter):
+        # every centroid (column) gets mass n_samples / n_clusters ...
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True)
+        log_q = log_q + torch.log(torch.tensor(n_samples / n_clusters, device=log_q.device))
+        # ... and every key (row) mass 1
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+    return log_q.argmax(dim=1)
