@@ -15,13 +15,19 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._persistence import TorchStateMixin, load_embedder, save_embedder
+from ._persistence import (
+    RunRecord, TorchStateMixin, check_checkpoint_fits, load_embedder, read_checkpoint,
+    save_embedder,
+)
 from .backbones import BACKBONE_NAMES
 from .callbacks import Callback, ProgressBar
-from .data.loaders import encode
-from .data.preprocess import relayout
+from .data.loaders import INFERENCE_ROWS, encode
+from .data.preprocess import input_statistics, relayout
 from .data.validation import check_input, image_format, spec_from_image_shape
-from .training.run import CueCoConfig, Seeds, fit_cueco, untrained_cueco, view_augmentation
+from .training.engine import NonFiniteLossError
+from .training.run import (
+    CueCoConfig, Seeds, fit_cueco, untrained_cueco, use_channels_last, view_augmentation,
+)
 
 _PRIVATE_FITTED = ("_input_spec", "_preprocess", "_projector", "_n_features_out", "_train_state")
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
@@ -51,9 +57,13 @@ class CueCoEmbedder(
         Dimension of the normalised projections the losses compare.
     hidden_dim : int, default=2048
         Hidden width of the projection head.
-    queue_size : int, default=4096
-        Number of negative keys remembered. Capped at the number of training
-        samples; 0 uses the other images of the batch as negatives.
+    queue_size : int or "auto", default="auto"
+        Number of negative keys remembered; 0 uses the other images of the
+        batch as negatives. ``"auto"``: a quarter of the training samples, at
+        most 4096 (65536 from 500,000 samples on): a queue close to the
+        number of samples holds other views of the very images being queried
+        as negatives. An explicit value is capped at the number of samples.
+        The value used is ``queue_size_``.
     temperature : float, default=0.2
         Temperature of the InfoNCE loss.
     key_momentum : float, default=0.99
@@ -63,9 +73,28 @@ class CueCoEmbedder(
         Number of centroids; about the number of classes, or more.
     cluster_weight : float, default=1.0
         Weight ``lambda`` of the clustering term. 0 gives symmetric MoCo v2.
-    cluster_warmup : int, default=10
+    cluster_warmup : int or "auto", default="auto"
         Epochs trained with the clustering term off, before the centroids are
-        initialised by spherical k-means.
+        initialised by spherical k-means. ``"auto"``: 15 % of ``max_epochs``
+        (rounded down). The value used is ``cluster_warmup_``.
+    cluster_ramp : int or "auto", default="auto"
+        Epochs after the warm-up over which the clustering weight rises
+        linearly to ``cluster_weight`` (0: full weight at once). ``"auto"``:
+        10 % of ``max_epochs`` (rounded down). The value used is
+        ``cluster_ramp_``.
+    cluster_assign : {"argmax", "sinkhorn"}, default="argmax"
+        How training keys are assigned to centroids: the most similar one, or
+        balanced assignments over each batch by Sinkhorn-Knopp (as SwAV), so
+        that no centroid takes most of the data. ``predict`` always uses the
+        most similar centroid.
+    refine_centroids : int, default=10
+        Spherical k-means iterations, started from the trained centroids, on
+        the projections of the training set at the end of ``fit``, so that
+        ``predict`` uses centroids fitted to the final embedding. 0 keeps the
+        online centroids, as ``partial_fit`` always does. ``fit`` also warns
+        (:class:`~skcueco.training.run.TrainingCollapseWarning`) when the run
+        ended collapsed: a contrastive loss at its chance value, or more than
+        90 % of the training set in one trained centroid.
     cluster_update : {"online", "epoch"}, default="online"
         ``"online"``: moving-average update of the centroids after every step.
         ``"epoch"``: k-means on the whole training set before every epoch.
@@ -114,11 +143,16 @@ class CueCoEmbedder(
         Loader worker processes gathering batches (useful on a GPU).
     channels_last : "auto" or bool, default="auto"
         Channels-last memory format for image batches and convolutional
-        weights; ``"auto"`` turns it on for images on CUDA.
+        weights, in training and inference; ``"auto"`` turns it on for
+        images on CUDA, and on the CPU for the built-in convolutional
+        backbones (``"small_cnn"``, ``"resnet18"``, ``"resnet50"``, and
+        ``"auto"`` for images), where oneDNN's channels-last convolutions
+        are the faster ones.
     warm_start : bool, default=False
         When True, ``fit`` on a fitted estimator continues training for
         ``max_epochs`` more epochs (new cosine cycle, no warm-up) keeping the
-        weights, optimiser state, queue and centroids.
+        weights, optimiser state, queue and centroids (also after ``load``
+        or unpickling; a model saved with ``training_state=False`` refuses).
     compile : bool or str, default=False
         Run the backbones through ``torch.compile`` during training (the
         fitted ``encoder_`` stays a plain module). A string names the
@@ -150,6 +184,14 @@ class CueCoEmbedder(
         standardised with the training mean and standard deviation).
     cluster_centers_ : ndarray of shape (n_clusters, projection_dim)
         Unit-norm centroids in the projection space.
+    queue_size_ : int
+        Number of queued negative keys used (``queue_size`` resolved).
+    cluster_warmup_ : int
+        Epochs trained before the clustering term starts
+        (``cluster_warmup`` resolved).
+    cluster_ramp_ : int
+        Epochs of the linear ramp of the clustering weight
+        (``cluster_ramp`` resolved).
     history_ : pandas.DataFrame
         One row per epoch: ``epoch``, ``loss``, ``contrastive``,
         ``clustering``, ``lr``, ``cluster_weight``, ``seconds``.
@@ -170,9 +212,12 @@ class CueCoEmbedder(
 
     Notes
     -----
-    On the CPU, ``transform`` and ``predict`` pad every batch to
-    ``batch_size`` rows, so a sample's embedding does not depend on which other
-    samples are transformed with it (bitwise).
+    ``transform`` and ``predict`` run in batches of 256 rows, whatever
+    ``batch_size`` (a training setting) is. On the CPU a sample's embedding
+    does not depend on which other samples are transformed with it (bitwise):
+    the last batch is zero-padded to a row count that a one-off random probe
+    showed to round exactly like a full batch (a single image usually runs as
+    2 rows; at worst the batch is padded to 256).
 
     The learning rate follows a linear warm-up (10 % of the epochs, at most
     10) and a cosine decay to 0.
@@ -201,12 +246,17 @@ class CueCoEmbedder(
         "backbone": [StrOptions({"auto", *BACKBONE_NAMES}), torch.nn.Module],
         "projection_dim": [Interval(numbers.Integral, 1, None, closed="left")],
         "hidden_dim": [Interval(numbers.Integral, 1, None, closed="left")],
-        "queue_size": [Interval(numbers.Integral, 0, None, closed="left")],
+        "queue_size": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
         "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
         "key_momentum": [Interval(numbers.Real, 0, 1, closed="both")],
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
         "cluster_weight": [Interval(numbers.Real, 0, None, closed="left")],
-        "cluster_warmup": [Interval(numbers.Integral, 0, None, closed="left")],
+        "cluster_warmup": [
+            StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")
+        ],
+        "cluster_ramp": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
+        "cluster_assign": [StrOptions({"argmax", "sinkhorn"})],
+        "refine_centroids": [Interval(numbers.Integral, 0, None, closed="left")],
         "cluster_update": [StrOptions({"online", "epoch"})],
         "cluster_loss": [StrOptions({"pull", "proto"})],
         "cluster_temperature": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -237,12 +287,15 @@ class CueCoEmbedder(
         backbone="auto",
         projection_dim=128,
         hidden_dim=2048,
-        queue_size=4096,
+        queue_size="auto",
         temperature=0.2,
         key_momentum=0.99,
         n_clusters=10,
         cluster_weight=1.0,
-        cluster_warmup=10,
+        cluster_warmup="auto",
+        cluster_ramp="auto",
+        cluster_assign="argmax",
+        refine_centroids=10,
         cluster_update="online",
         cluster_loss="pull",
         cluster_temperature=0.1,
@@ -275,6 +328,9 @@ class CueCoEmbedder(
         self.n_clusters = n_clusters
         self.cluster_weight = cluster_weight
         self.cluster_warmup = cluster_warmup
+        self.cluster_ramp = cluster_ramp
+        self.cluster_assign = cluster_assign
+        self.refine_centroids = refine_centroids
         self.cluster_update = cluster_update
         self.cluster_loss = cluster_loss
         self.cluster_temperature = cluster_temperature
@@ -317,22 +373,48 @@ class CueCoEmbedder(
         resume_from : str or path-like, default=None
             A checkpoint written by :class:`~skcueco.callbacks.Checkpoint`
             with the same parameters and data: training continues from it
-            exactly as if it had not stopped.
+            exactly as if it had not stopped (``max_epochs`` may be raised).
+            The checkpoint's run record is checked first: another library
+            version, other parameters that define the model, or other input
+            (kind, shape, value range) are refused with a ValueError naming
+            the difference.
 
         Returns
         -------
         self : CueCoEmbedder
             The fitted embedder.
+
+        Raises
+        ------
+        NonFiniteLossError
+            If the loss or the model's state becomes NaN or infinite. No
+            non-finite model is ever published: a new fit leaves the
+            estimator unfitted.
+
+        Notes
+        -----
+        A failed ``fit`` of a new model leaves the estimator unfitted. A
+        failed ``resume_from`` or ``warm_start`` continuation leaves it
+        exactly as it was.
         """
-        if self.warm_start and hasattr(self, "_train_state") and resume_from is None:
+        if resume_from is not None:
+            # the checkpoint is read and checked before anything else; any
+            # failure leaves this estimator (fitted or not) as it was
+            state = read_checkpoint(resume_from)
+            with self._unfitted_on_error(restore=True):
+                X, spec = self._validate_fit_input(X)
+                check_checkpoint_fits(state, resume_from, self.get_params(deep=False),
+                                      spec, *input_statistics(X, spec))
+                return self._train(X, spec, mode="fresh", state=state)
+        if self.warm_start and self.__sklearn_is_fitted__():
+            self._check_continuable("warm_start")
             # bad input must not cost the model trained so far: validate first
             X, spec = self._validate_for_inference(X)
-            with self._unfitted_on_error():
+            with self._unfitted_on_error(restore=True):
                 return self._train(X, spec, mode="continue")
         with self._unfitted_on_error():
             X, spec = self._validate_fit_input(X)
-            state = None if resume_from is None else _load_checkpoint(resume_from)
-            return self._train(X, spec, mode="fresh", state=state)
+            return self._train(X, spec, mode="fresh")
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -352,25 +434,55 @@ class CueCoEmbedder(
         Returns
         -------
         self : CueCoEmbedder
+
+        Raises
+        ------
+        ValueError
+            If the estimator is fitted but holds no training state (loaded
+            from a file saved with ``training_state=False``): continuing
+            would silently restart from random weights.
+        NonFiniteLossError
+            If training diverges; the model trained so far is kept.
         """
-        if hasattr(self, "_train_state"):
+        if self.__sklearn_is_fitted__():
+            self._check_continuable("partial_fit")
             X, spec = self._validate_for_inference(X)
-            with self._unfitted_on_error():
+            with self._unfitted_on_error(restore=True):
                 return self._train(X, spec, mode="partial")
         with self._unfitted_on_error():
             X, spec = self._validate_fit_input(X)
             return self._train(X, spec, mode="partial")
 
     @contextmanager
-    def _unfitted_on_error(self):
-        """A fit that fails leaves the estimator unfitted, never half-updated."""
+    def _unfitted_on_error(self, restore=False):
+        """A fit that fails leaves the estimator unfitted, never half-updated.
+
+        With ``restore=True`` (a continuation or a resume) it is left exactly
+        as it was before instead: the model trained so far is kept.
+        """
+        before = dict(vars(self)) if restore else None
         try:
             yield
         except Exception:
+            if restore:
+                vars(self).clear()
+                vars(self).update(before)
+                raise
             for name in list(vars(self)):
                 if (name.endswith("_") and not name.startswith("__")) or name in _PRIVATE_FITTED:
                     delattr(self, name)
             raise
+
+    def _check_continuable(self, how):
+        """Refuse to continue a fitted model that holds no training state."""
+        if getattr(self, "_train_state", None) is None:
+            raise ValueError(
+                f"This {type(self).__name__} holds no training state (it was loaded "
+                "from a file saved with training_state=False, or never trained), so "
+                f"{how} cannot continue it and would silently restart from random "
+                "weights. Save models with training_state=True to continue them "
+                "after loading, or train a new model with warm_start=False and fit."
+            )
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "encoder_")
@@ -380,7 +492,8 @@ class CueCoEmbedder(
         previous = None
         if mode != "fresh" and hasattr(self, "_train_state"):
             previous = (self._train_state, self._preprocess)
-        callbacks = list(self.callbacks or [])
+        # the run record every checkpoint carries comes first
+        callbacks = [RunRecord(self.get_params(deep=False), spec), *(self.callbacks or [])]
         if self.verbose:
             callbacks.append(ProgressBar(**({"per_batch": True} if self.verbose >= 2 else {})))
         result = fit_cueco(
@@ -388,6 +501,7 @@ class CueCoEmbedder(
             self._seeds(), mode=mode, previous=previous, state=state,
             callbacks=callbacks, validate=lambda X_other: self._flatten_like_fit(X_other, spec),
         )
+        _check_finite_result(result, X)
         self._publish(result, spec)
         return self
 
@@ -428,6 +542,10 @@ class CueCoEmbedder(
         self._projector = result.projector
         self._preprocess = result.preprocess
         self.cluster_centers_ = result.centroids.numpy()
+        if result.queue_size is not None:
+            self.queue_size_ = result.queue_size
+            self.cluster_warmup_ = result.cluster_warmup
+            self.cluster_ramp_ = result.cluster_ramp
         history = result.history
         self.history_ = pd.DataFrame(history, columns=_HISTORY_COLUMNS if not history else None)
         self.n_iter_ = len(history)
@@ -481,9 +599,18 @@ class CueCoEmbedder(
         return self._transform(X, spec)
 
     def _transform(self, X, spec):
-        preprocess = self._preprocess_for(spec)
-        return encode(self.encoder_, preprocess, self.encoder_, X, self.batch_size,
-                       self.device_, fixed_batch=self.device_.type == "cpu").numpy()
+        preprocess = self._inference_preprocess(spec)
+        return encode(self.encoder_, preprocess, self.encoder_, X, INFERENCE_ROWS,
+                      self.device_, fixed_batch=self.device_.type == "cpu",
+                      check_key="transform").numpy()
+
+    def _inference_preprocess(self, spec):
+        # the layout training used, decided by the parameters alone (not by the
+        # weights' strides, which a saved and loaded model does not keep), so
+        # a loaded model runs the same kernels as the fitted one
+        channels_last = use_channels_last(self.channels_last, spec, self.device_,
+                                          backbone=self.backbone)
+        return relayout(self._preprocess_for(spec), spec, output_channels_last=channels_last)
 
     def _preprocess_for(self, spec):
         if spec == self._input_spec:
@@ -538,15 +665,15 @@ class CueCoEmbedder(
         ``cluster_centers_`` is a plain dot product with these rows.
         """
         X, spec = self._validate_for_inference(X)
-        preprocess = self._preprocess_for(spec)
+        preprocess = self._inference_preprocess(spec)
 
         def project(x):
             z = self._projector(self.encoder_(x)).float()
             return torch.nn.functional.normalize(z, dim=1)
 
         modules = torch.nn.ModuleList([self.encoder_, self._projector])
-        return encode(project, preprocess, modules, X, self.batch_size, self.device_,
-                      fixed_batch=self.device_.type == "cpu").numpy()
+        return encode(project, preprocess, modules, X, INFERENCE_ROWS, self.device_,
+                      fixed_batch=self.device_.type == "cpu", check_key="project").numpy()
 
     def fit_predict(self, X, y=None):
         """Fit, then return the cluster index of each training sample.
@@ -565,26 +692,37 @@ class CueCoEmbedder(
         return self.fit(X).predict(X)
 
     # -- safe persistence -------------------------------------------------------
-    def save(self, path):
+    def save(self, path, training_state=True):
         """Write the fitted model to ``path`` in a format that runs no code on load.
 
         The file holds tensors plus JSON (parameters, input layout, history
         and the library version) and is read back with
-        ``torch.load(weights_only=True)``. It keeps what inference needs;
-        pickle or joblib also keep the training state for ``warm_start``.
+        ``torch.load(weights_only=True)``. The write is atomic: ``path``
+        holds either its previous content or the whole new model, even if
+        the process is interrupted or killed, or the disk is full.
 
         Parameters
         ----------
         path : str or path-like
             Destination file.
+        training_state : bool, default=True
+            Also store the training state (key network, queue, optimiser
+            state, random streams, epoch and step counters), so that
+            ``warm_start`` and ``partial_fit`` continue the loaded model as
+            they would have continued this one. False stores only what
+            inference needs (a smaller file); such a model refuses to be
+            continued.
 
         Raises
         ------
         ValueError
             If a parameter cannot be stored as data: a custom ``torch.nn.Module``
             backbone or a callable augmentation (use joblib for those).
+        OSError
+            If the file cannot be written (e.g. a full disk); ``path`` is
+            left as it was and no temporary file remains.
         """
-        save_embedder(self, path)
+        save_embedder(self, path, training_state=training_state)
 
     @classmethod
     def load(cls, path):
@@ -603,7 +741,11 @@ class CueCoEmbedder(
         ------
         ValueError
             If the file is not a skcueco model (e.g. a pickle that would run
-            code, or a damaged file) or comes from an incompatible version.
+            code, or a damaged file), comes from an incompatible or newer
+            version, or holds metadata that cannot work (parameters outside
+            their allowed values, an input shape that does not match
+            ``n_features_in_``, weights that do not fit the parameters,
+            non-finite weights).
         """
         return load_embedder(cls, path)
 
@@ -614,10 +756,27 @@ class CueCoEmbedder(
         return tags
 
 
-def _load_checkpoint(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path!s} is not a readable skcueco checkpoint: {exc}") from exc
+def _check_finite_result(result, X, n_probe=32):
+    """Refuse to publish a model that maps training samples to NaN or infinity.
+
+    The trainer checks the whole training state after every epoch, but finite
+    weights can still overflow float32 on the way through the network (e.g.
+    after a last step with a huge learning rate): one small batch of training
+    rows through the trained encoder and projector, in eval mode, shows it.
+    """
+    rows = X[:min(X.shape[0], n_probe)]
+
+    def features_and_projections(x):
+        h = result.encoder(x)
+        return torch.cat([h.float().flatten(1), result.projector(h).float()], dim=1)
+
+    modules = torch.nn.ModuleList([result.encoder, result.projector])
+    out = encode(features_and_projections, result.preprocess, modules, rows, len(rows),
+                 result.device)
+    if not (torch.isfinite(out).all() and torch.isfinite(result.centroids).all()):
+        raise NonFiniteLossError(
+            "Training diverged: the trained model maps training samples to NaN or "
+            "infinite embeddings (its weights grew beyond what float32 computes); "
+            "it was not kept. The learning rate is probably too high (try a "
+            "smaller `lr`)."
+        )

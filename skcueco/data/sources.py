@@ -109,11 +109,16 @@ class ImageSource:
         classes : list of str, default=None
             Subfolders to read (all must exist), labeled in sorted order.
             Default: every subfolder.
-        image_size, mode : see :class:`ImageSource`
+        image_size : int, tuple of (int, int) or None, default=None
+            Size every image is fitted to, as for :class:`ImageSource`.
+        mode : {"auto", "RGB", "L"}, default="auto"
+            Colour mode every image is converted to, as for
+            :class:`ImageSource`.
 
         Returns
         -------
         source : ImageSource
+            The images of the folder, labeled by subfolder.
         """
         files, targets, names = scan_folder(root, classes)
         source = cls.__new__(cls)
@@ -137,6 +142,7 @@ class ImageSource:
     # -- the array interface the pipeline uses ---------------------------------
     @property
     def shape(self):
+        """Number of images and number of values per flattened image."""
         h, w = self.image_size
         return (len(self._items), h * w * (3 if self.mode == "RGB" else 1))
 
@@ -171,11 +177,13 @@ class ImageSource:
 
         Parameters
         ----------
-        rows : slice, array-like of int or boolean mask
+        rows : slice, array-like of int or bool mask
+            The rows to keep, in the order given.
 
         Returns
         -------
         source : ImageSource
+            The same kind of source over those rows only.
         """
         positions = self._positions(rows)
         if isinstance(self._items, Dataset):

@@ -16,6 +16,8 @@ from .sources import as_image_source
 # a flattened vector of d features is read as a side x side image only when the
 # side is at least this large; below it the "image" would be noise-sized
 MIN_AUTO_IMAGE_SIDE = 8
+# the model computes in float32: larger magnitudes would become infinite
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ def check_input(estimator, X, *, reset, image_size=None, mode="auto"):
         ensure_min_samples=2 if reset else 1,
     )
     _check_dtype(X)
+    check_float32_range(X)
     return X, spec
 
 
@@ -202,6 +205,33 @@ def _check_source(estimator, source, reset):
         raise ValueError(
             f"X has {n_features} features, but {type(estimator).__name__} is "
             f"expecting {expected} features as input."
+        )
+
+
+def check_float32_range(X):
+    """Refuse values that would become infinite when cast to float32.
+
+    Only wider float dtypes can hold them (the largest integers fit); the
+    check reads ``X`` twice (its minimum and maximum), without a copy.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        Finite numbers.
+
+    Raises
+    ------
+    ValueError
+        If a value's magnitude exceeds the float32 maximum (about 3.4e38).
+    """
+    if X.dtype.kind != "f" or X.dtype.itemsize <= 4 or X.size == 0:
+        return
+    largest = max(-float(X.min()), float(X.max()))
+    if largest > FLOAT32_MAX:
+        raise ValueError(
+            f"X holds values beyond the float32 range (magnitude up to {largest:.3g}, "
+            f"float32 holds up to {FLOAT32_MAX:.3g}): the model computes in float32, "
+            "where they would become infinite. Rescale X."
         )
 
 

@@ -8,6 +8,13 @@ provides::
     after_optimizer_step(step)
     on_epoch_end(epoch) -> dict of extra Python values for the history
     state_dict() / load_state_dict(state)   # optional: checkpoints, Ctrl-C
+    model                                   # optional torch.nn.Module
+
+After every epoch the whole training state (the parameters and buffers of
+``task.model`` when there is one, else the optimised parameters, plus the
+optimiser's state) is checked for NaN and infinity on its device, folded
+into the epoch's single loss check: a diverged epoch is rolled back and
+raises :class:`NonFiniteLossError`, so no non-finite state is ever kept.
 
 Per-step values stay on the device and are summed there; they are read back
 once per epoch, so the hot path has no host synchronisation (except the
@@ -15,6 +22,7 @@ non-finite check, see ``check_every``).
 """
 
 import time
+import uuid
 import warnings
 from contextlib import nullcontext
 
@@ -81,6 +89,16 @@ class Trainer:
         Set by a callback to stop after the current epoch.
     interrupted : bool
         Whether the last ``fit`` was stopped by ``KeyboardInterrupt``.
+    failed : bool
+        Whether the last ``fit`` ended with an exception.
+    run_id : str
+        Identifies a training run across checkpoints: drawn at random here,
+        restored by :meth:`load_state_dict` (a resumed or continued run keeps
+        its id). :class:`~skcueco.callbacks.Checkpoint` uses it to tell its
+        run's files from others.
+    run_info : dict or None
+        Plain data describing the run (version, parameters, input), stored
+        with the id under ``"run"`` in :meth:`state_dict`; set by the caller.
     """
 
     def __init__(self, *, device, max_epochs, callbacks=(), amp=None, check_every=None,
@@ -97,6 +115,11 @@ class Trainer:
         self.global_step = 0
         self.stop_training = False
         self.interrupted = False
+        self.failed = False
+        # os.urandom-based: the id draws nothing from torch's random streams
+        self.run_id = uuid.uuid4().hex
+        self.run_info = None
+        self._epoch_start = None
         self.is_main_process = is_main_process()
         self.task = self.optimizer = self.scheduler = self.scaler = None
         self.embed = embed
@@ -147,7 +170,13 @@ class Trainer:
         -----
         ``KeyboardInterrupt`` ends training after the current step; the whole
         training state (task, optimiser, schedule, counters) is rolled back to
-        the end of the last completed epoch and a warning says so.
+        the end of the last completed epoch and a warning says so. An epoch is
+        complete once its record is in ``history``: an interrupt in its
+        ``on_epoch_end`` callbacks (e.g. while a checkpoint is written) keeps
+        it.
+
+        A non-finite loss or training state rolls the state back the same
+        way and raises :class:`NonFiniteLossError`.
         """
         self.task, self.optimizer, self.scheduler = task, optimizer, scheduler
         self.scaler = torch.amp.GradScaler(
@@ -155,7 +184,8 @@ class Trainer:
         )
         if state is not None:
             self.load_state_dict(state, restore_schedule=restore_schedule)
-        self.stop_training = self.interrupted = False
+        self.stop_training = self.interrupted = self.failed = False
+        self._epoch_start = None  # set while an epoch is under way
         self._call("on_train_begin")
         try:
             with self._backend_flags():
@@ -163,11 +193,23 @@ class Trainer:
                     self._run_epoch(task, loader, optimizer, scheduler, self.scaler)
         except KeyboardInterrupt:
             self.interrupted = True
-            self.load_state_dict(self._epoch_start)
+            if self._epoch_start is not None:
+                self.load_state_dict(self._epoch_start)
+                self._epoch_start = None
+                where = f"during epoch {self.epoch + 1}"
+            else:
+                where = f"after epoch {self.epoch}"
             warnings.warn(
-                f"Training was interrupted during epoch {self.epoch + 1}; the model "
+                f"Training was interrupted {where}; the model "
                 f"is left as it was after epoch {self.epoch}.", RuntimeWarning,
             )
+        except Exception:
+            self.failed = True
+            if self._epoch_start is not None:
+                # never keep a half-done (possibly non-finite) epoch
+                self.load_state_dict(self._epoch_start)
+                self._epoch_start = None
+            raise
         finally:
             self._call("on_train_end")
         return self
@@ -175,6 +217,7 @@ class Trainer:
     def state_dict(self):
         """Everything needed to continue training exactly (CPU tensors)."""
         state = {
+            "run": {**(self.run_info or {}), "id": self.run_id},
             "epoch": self.epoch,
             "global_step": self.global_step,
             "history": [dict(r) for r in self.history],
@@ -207,11 +250,15 @@ class Trainer:
             ) from exc
 
     def _load_state_dict(self, state, restore_schedule=True):
+        if isinstance(state.get("run"), dict) and "id" in state["run"]:
+            self.run_id = state["run"]["id"]
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.history = [dict(r) for r in state["history"]]
         rates = [(g["lr"], g.get("initial_lr")) for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        # a copy: the optimiser updates its state in place, and ``state`` may
+        # be kept by the caller (a warm start that fails must leave it intact)
+        self.optimizer.load_state_dict(copy_state(state["optimizer"]))
         if not restore_schedule:
             for group, (lr, initial_lr) in zip(self.optimizer.param_groups, rates):
                 group["lr"] = lr
@@ -255,8 +302,21 @@ class Trainer:
             self._call("on_batch_end", self.global_step, logs)
         if n_steps == 0:
             raise ValueError("The loader produced no batch: the data set is too small.")
-        if _on_any_rank(nonfinite):
+        # the loss flag and the state check share the epoch's one host sync
+        finite = _all_finite(_state_tensors(task, optimizer), self.device)
+        flags = torch.stack([nonfinite, ~finite])
+        bad_loss, bad_state = all_reduce_(flags.to(torch.int32), op="max").tolist()
+        if bad_loss:
             self._raise_nonfinite(epoch)
+        if bad_state:
+            raise NonFiniteLossError(
+                f"The model's weights or training state (parameters, BatchNorm "
+                f"statistics, queue, centroids or optimiser state) became NaN or "
+                f"infinite in epoch {epoch + 1}; training was stopped and the state "
+                f"rolled back to the end of epoch {epoch}. The learning rate is "
+                "probably too high (try a smaller `lr`), or the input holds extreme "
+                "values."
+            )
         # one collective per epoch: the history is the mean over all ranks
         keys = list(sums)
         means = all_reduce_(torch.stack([sums[k] for k in keys])) / (n_steps * get_world_size())
@@ -267,6 +327,7 @@ class Trainer:
         record["seconds"] = time.perf_counter() - start
         self.history.append(record)
         self.epoch += 1
+        self._epoch_start = None  # complete: an interrupt from here on keeps it
         self._call("on_epoch_end", epoch, record)
 
     def _raise_nonfinite(self, epoch):
@@ -287,6 +348,28 @@ def copy_state(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(copy_state(v) for v in obj)
     return obj
+
+
+def _state_tensors(task, optimizer):
+    """The floating-point tensors of the training state, detached."""
+    model = getattr(task, "model", None)
+    if isinstance(model, torch.nn.Module):
+        tensors = list(model.parameters()) + list(model.buffers())
+    else:
+        tensors = [p for group in optimizer.param_groups for p in group["params"]]
+    for param_state in optimizer.state.values():
+        tensors.extend(v for v in param_state.values() if isinstance(v, torch.Tensor))
+    return [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
+
+
+def _all_finite(tensors, device):
+    """0-d bool tensor on ``device``: whether every value of ``tensors`` is finite.
+
+    One small reduction per tensor, all queued on the device: no host sync.
+    """
+    if not tensors:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
 
 
 def _on_any_rank(flag):
