@@ -98,5 +98,6 @@ def recipe_names():
     Returns
     -------
     names : list of str
+        The recipe names, sorted.
     """
     return sorted(_RECIPES)

@@ -33,8 +33,13 @@ def test_cueco_beats_raw_pixels_and_untrained_network(digits_split):
 
     assert cueco > raw, (cueco, raw)
     assert cueco > initial, (cueco, initial)
-    # the loss went down and the clustering term was switched on after warm-up
+    # the loss went down and the clustering term was switched on after the
+    # warm-up, rising over the ramp to its full weight
     history = embedder.history_
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
-    assert (history["cluster_weight"].iloc[5:] == 1.0).all()
+    ramp = embedder.cluster_ramp_
+    assert ramp >= 1
+    weights = history["cluster_weight"].to_numpy()
+    assert (weights[5:5 + ramp] > 0).all() and (weights[5:5 + ramp] < 1.0).all()
+    assert (weights[5 + ramp:] == 1.0).all()
     assert (history["clustering"].iloc[:5] == 0).all()

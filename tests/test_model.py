@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skcueco.nn.losses import cluster_pull, sinkhorn_assign
 from skcueco.nn.model import CueCoModel
 
 N_FEATURES = 12
@@ -455,6 +456,89 @@ def test_init_centroids_resets_state():
     assert bool(model.centroids_ready)
     assert model.empty_steps.tolist() == [0, 0, 0]
     torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
+
+
+def test_cluster_assign_must_be_known():
+    with pytest.raises(ValueError, match="cluster_assign"):
+        _model(cluster_assign="greedy")
+
+
+def test_sinkhorn_pull_targets_are_the_balanced_assignments():
+    model = _ready_model(cluster_assign="sinkhorn")
+    v1, v2 = _views(n=12)
+    z1, z2 = model.encode_query(v1), model.encode_query(v2)
+    k1, k2 = model.encode_key(v1), model.encode_key(v2)
+    c = model.centroids
+    a2, a1 = sinkhorn_assign(k2, c, 3), sinkhorn_assign(k1, c, 3)
+    expected = 0.5 * (cluster_pull(z1, c, a2) + cluster_pull(z2, c, a1))
+    _, parts, _ = model.loss(z1, z2, k1, k2, cluster_weight=1.0)
+    assert parts["clustering"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sinkhorn_update_moves_every_centroid_when_argmax_moves_one():
+    keys, _, centres = _blobs(n_blobs=3)
+    # centroid 0 sits between the blobs and wins every key under argmax
+    start = torch.stack([
+        F.normalize(centres.sum(0), dim=0),
+        F.normalize(-centres[0] + 0.1 * centres[1], dim=0),
+        F.normalize(-centres[1] + 0.1 * centres[2], dim=0),
+    ])
+    counts = {}
+    for assign in ("argmax", "sinkhorn"):
+        model = _model(n_clusters=3, cluster_assign=assign)
+        model.centroids.copy_(start)
+        model.update_centroids(keys)
+        counts[assign] = model.empty_steps.tolist()
+    assert counts["argmax"] == [0, 1, 1]  # two centroids got no key
+    assert counts["sinkhorn"] == [0, 0, 0]
+
+
+def test_refine_centroids_reaches_the_blobs_from_poor_centroids():
+    keys, labels, centres = _blobs()
+    model = _model(n_clusters=3)
+    start = F.normalize(centres + 0.7 * _unit(3, PROJ_DIM, seed=7), dim=1)
+    model.centroids.copy_(start)
+    assert (model.centroids @ centres.T).diag().min() < 0.9  # really off
+    before = (keys @ model.centroids.T).max(1).values.sum()
+    out = model.refine_centroids(keys, n_iter=10)
+    assert (model.centroids @ centres.T).diag().min() > 0.99
+    assert (keys @ model.centroids.T).max(1).values.sum() > before  # k-means objective
+    assert torch.equal(out, (keys @ model.centroids.T).argmax(1))
+    assert torch.equal(out, labels)
+    torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
+
+
+def test_refine_centroids_zero_iterations_keeps_centroids():
+    keys, _, _ = _blobs()
+    model = _model(n_clusters=3)
+    start = _unit(3, PROJ_DIM, seed=9)
+    model.centroids.copy_(start)
+    labels = model.refine_centroids(keys, n_iter=0, restarts=0)
+    assert torch.equal(model.centroids, start)
+    assert torch.equal(labels, (keys @ start.T).argmax(1))
+
+
+def test_refine_centroids_restart_escapes_a_local_optimum():
+    keys, labels, centres = _blobs()
+    q = torch.linalg.qr(torch.randn(PROJ_DIM, PROJ_DIM, generator=torch.Generator().manual_seed(0)))[0]
+    side = q[3]  # orthogonal to the three blob centres
+    # two centroids split blob 0, one sits between blobs 1 and 2: Lloyd stays there
+    stuck = torch.stack([
+        F.normalize(centres[0] + 0.3 * side, dim=0),
+        F.normalize(centres[0] - 0.3 * side, dim=0),
+        F.normalize(centres[1] + centres[2], dim=0),
+    ])
+
+    def score(model):
+        return (keys @ model.centroids.T).max(1).values.sum()
+
+    alone, restarted = _model(n_clusters=3), _model(n_clusters=3)
+    for model, restarts in ((alone, 0), (restarted, 1)):
+        model.centroids.copy_(stuck)
+        model.refine_centroids(keys, n_iter=20, restarts=restarts)
+    assert (alone.centroids @ centres.T).max(0).values.min() < 0.9  # still stuck
+    assert score(restarted) > score(alone)
+    _check_covers(restarted.centroids, centres, min_cos=0.99)
 
 
 # ----------------------------------------------------------------------------- inference

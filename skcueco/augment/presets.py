@@ -34,6 +34,7 @@ def rgb_augmentation(image_size):
     Returns
     -------
     augmentation : ImageAugmentation
+        The recipe, ready to be called as ``augmentation(x, generator)``.
     """
     h, w = _image_side(image_size)
     return ImageAugmentation(
@@ -64,6 +65,7 @@ def grayscale_augmentation(image_size=None):
     Returns
     -------
     augmentation : ImageAugmentation
+        The recipe, ready to be called as ``augmentation(x, generator)``.
     """
     return ImageAugmentation(
         crop_scale=(0.5, 1.0),
@@ -107,6 +109,7 @@ def make_augmentation(augmentation, *, input_kind, n_channels=None, image_size=N
     Returns
     -------
     augmentation : Augmentation
+        The view transform to call as ``augmentation(x, generator)``.
     """
     if input_kind not in ("image", "vector"):
         raise ValueError(f"input_kind must be 'image' or 'vector', got {input_kind!r}.")

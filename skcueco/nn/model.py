@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import PredictionHead, ProjectionHead
-from .kmeans import spherical_kmeans
-from .losses import assign_clusters, cluster_pull, info_nce, proto_nce
+from .kmeans import _lloyd_step, spherical_kmeans
+from .losses import (
+    ASSIGNMENTS, assign_clusters, cluster_pull, info_nce, proto_nce, sinkhorn_assign,
+)
 from .momentum import ema_update
 from .queue import KeyQueue
 
@@ -45,6 +47,14 @@ class CueCoModel(nn.Module):
         Temperature of the ``"proto"`` objective.
     cluster_momentum : float, default=0.9
         Momentum ``beta`` of the online centroid update.
+    cluster_assign : {"argmax", "sinkhorn"}, default="argmax"
+        How keys are assigned to centroids during training (the pull targets
+        and the online update): the most similar centroid, or balanced
+        assignments by Sinkhorn-Knopp over the batch
+        (:func:`~skcueco.nn.losses.sinkhorn_assign`). :meth:`predict_clusters`
+        always uses the most similar centroid.
+    sinkhorn_iterations : int, default=3
+        Sinkhorn-Knopp iterations of ``cluster_assign="sinkhorn"``.
     predictor : bool, default=False
         Add a prediction head on the query side.
     generator : torch.Generator, default=None
@@ -70,12 +80,20 @@ class CueCoModel(nn.Module):
         cluster_loss="pull",
         cluster_temperature=0.1,
         cluster_momentum=0.9,
+        cluster_assign="argmax",
+        sinkhorn_iterations=3,
         predictor=False,
         generator=None,
     ):
         super().__init__()
         if cluster_loss not in ("pull", "proto"):
             raise ValueError(f"cluster_loss must be 'pull' or 'proto', got {cluster_loss!r}.")
+        if cluster_assign not in ASSIGNMENTS:
+            raise ValueError(
+                f"cluster_assign must be one of {ASSIGNMENTS}, got {cluster_assign!r}."
+            )
+        self.cluster_assign = cluster_assign
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.temperature = temperature
         self.cluster_loss = cluster_loss
         self.cluster_temperature = cluster_temperature
@@ -181,10 +199,20 @@ class CueCoModel(nn.Module):
     def _cluster_term(self, z, k_other):
         # centroids and assignments carry no gradient: only z is pulled
         centroids = self.centroids.detach()
-        a = assign_clusters(k_other.float(), centroids)  # (N,)
+        a = self.assign(k_other, centroids)  # (N,)
         if self.cluster_loss == "proto":
             return proto_nce(z.float(), centroids, a, self.cluster_temperature)
         return cluster_pull(z.float(), centroids, a)
+
+    def assign(self, keys, centroids=None):
+        """Training-time assignments of keys ``(N, D)`` to centroids, ``(N,)``.
+
+        ``cluster_assign="sinkhorn"`` balances them over the given keys.
+        """
+        centroids = self.centroids if centroids is None else centroids
+        if self.cluster_assign == "sinkhorn":
+            return sinkhorn_assign(keys.float(), centroids, self.sinkhorn_iterations)
+        return assign_clusters(keys.float(), centroids)
 
     # -- explicit state updates -----------------------------------------------
     @torch.no_grad()
@@ -221,6 +249,49 @@ class CueCoModel(nn.Module):
         self.empty_steps.zero_()
 
     @torch.no_grad()
+    def refine_centroids(self, features, n_iter, *, restarts=1):
+        """Spherical k-means on ``features`` ``(M, D)``, started from the current centroids.
+
+        Run at the end of training on the projections ``predict`` uses, so the
+        centroids are a local optimum of k-means on the final embedding
+        rather than a moving average of keys from earlier in training.
+        ``restarts`` more runs start from k-means++ seeds (drawn from the
+        model's generator); the centroids with the highest k-means objective
+        (summed cosine similarity of each row to its centroid) are kept, so
+        the result is never worse, by that objective, than the trained
+        centroids refined or a fresh k-means. Lloyd steps stop early when the
+        centroids no longer move; an empty cluster moves to the worst-fitting
+        point.
+
+        Returns
+        -------
+        labels : LongTensor of shape (M,)
+            Index of the most similar refined centroid of each row.
+        """
+        x = F.normalize(features.float(), dim=1)  # (M, D)
+        n_clusters = self.centroids.shape[0]
+        starts = [self.centroids.float()]
+        if n_clusters <= x.shape[0]:
+            starts += [
+                spherical_kmeans(x, n_clusters, n_iter=0, generator=self.generator)[0]
+                for _ in range(restarts)
+            ]
+        best, best_score = None, None
+        for centroids in starts:
+            for _ in range(n_iter):
+                new = _lloyd_step(x, centroids)  # (K, D)
+                moved = (new - centroids).pow(2).sum()
+                centroids = new
+                if moved <= 1e-10:
+                    break
+            score = (x @ centroids.T).max(dim=1).values.sum()
+            # ties keep the earlier start: the trained centroids first
+            if best_score is None or score > best_score:
+                best, best_score = centroids, score
+        self.centroids.copy_(best)
+        return assign_clusters(x, best)
+
+    @torch.no_grad()
     def update_centroids(self, keys, *, all_reduce=None):
         """Online update: ``M_k <- normalize(beta M_k + (1 - beta) mean(keys in k))``.
 
@@ -231,7 +302,7 @@ class CueCoModel(nn.Module):
         """
         keys = keys.float()
         n_clusters = self.centroids.shape[0]
-        a = assign_clusters(keys, self.centroids)  # (M,)
+        a = self.assign(keys)  # (M,)
         # a fixed-length scatter, not bincount: bincount's output size depends
         # on the data, which reads the indices back to the host on a GPU
         counts = torch.zeros(n_clusters, dtype=torch.long, device=keys.device)

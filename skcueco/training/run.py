@@ -9,6 +9,8 @@ parameters into a :class:`CueCoConfig` and :class:`Seeds`, and publishes the
 result.
 """
 
+import math
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -17,9 +19,10 @@ from ..augment import make_augmentation
 from ..backbones import build_backbone
 from ..data.loaders import encode, make_loader
 from ..data.preprocess import Preprocess, input_statistics, relayout
+from ..nn.losses import assign_clusters
 from ..nn.model import CueCoModel
 from .device import resolve_device
-from .distributed import get_rank, get_world_size, init_distributed
+from .distributed import broadcast_, get_rank, get_world_size, init_distributed
 from .engine import Trainer, copy_state
 from .optim import BASE_LR, make_optimizer, warmup_cosine
 from .parallel import TrainingEncoders, prepare_model, sync_buffers
@@ -28,6 +31,50 @@ from .task import CueCoTask
 # centroids without an assigned key for this many consecutive steps are re-seeded
 RESEED_AFTER_STEPS = 50
 MODES = ("fresh", "continue", "partial")
+
+# size-aware defaults (docs/method_results.rst has the measurements behind them)
+AUTO_QUEUE_FRACTION = 4
+"""``queue_size="auto"``: at most ``n_samples // AUTO_QUEUE_FRACTION`` keys."""
+AUTO_QUEUE_CAP = 4096
+"""``queue_size="auto"``: the cap below ``LARGE_DATA`` samples (MoCo v2 on CIFAR)."""
+LARGE_QUEUE_CAP = 65536
+"""``queue_size="auto"``: the cap from ``LARGE_DATA`` samples on (MoCo on ImageNet)."""
+LARGE_DATA = 500_000
+AUTO_WARMUP_FRACTION = 0.15
+"""``cluster_warmup="auto"``: this fraction of ``max_epochs``, rounded down."""
+AUTO_RAMP_FRACTION = 0.1
+"""``cluster_ramp="auto"``: this fraction of ``max_epochs``, rounded down."""
+# collapse: the final contrastive loss within this fraction of its chance value
+# while the mean cosine similarity of the projections exceeds COLLAPSE_COSINE,
+# or the largest cluster holding more than this share of the training set
+COLLAPSE_LOSS_RATIO = 0.995
+COLLAPSE_COSINE = 0.99
+COLLAPSE_CLUSTER_SHARE = 0.9
+
+
+class TrainingCollapseWarning(UserWarning):
+    """Training ended collapsed: a chance-level loss, or one cluster holding nearly all data."""
+
+
+def resolve_queue_size(setting, n_samples):
+    """The number of queued keys for ``n_samples`` training images.
+
+    ``"auto"``: ``n_samples // 4``, at most 4096 (65536 from 500,000 samples
+    on). A queue close to ``n_samples`` holds the keys of the very images
+    being queried (other views of them) as negatives. An explicit value is
+    only capped at ``n_samples``.
+    """
+    if setting == "auto":
+        cap = LARGE_QUEUE_CAP if n_samples >= LARGE_DATA else AUTO_QUEUE_CAP
+        return min(n_samples // AUTO_QUEUE_FRACTION, cap)
+    return min(int(setting), n_samples)
+
+
+def resolve_epochs_fraction(setting, max_epochs, fraction):
+    """``int(fraction * max_epochs)`` for ``"auto"``, else the explicit value."""
+    if setting == "auto":
+        return int(fraction * max_epochs)
+    return int(setting)
 
 
 @dataclass(frozen=True)
@@ -61,6 +108,9 @@ class CueCoConfig:
     cluster_loss: str
     cluster_temperature: float
     cluster_momentum: float
+    cluster_ramp: object
+    cluster_assign: str
+    refine_centroids: int
     augmentation: object
     batch_size: int
     max_epochs: int
@@ -92,6 +142,9 @@ class FitResult:
     device: torch.device
     feature_dim: int
     train_state: dict = None
+    queue_size: int = None
+    cluster_warmup: int = None
+    cluster_ramp: int = None
 
 
 def view_augmentation(augmentation, spec):
@@ -104,11 +157,22 @@ def view_augmentation(augmentation, spec):
     )
 
 
-def use_channels_last(setting, spec, device):
-    """Whether image batches and weights use the channels-last layout."""
+def use_channels_last(setting, spec, device, backbone=None):
+    """Whether image batches and weights use the channels-last layout.
+
+    ``"auto"``: on CUDA for images; on the CPU for images going to a built-in
+    convolutional backbone, whose oneDNN convolutions run faster channels-last
+    (``benchmarks/throughput.py --layout``). A custom module keeps the
+    default layout on the CPU: it may ``view`` its input, which a
+    channels-last tensor does not allow.
+    """
+    if spec.kind != "image":
+        return False
     if setting == "auto":
-        return spec.kind == "image" and device.type == "cuda"
-    return bool(setting) and spec.kind == "image"
+        if device.type == "cuda":
+            return True
+        return device.type == "cpu" and backbone in ("auto", "small_cnn", "resnet18", "resnet50")
+    return bool(setting)
 
 
 def build_model(X, spec, config, seeds, *, device, preprocess=None, queue_size=None):
@@ -120,7 +184,7 @@ def build_model(X, spec, config, seeds, *, device, preprocess=None, queue_size=N
     if preprocess is None:
         preprocess = Preprocess(spec, *input_statistics(X, spec))
     if queue_size is None:
-        queue_size = min(config.queue_size, X.shape[0])
+        queue_size = resolve_queue_size(config.queue_size, X.shape[0])
     # weights are drawn from torch's global generator inside a fork that is
     # restored on exit, so the caller's global random state is untouched
     with torch.random.fork_rng(devices=[]):
@@ -138,6 +202,7 @@ def build_model(X, spec, config, seeds, *, device, preprocess=None, queue_size=N
             cluster_loss=config.cluster_loss,
             cluster_temperature=config.cluster_temperature,
             cluster_momentum=config.cluster_momentum,
+            cluster_assign=config.cluster_assign,
             generator=torch.Generator().manual_seed(seeds.model),
         )
     return model.to(device), preprocess.to(device), feature_dim
@@ -152,7 +217,7 @@ def _embedder(model, preprocess, spec, batch_size, device, validate):
     return embed
 
 
-def _result(model, preprocess, device, feature_dim, history, train_state=None):
+def _result(model, preprocess, device, feature_dim, history, train_state=None, **resolved):
     model.eval()
     return FitResult(
         encoder=model.backbone_q.to(memory_format=torch.contiguous_format),
@@ -163,7 +228,45 @@ def _result(model, preprocess, device, feature_dim, history, train_state=None):
         device=device,
         feature_dim=feature_dim,
         train_state=train_state,
+        **resolved,
     )
+
+
+def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine=1.0):
+    """Warn with :class:`TrainingCollapseWarning` when the run ended collapsed.
+
+    Two signs. The last epoch's contrastive loss within 0.5 % of its chance
+    value ``log(1 + n_queue)`` (``log(batch_size)`` with in-batch
+    negatives) while the projections of the training set all point the same
+    way (``mean_cosine``, their mean pairwise cosine similarity, above
+    0.99): the network maps every image to one point. Or more than 90 % of
+    the training set in one cluster (``labels``: the assignments to the
+    trained centroids, None to skip the check).
+
+    A loss near chance alone is no sign: in the first epochs it rises
+    towards (even past) chance while the queue fills with real keys.
+    """
+    problems = []
+    if history:
+        chance = math.log(1 + n_queue) if n_queue else math.log(batch_size)
+        last = float(history[-1]["contrastive"])
+        if chance > 0 and last >= COLLAPSE_LOSS_RATIO * chance and mean_cosine > COLLAPSE_COSINE:
+            problems.append(
+                f"the final contrastive loss {last:.3f} is at its chance value "
+                + (f"log(1 + {n_queue})" if n_queue else f"log({batch_size})")
+                + f" = {chance:.3f} and the projections of all training samples "
+                f"nearly coincide (mean cosine similarity {mean_cosine:.3f})"
+            )
+    if labels is not None and n_clusters > 1 and labels.numel():
+        share = torch.bincount(labels, minlength=n_clusters).max().item() / labels.numel()
+        if share > COLLAPSE_CLUSTER_SHARE:
+            problems.append(f"{share:.0%} of the training samples fall in one cluster")
+    if problems:
+        warnings.warn(
+            "Training looks collapsed: " + "; ".join(problems) + ". Try a smaller lr, "
+            "more epochs, a larger cluster_warmup or a smaller cluster_weight.",
+            TrainingCollapseWarning, stacklevel=4,
+        )
 
 
 def untrained_cueco(X, spec, config, seeds):
@@ -235,7 +338,8 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
     lr = config.lr
     if lr == "auto":
         lr = BASE_LR[config.optimizer] * batch_size * world / 256
-    channels_last = use_channels_last(config.channels_last, spec, device)
+    channels_last = use_channels_last(config.channels_last, spec, device,
+                                      backbone=config.backbone)
     model = prepare_model(
         model, device=device, channels_last=channels_last,
         sync_bn=distributed and config.distributed_bn == "sync",
@@ -251,6 +355,10 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
     if mode != "partial":
         warmup = 0 if prev_state is not None else steps * min(10, n_epochs // 10)
         scheduler = warmup_cosine(optimizer, steps * n_epochs, warmup)
+    cluster_warmup = resolve_epochs_fraction(
+        config.cluster_warmup, config.max_epochs, AUTO_WARMUP_FRACTION)
+    cluster_ramp = resolve_epochs_fraction(
+        config.cluster_ramp, config.max_epochs, AUTO_RAMP_FRACTION)
     task = CueCoTask(
         model, preprocess, view_augmentation(config.augmentation, spec),
         # each process draws its own views
@@ -259,7 +367,8 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         key_momentum=config.key_momentum,
         final_momentum=config.key_momentum if mode == "partial" else 1.0,
         cluster_weight=config.cluster_weight,
-        cluster_warmup=config.cluster_warmup,
+        cluster_warmup=cluster_warmup,
+        cluster_ramp=cluster_ramp,
         cluster_update=config.cluster_update,
         key_features=lambda: encode(model.encode_key, preprocess, model, X, batch_size, device),
         reseed_after=RESEED_AFTER_STEPS,
@@ -291,4 +400,27 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         # the warm-up lasted the whole run: centroids still serve `predict`
         # (the training state keeps them unset, for a warm start to set them)
         task.init_centroids()
-    return _result(model, preprocess, device, feature_dim, trainer.history, train_state)
+    if mode != "partial":
+        # one pass in eval mode over the training set (partial_fit skips it
+        # to stay one epoch's work): the projections `predict` uses
+        projections = encode(model.project, preprocess, model, X, batch_size, device,
+                             fixed_batch=device.type == "cpu").to(device)  # (n_samples, D)
+        # the centroids the clustering term trained, before refinement, tell
+        # whether it pulled (nearly) everything into one cluster
+        labels = None
+        if task.current_weight > 0:
+            labels = assign_clusters(projections, model.centroids).cpu()
+        # mean pairwise cosine of unit rows = squared norm of their mean
+        mean_cosine = projections.mean(dim=0).pow(2).sum().item()
+        check_collapse(trainer.history, model.queue.keys.shape[0], batch_size,
+                       labels, model.centroids.shape[0], mean_cosine)
+    if mode != "partial" and config.refine_centroids > 0:
+        # k-means iterations on those projections; not part of the training
+        # state, so a warm start continues the online centroids
+        model.refine_centroids(projections, config.refine_centroids)
+        if distributed:
+            # every process ends with rank 0's centroids
+            broadcast_(model.centroids)
+    return _result(model, preprocess, device, feature_dim, trainer.history, train_state,
+                   queue_size=model.queue.keys.shape[0], cluster_warmup=cluster_warmup,
+                   cluster_ramp=cluster_ramp)

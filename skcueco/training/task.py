@@ -32,6 +32,11 @@ class CueCoTask:
         ``lambda`` once the warm-up is over.
     cluster_warmup : int
         Epochs trained with ``lambda = 0`` before the centroids exist.
+    cluster_ramp : int, default=0
+        Epochs after the warm-up over which ``lambda`` rises linearly to
+        ``cluster_weight``: the ``j``-th epoch after the warm-up (from 0)
+        trains with ``cluster_weight * min(1, (j + 1) / (cluster_ramp + 1))``.
+        0 switches the full weight on at once.
     cluster_update : {"online", "epoch"}
     key_features : callable
         ``key_features()`` returns key projections ``(n_samples, D)`` of the
@@ -60,7 +65,7 @@ class CueCoTask:
                  key_momentum, cluster_weight, cluster_warmup, cluster_update,
                  key_features, reseed_after, loader_generator=None,
                  channels_last=False, sampler=None, encoders=None, final_momentum=1.0,
-                 step_offset=0):
+                 step_offset=0, cluster_ramp=0):
         self.model = model
         self.preprocess = preprocess
         self.augmentation = augmentation
@@ -68,6 +73,7 @@ class CueCoTask:
         self.momentum = MomentumSchedule(total_steps, base=key_momentum, final=final_momentum)
         self.cluster_weight = cluster_weight
         self.cluster_warmup = cluster_warmup
+        self.cluster_ramp = cluster_ramp
         self.cluster_update = cluster_update
         self.key_features = key_features
         self.reseed_after = reseed_after
@@ -99,7 +105,14 @@ class CueCoTask:
             self.cluster_update == "epoch" or not self.centroids_ready
         ):
             self.init_centroids()
-        self.current_weight = self.cluster_weight if self.uses_clusters(epoch) else 0.0
+        self.current_weight = self.weight_at(epoch)
+
+    def weight_at(self, epoch):
+        """``lambda`` of ``epoch``: 0 in the warm-up, then a linear ramp to ``cluster_weight``."""
+        if not self.uses_clusters(epoch):
+            return 0.0
+        ramp = min(1.0, (epoch - self.cluster_warmup + 1) / (self.cluster_ramp + 1))
+        return self.cluster_weight * ramp
 
     def training_step(self, batch, epoch):
         x = self.preprocess(batch)

@@ -1,0 +1,195 @@
+"""Size-aware defaults, the clustering-weight ramp, centroid refinement and collapse warnings."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from skcueco import CueCoEmbedder
+from skcueco.training.run import (
+    TrainingCollapseWarning,
+    check_collapse,
+    resolve_epochs_fraction,
+    resolve_queue_size,
+)
+from skcueco.training.task import CueCoTask
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X[:400], y[:400]
+
+
+def _small(**params):
+    defaults = dict(hidden_dim=32, projection_dim=16, batch_size=64, max_epochs=3,
+                    n_clusters=4, random_state=0, device="cpu")
+    return CueCoEmbedder(**{**defaults, **params})
+
+
+# ------------------------------------------------------------------- resolution
+
+
+@pytest.mark.parametrize("n_samples, expected", [
+    (3, 0), (400, 100), (1347, 336), (16384, 4096), (50_000, 4096),
+    (499_999, 4096), (500_000, 65536), (1_281_167, 65536),
+])
+def test_auto_queue_is_a_quarter_of_the_data_capped(n_samples, expected):
+    assert resolve_queue_size("auto", n_samples) == expected
+
+
+@pytest.mark.parametrize("setting, n_samples, expected", [
+    (4096, 1347, 1347), (100, 1347, 100), (0, 1347, 0), (65536, 10**6, 65536),
+])
+def test_explicit_queue_wins_capped_at_n_samples(setting, n_samples, expected):
+    assert resolve_queue_size(setting, n_samples) == expected
+
+
+@pytest.mark.parametrize("setting, max_epochs, expected", [
+    ("auto", 40, 6), ("auto", 100, 15), ("auto", 1000, 150), ("auto", 6, 0),
+    (10, 40, 10), (0, 40, 0), (50, 20, 50),
+])
+def test_epoch_fractions_auto_and_explicit(setting, max_epochs, expected):
+    assert resolve_epochs_fraction(setting, max_epochs, 0.15) == expected
+
+
+def test_fitted_attributes_publish_the_resolved_defaults(digits):
+    X, _ = digits
+    auto = _small(max_epochs=7, cluster_ramp="auto").fit(X)
+    assert auto.get_params()["queue_size"] == "auto"  # the parameter is untouched
+    assert auto.queue_size_ == len(X) // 4 == 100
+    assert auto.cluster_warmup_ == int(0.15 * 7) == 1
+    assert auto.cluster_ramp_ == int(0.1 * 7) == 0
+    assert auto._train_state["task"]["model"]["queue.keys"].shape[0] == 100
+    explicit = _small(max_epochs=4, queue_size=4096, cluster_warmup=2, cluster_ramp=1).fit(X)
+    assert explicit.queue_size_ == len(X)
+    assert explicit.cluster_warmup_ == 2
+    assert explicit.cluster_ramp_ == 1
+    # warm-up 2 epochs, then half the weight, then the full weight
+    assert explicit.history_["cluster_weight"].tolist() == [0.0, 0.0, 0.5, 1.0]
+
+
+def test_recipes_stay_explicit():
+    from skcueco.recipes import recipe
+
+    for name in ("cifar10", "cifar100", "imagenet100"):
+        params = recipe(name)
+        assert isinstance(params["queue_size"], int)
+        assert isinstance(params["cluster_warmup"], int)
+
+
+# ------------------------------------------------------------------- ramp
+
+
+def _task(cluster_weight=2.0, cluster_warmup=3, cluster_ramp=0):
+    return CueCoTask(
+        None, None, None, None, total_steps=10, key_momentum=0.99,
+        cluster_weight=cluster_weight, cluster_warmup=cluster_warmup,
+        cluster_ramp=cluster_ramp, cluster_update="online", key_features=None,
+        reseed_after=50,
+    )
+
+
+def test_ramp_zero_is_a_step():
+    task = _task(cluster_ramp=0)
+    assert [task.weight_at(e) for e in range(6)] == [0, 0, 0, 2.0, 2.0, 2.0]
+
+
+def test_ramp_rises_linearly_after_the_warmup():
+    task = _task(cluster_ramp=3)
+    weights = [task.weight_at(e) for e in range(9)]
+    assert weights == pytest.approx([0, 0, 0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+
+
+def test_ramp_with_zero_weight_stays_zero():
+    task = _task(cluster_weight=0.0, cluster_ramp=3)
+    assert [task.weight_at(e) for e in range(8)] == [0.0] * 8
+
+
+# ------------------------------------------------------------------- refinement
+
+
+def _kmeans_objective(Z, centers):
+    return (Z @ centers.T).max(axis=1).sum()
+
+
+def test_refined_centroids_fit_the_final_projections_better(digits):
+    X, _ = digits
+    online = _small(max_epochs=4, cluster_warmup=1, refine_centroids=0).fit(X)
+    refined = _small(max_epochs=4, cluster_warmup=1, refine_centroids=10).fit(X)
+    # refinement runs after training: the networks are bitwise the same
+    np.testing.assert_array_equal(online.transform(X), refined.transform(X))
+    Z = refined._project(X)
+    assert not np.array_equal(online.cluster_centers_, refined.cluster_centers_)
+    assert _kmeans_objective(Z, refined.cluster_centers_) > _kmeans_objective(
+        Z, online.cluster_centers_)
+    np.testing.assert_allclose(np.linalg.norm(refined.cluster_centers_, axis=1), 1, rtol=1e-5)
+    assert np.array_equal(refined.predict(X), (Z @ refined.cluster_centers_.T).argmax(1))
+    # the training state keeps the online centroids, for a warm start
+    np.testing.assert_array_equal(
+        refined._train_state["task"]["model"]["centroids"].numpy(), online.cluster_centers_)
+
+
+def test_refinement_is_reproducible(digits):
+    X, _ = digits
+    a = _small(max_epochs=2, cluster_warmup=0).fit(X)
+    b = _small(max_epochs=2, cluster_warmup=0).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+
+
+# ------------------------------------------------------------------- sinkhorn
+
+
+def test_sinkhorn_assignments_train_and_are_reproducible(digits):
+    X, _ = digits
+    a = _small(cluster_assign="sinkhorn", cluster_warmup=1).fit(X)
+    b = _small(cluster_assign="sinkhorn", cluster_warmup=1).fit(X)
+    argmax = _small(cluster_assign="argmax", cluster_warmup=1).fit(X)
+    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+    assert not np.array_equal(a.transform(X), argmax.transform(X))
+    assert np.isfinite(a.history_["clustering"]).all()
+
+
+# ------------------------------------------------------------------- collapse
+
+
+def test_check_collapse_loss_at_chance_warns():
+    chance = math.log(1 + 100)
+    with pytest.warns(TrainingCollapseWarning, match="chance value.*smaller lr"):
+        check_collapse([{"contrastive": chance - 1e-3}], 100, 64, None, 4, 0.999)
+    with pytest.warns(TrainingCollapseWarning, match=r"log\(64\)"):
+        check_collapse([{"contrastive": math.log(64)}], 0, 64, None, 4, 0.999)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_collapse([{"contrastive": 0.9 * chance}], 100, 64, None, 4, 0.999)
+        # early in training the loss rises past chance while the projections
+        # are still spread: no collapse
+        check_collapse([{"contrastive": chance + 0.01}], 100, 64, None, 4, 0.8)
+
+
+def test_check_collapse_one_cluster_warns():
+    labels = torch.tensor([0] * 91 + [1] * 9)
+    with pytest.warns(TrainingCollapseWarning, match="91% of the training samples"):
+        check_collapse([{"contrastive": 1.0}], 100, 64, labels, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_collapse([{"contrastive": 1.0}], 100, 64, torch.tensor([0] * 89 + [1] * 11), 4)
+        # a single cluster cannot collapse
+        check_collapse([{"contrastive": 1.0}], 100, 64, torch.zeros(10, dtype=torch.long), 1)
+
+
+def test_huge_learning_rate_warns_of_collapse(digits):
+    X, _ = digits
+    with pytest.warns(TrainingCollapseWarning, match="smaller lr"):
+        _small(lr=50.0, max_epochs=5).fit(X)
+
+
+def test_healthy_fit_does_not_warn(digits):
+    X, _ = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingCollapseWarning)
+        _small(max_epochs=8, hidden_dim=64).fit(X)
