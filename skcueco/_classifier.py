@@ -1,28 +1,54 @@
-"""CueCoClassifier: CueCo pretraining on all rows, a head on the labeled ones."""
+"""CueCoClassifier: CueCo pretraining on all rows, then a (semi-supervised) head."""
 
 import numbers
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder
+from sklearn.semi_supervised import (
+    LabelPropagation,
+    LabelSpreading,
+    SelfTrainingClassifier,
+)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
+from sklearn.utils.validation import (
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+)
 
 from ._embedder import CueCoEmbedder
 from ._persistence import TorchStateMixin
 from .data.sources import ImageSource
 from .data.validation import check_input, image_format
 from .training.linear_probe import LinearProbe
+from .training.semi_supervised import PropagationProbe
+
+_BUILTIN_HEADS = ("linear", "propagation")
+_SEMI_SUPERVISED_HEADS = (LabelPropagation, LabelSpreading, SelfTrainingClassifier)
 
 
 def _head_has(name):
     def check(self):
-        return self.head == "linear" or hasattr(self.head, name)
+        return self.head in _BUILTIN_HEADS or hasattr(self.head, name)
     return check
+
+
+def _is_semi_supervised(head):
+    """Whether a scikit-learn head reads ``-1`` as unlabeled and learns from it.
+
+    True for the classifiers of :mod:`sklearn.semi_supervised`
+    (``LabelPropagation``, ``LabelSpreading``, ``SelfTrainingClassifier``, and
+    their subclasses) and for a :class:`~sklearn.pipeline.Pipeline` ending in one.
+    """
+    if isinstance(head, Pipeline):
+        return _is_semi_supervised(head.steps[-1][1])
+    return isinstance(head, _SEMI_SUPERVISED_HEADS)
 
 
 def _image_format(embedder):
@@ -41,9 +67,11 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
     """Classifier on CueCo embeddings: self-supervised pretraining, then a head.
 
     ``fit(X, y)`` pretrains the embedder on every row of ``X`` without labels,
-    then trains the head on the embeddings of the labeled rows. Rows labeled
-    ``-1`` (``unlabeled``) are unlabeled, scikit-learn's semi-supervised
-    convention: they only serve pretraining.
+    then trains the head on the embeddings. Rows labeled ``-1``
+    (``unlabeled``) are unlabeled, scikit-learn's semi-supervised convention:
+    they always serve pretraining, and a semi-supervised head (the default
+    ``"propagation"``, or a classifier of :mod:`sklearn.semi_supervised`) learns
+    from their embeddings too; any other head sees the labeled rows only.
 
     Parameters
     ----------
@@ -53,37 +81,61 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         is already fitted without training it again, wrap it in
         :class:`sklearn.frozen.FrozenEstimator` (the wrapper survives cloning,
         so it also works inside ``GridSearchCV``).
-    head : "linear" or classifier, default="linear"
+    head : {"propagation", "linear"} or classifier, default="propagation"
         ``"linear"``: the linear-evaluation protocol, a linear layer trained in
-        PyTorch on the frozen backbone features (standardised), on the
-        embedder's device, by SGD with momentum 0.9 and a cosine schedule. A
-        scikit-learn classifier (e.g. ``LogisticRegression()``) is cloned and
-        fit on the embeddings.
+        PyTorch on the frozen backbone features (standardised) of the labeled
+        rows, on the embedder's device, by SGD with momentum 0.9 and a cosine
+        schedule.
+
+        ``"propagation"``: semi-supervised. The labels are first spread over
+        the symmetric ``head_n_neighbors``-nearest-neighbour graph of the
+        (standardised, L2-normalised) embeddings of all rows, by label
+        propagation with weight ``head_alpha`` (on the embedder's device);
+        then the linear layer is trained as for ``"linear"`` on every row:
+        the labeled ones, and each unlabeled one with its propagated label,
+        weighted by its certainty ``1 - entropy / log(n_classes)``. Without
+        unlabeled rows it is the same as ``"linear"``.
+
+        A scikit-learn classifier (e.g. ``LogisticRegression()``) is cloned
+        and fit on the embeddings of the labeled rows; a semi-supervised one
+        (an instance of ``LabelPropagation``, ``LabelSpreading`` or
+        ``SelfTrainingClassifier``, or a :class:`~sklearn.pipeline.Pipeline`
+        ending in one) on the embeddings of **all** rows, the unlabeled ones
+        labeled ``-1``.
     head_epochs : int, default=100
-        Epochs of the linear head.
+        Epochs of the linear layer (``"linear"`` and ``"propagation"``).
     head_lr : float, default=0.1
-        Peak learning rate of the linear head.
+        Peak learning rate of the linear layer.
     head_batch_size : int, default=256
-        Batch size of the linear head.
+        Batch size of the linear layer.
     head_weight_decay : float, default=0.0
-        Weight decay of the linear head.
+        Weight decay of the linear layer.
     head_augmentation : bool, default=False
-        Train the linear head on augmented views of the labeled images (the
+        Train the linear layer on augmented views of its training images (the
         embedder's augmentation), computing features anew every epoch.
+    head_n_neighbors : int, default=5
+        Neighbours of each row in the graph of ``head="propagation"``.
+    head_alpha : float, default=0.95
+        Weight of the neighbours against a row's own label in the propagation
+        of ``head="propagation"``, in (0, 1): closer to 1 spreads the labels
+        further.
     unlabeled : int or None, default=-1
         Label value of unlabeled rows, as in scikit-learn's semi-supervised
         estimators. None means every row is labeled (use it when -1 is a real
         class, as in labels ``{-1, 1}``).
     random_state : int, RandomState instance or None, default=None
-        Seeds the default embedder and the linear head.
+        Seeds the default embedder and the linear layer.
 
     Attributes
     ----------
     embedder_ : CueCoEmbedder or FrozenEstimator
         The fitted embedder.
-    head_ : LinearProbe or classifier
-        The fitted head: for ``head="linear"`` a small estimator whose
-        ``module_`` is the trained PyTorch layer.
+    head_ : LinearProbe, PropagationProbe or classifier
+        The fitted head. For ``head="linear"`` and ``"propagation"`` a small
+        estimator whose ``module_`` is the trained PyTorch layer; a
+        ``PropagationProbe`` also has ``label_distributions_``,
+        ``transduction_`` (the propagated label of every training row) and
+        ``sample_weight_``.
     classes_ : ndarray of shape (n_classes,)
         Class labels seen among the labeled rows.
     n_features_in_ : int
@@ -96,7 +148,7 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
     See Also
     --------
     CueCoEmbedder : The self-supervised transformer used as the embedder.
-    sklearn.semi_supervised.SelfTrainingClassifier : Also reads -1 as unlabeled.
+    sklearn.semi_supervised.LabelSpreading : Label spreading, usable as ``head``.
 
     Examples
     --------
@@ -111,12 +163,14 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "embedder": [HasMethods(["fit", "transform"]), None],
-        "head": [StrOptions({"linear"}), HasMethods(["fit", "predict"])],
+        "head": [StrOptions(set(_BUILTIN_HEADS)), HasMethods(["fit", "predict"])],
         "head_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "head_lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "head_batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "head_weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "head_augmentation": ["boolean"],
+        "head_n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
+        "head_alpha": [Interval(numbers.Real, 0, 1, closed="neither")],
         "unlabeled": [numbers.Integral, None],
         "random_state": ["random_state"],
     }
@@ -125,12 +179,14 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         self,
         embedder=None,
         *,
-        head="linear",
+        head="propagation",
         head_epochs=100,
         head_lr=0.1,
         head_batch_size=256,
         head_weight_decay=0.0,
         head_augmentation=False,
+        head_n_neighbors=5,
+        head_alpha=0.95,
         unlabeled=-1,
         random_state=None,
     ):
@@ -141,12 +197,14 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         self.head_batch_size = head_batch_size
         self.head_weight_decay = head_weight_decay
         self.head_augmentation = head_augmentation
+        self.head_n_neighbors = head_n_neighbors
+        self.head_alpha = head_alpha
         self.unlabeled = unlabeled
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=False)
     def fit(self, X, y):
-        """Pretrain the embedder on all of ``X``, then the head on labeled rows.
+        """Pretrain the embedder on all of ``X``, then fit the head.
 
         Parameters
         ----------
@@ -180,8 +238,15 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
             )
         if isinstance(self.head, type):
             raise TypeError(
-                f"head must be 'linear' or a classifier instance such as "
+                f"head must be 'propagation', 'linear' or a classifier instance such as "
                 f"{self.head.__name__}(), not the class {self.head.__name__}."
+            )
+        semi_supervised = _is_semi_supervised(self.head)
+        if semi_supervised and y.dtype.kind in "iuf" and np.any(y[labeled] == -1):
+            raise ValueError(
+                f"-1 is one of the classes, but the semi-supervised head "
+                f"{type(self.head).__name__} reads -1 as unlabeled; use another head or "
+                "recode the labels."
             )
         inner = getattr(self.embedder, "estimator", self.embedder)
         if self.embedder is not None and not isinstance(inner, CueCoEmbedder):
@@ -199,14 +264,30 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = encoder.classes_
         # [rows, ...]: an ImageSource gives a lazy subset, an array its rows
         X_lab = self._embedder_input(X2d[labeled, ...], spec)
-        if self.head == "linear":
+        probe = dict(epochs=self.head_epochs, lr=self.head_lr,
+                     batch_size=self.head_batch_size, weight_decay=self.head_weight_decay,
+                     device=self.device_)
+        if self.head == "propagation" and not labeled.all():
+            seed = rng.randint(2**31 - 1)
+            rows, features, augment = self.embedder_._frozen_features(
+                self._embedder_input(X2d, spec),
+                augment_seed=seed if self.head_augmentation else None)
+            self.head_ = PropagationProbe(
+                n_neighbors=self.head_n_neighbors, alpha=self.head_alpha, seed=seed, **probe,
+            ).fit(features, y, labeled=labeled, rows=rows, augment=augment)
+        elif self.head in _BUILTIN_HEADS:
+            # "propagation" without unlabeled rows has nothing to propagate
             seed = rng.randint(2**31 - 1)
             rows, features, augment = self.embedder_._frozen_features(
                 X_lab, augment_seed=seed if self.head_augmentation else None)
-            self.head_ = LinearProbe(
-                epochs=self.head_epochs, lr=self.head_lr, batch_size=self.head_batch_size,
-                weight_decay=self.head_weight_decay, device=self.device_, seed=seed,
-            ).fit(features, y[labeled], rows=rows, augment=augment)
+            self.head_ = LinearProbe(seed=seed, **probe).fit(
+                features, y[labeled], rows=rows, augment=augment)
+        elif semi_supervised:
+            Z = self.embedder_.transform(self._embedder_input(X2d, spec))
+            y_head = y
+            if not labeled.all():
+                y_head = np.where(labeled, y, -1)
+            self.head_ = clone(self.head).fit(Z, y_head)
         else:
             self.head_ = clone(self.head).fit(self.embedder_.transform(X_lab), y[labeled])
         return self

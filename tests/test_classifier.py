@@ -96,6 +96,23 @@ def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
 
 
+def _reads_minus_one_as_unlabeled(estimator):
+    # scikit-learn exempts its own semi-supervised classifiers from this check
+    # by name: it trains on the labels {-1, 1}, where -1 marks unlabeled rows
+    return {"check_classifiers_classes": "-1 marks unlabeled rows, as in "
+                                         "sklearn.semi_supervised"}
+
+
+@parametrize_with_checks(
+    [CueCoClassifier(CueCoEmbedder(**CHECK_EMBEDDER_PARAMS), head_epochs=HEAD_EPOCHS,
+                     random_state=0)],
+    expected_failed_checks=_reads_minus_one_as_unlabeled,
+)
+def test_sklearn_compatible_with_unlabeled_rows(estimator, check):
+    # the default unlabeled=-1 and the default semi-supervised head
+    check(estimator)
+
+
 # -- outputs ---------------------------------------------------------------------------
 
 
@@ -228,7 +245,7 @@ def test_unlabeled_rows_pretrain_the_embedder_only(digits, fit_calls):
     X, y = digits
     y_semi = _half_unlabeled(y)
     labeled = y_semi != -1
-    clf = _classifier().fit(X, y_semi)
+    clf = _classifier(head="linear").fit(X, y_semi)
 
     assert fit_calls == [N_SAMPLES]
     assert clf.embedder_.n_features_in_ == 64
@@ -480,6 +497,9 @@ def test_embedder_without_cueco_internals_gives_a_clear_error(digits):
         (dict(head="foo"), "'head' parameter"),
         (dict(head_lr=0.0), "head_lr"),
         (dict(head_batch_size=0), "head_batch_size"),
+        (dict(head_n_neighbors=0), "head_n_neighbors"),
+        (dict(head_alpha=1.0), "head_alpha"),
+        (dict(head_alpha=0.0), "head_alpha"),
         (dict(unlabeled="none"), "unlabeled"),
         (dict(embedder="cueco"), "'embedder' parameter"),
     ],

@@ -38,7 +38,7 @@ class LinearHead(nn.Module):
 
 
 def train_linear_head(head, features, targets, *, epochs, lr, batch_size, weight_decay,
-                      generator, device, augment=None, X_rows=None):
+                      generator, device, augment=None, X_rows=None, sample_weight=None):
     """Train ``head`` by SGD (momentum 0.9) with a per-step cosine schedule.
 
     Parameters
@@ -59,6 +59,9 @@ def train_linear_head(head, features, targets, *, epochs, lr, batch_size, weight
         ``X_rows`` instead of read from ``features``.
     X_rows : ndarray of shape (N, n_features), default=None
         Raw rows for ``augment``.
+    sample_weight : torch.Tensor of shape (N,), default=None
+        Weight of each sample's cross-entropy; each batch's loss is then the
+        weighted mean (a batch of zero weights contributes no gradient).
 
     Returns
     -------
@@ -71,16 +74,24 @@ def train_linear_head(head, features, targets, *, epochs, lr, batch_size, weight
                                 weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     features, targets = features.to(device), targets.to(device)
+    if sample_weight is not None:
+        sample_weight = sample_weight.to(device)
     head.train()
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
+            idx_dev = idx.to(device)
             if augment is None:
-                h = features[idx.to(device)]
+                h = features[idx_dev]
             else:
                 h = augment(torch.from_numpy(X_rows[idx.numpy()]))
-            loss = F.cross_entropy(head(h), targets[idx.to(device)])
+            if sample_weight is None:
+                loss = F.cross_entropy(head(h), targets[idx_dev])
+            else:
+                w = sample_weight[idx_dev]
+                losses = F.cross_entropy(head(h), targets[idx_dev], reduction="none")
+                loss = (w * losses).sum() / w.sum().clamp_min(1e-12)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

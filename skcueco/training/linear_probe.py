@@ -38,12 +38,14 @@ class LinearProbe:
         self.device = device
         self.seed = seed
 
-    def fit(self, Z, y, *, rows=None, augment=None):
+    def fit(self, Z, y, *, rows=None, augment=None, sample_weight=None):
         """Train on features ``Z`` ``(n, F)`` and labels ``y``.
 
         ``augment(rows_batch)``, when given, returns features of fresh random
         views of ``rows[idx]`` on the device, used instead of ``Z`` in training
-        (the frozen standardisation still comes from ``Z``).
+        (the frozen standardisation still comes from ``Z``). ``sample_weight``
+        ``(n,)``, when given, weighs each row's cross-entropy (each batch's
+        loss is the weighted mean).
         """
         self.classes_, codes = np.unique(y, return_inverse=True)
         features = torch.from_numpy(np.asarray(Z, dtype=np.float32))
@@ -55,7 +57,8 @@ class LinearProbe:
             head, features, torch.from_numpy(codes), X_rows=rows, augment=augment,
             epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
             weight_decay=self.weight_decay, generator=torch.Generator().manual_seed(self.seed),
-            device=self.device,
+            device=self.device, sample_weight=None if sample_weight is None else
+            torch.as_tensor(np.asarray(sample_weight, dtype=np.float32)),
         )
         self.module_ = head.eval()
         return self
