@@ -53,6 +53,7 @@ def load_cifar10(root, train=True, download=False):
     Returns
     -------
     X : ndarray of shape (n_samples, 32, 32, 3), dtype uint8
+        The images, channels last.
     y : ndarray of shape (n_samples,), dtype int64
         Class indices; the names are ``torchvision.datasets.CIFAR10.classes``.
 
@@ -84,7 +85,9 @@ def load_cifar100(root, train=True, download=False):
     Returns
     -------
     X : ndarray of shape (n_samples, 32, 32, 3), dtype uint8
+        The images, channels last.
     y : ndarray of shape (n_samples,), dtype int64
+        Class indices; the names are ``torchvision.datasets.CIFAR100.classes``.
     """
     from torchvision.datasets import CIFAR100
 
