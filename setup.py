@@ -35,7 +35,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "matplotlib"],
-        "docs": ["sphinx", "numpydoc", "sphinx-gallery", "matplotlib"],
+        "docs": ["sphinx>=7", "numpydoc>=1.6", "sphinx-gallery>=0.16", "pydata-sphinx-theme",
+                 "matplotlib"],
         "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["skcueco=skcueco.cli.main:main"]},

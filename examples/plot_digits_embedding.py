@@ -16,27 +16,18 @@ embeddings are:
 - a 2-D t-SNE map of the held-out embeddings, coloured by the true digit
   and by the predicted cluster.
 
-It runs in under a minute on two CPU cores. Figures are written as PNG
-files to the directory named by the ``SKCUECO_EXAMPLES_OUT`` environment
-variable, or to the current directory.
+It runs in about a minute on two CPU cores.
 """
 
 # %%
 # Setup
 # -----
-#
-# The example writes its figures to files, so it uses matplotlib's
-# non-interactive Agg backend and works without a display.
 
-import os
+import math
 import time
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import ListedColormap
 from matplotlib.ticker import MaxNLocator
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
@@ -47,9 +38,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skcueco import CueCoEmbedder
-
-out_dir = Path(os.environ.get("SKCUECO_EXAMPLES_OUT", "."))
-out_dir.mkdir(parents=True, exist_ok=True)
 
 # %%
 # Load the digits
@@ -96,28 +84,58 @@ print(f"Trained {embedder.n_iter_} epochs in {time.perf_counter() - start:.1f} s
 # -------------------
 #
 # ``history_`` is a :class:`pandas.DataFrame` with one row per epoch. The
-# total ``loss`` is ``contrastive + cluster_weight * clustering``. During the
-# warm-up the clustering term is off (0); when it ends, the centroids are
-# initialised by spherical k-means on the key features of the training set
-# and the clustering term is switched on, so the total loss steps up at
-# that point. The learning rate warms up linearly over the first epochs (10 %
-# of ``max_epochs``, here 2) and then decays along a cosine to 0.
+# total ``loss`` is ``contrastive + cluster_weight * clustering``. The
+# learning rate warms up linearly over the first epochs (10 % of
+# ``max_epochs``, here 2) and then decays along a cosine to 0.
 
 history = embedder.history_
 print(history[["epoch", "loss", "contrastive", "clustering", "cluster_weight"]]
       .round(4).to_string(index=False))
 
-fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-for column in ("loss", "contrastive", "clustering"):
-    ax.plot(history["epoch"], history[column], marker="o", label=column)
-ax.axvline(embedder.cluster_warmup + 0.5, color="grey", linestyle="--",
-           label="end of warm-up")
-ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-ax.set_xlabel("epoch")
-ax.set_ylabel("mean loss over the epoch")
-ax.set_title("CueCo training on digits")
-ax.legend()
-fig.savefig(out_dir / "digits_loss_curve.png", dpi=100)
+# %%
+# The two terms live on different scales, so each gets its own axis. The
+# contrastive term is compared with its chance level: a query that is as
+# similar to its positive key as to every key of the queue scores
+# :math:`\log(1 + K_q)`, with :math:`K_q` the queue size, ``queue_size_``
+# (by default a quarter of the training images, here 336).
+#
+# The contrastive loss *rises* after the first epoch. That is not a training
+# failure: the queue starts out filled with random unit vectors, which are
+# easy negatives (nearly orthogonal to every query), so the very first step
+# scores far below chance. One step pushes 2 x 256 keys of real digits into
+# the queue, which then resemble the queries far more: the task gets harder,
+# and the loss of every later step of the first epoch is close to chance.
+# The first epoch's mean is pulled down by that one easy step; from the
+# second epoch on, the loss falls as the network learns.
+#
+# When the warm-up ends (dashed line) the centroids are initialised by
+# spherical k-means on the key features of the training set and the
+# clustering term is switched on, its weight rising over a few epochs
+# (``cluster_ramp``). It starts high, because the features were not trained
+# to form clusters, and drops within a few epochs.
+
+queue_size = embedder.queue_size_  # the queue size used ("auto" by default)
+warmup_end = embedder.cluster_warmup_ + 0.5
+fig, (ax_con, ax_clu) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+ax_con.plot(history["epoch"], history["loss"], marker="o", label="total loss")
+ax_con.plot(history["epoch"], history["contrastive"], marker="s", label="contrastive")
+ax_con.axhline(math.log(1 + queue_size), color="black", linestyle=":",
+               label=f"chance, log(1 + {queue_size})")
+ax_con.set_ylabel("mean over the epoch")
+ax_con.set_title("Contrastive term (InfoNCE against the queue)")
+clustering = history[history["cluster_weight"] > 0]
+ax_clu.plot(clustering["epoch"], clustering["clustering"], marker="o", color="tab:green",
+            label="clustering")
+ax_clu.set_ylim(0, None)  # a squared distance between unit vectors: 0 is a perfect fit
+ax_clu.set_xlim(ax_con.get_xlim())
+ax_clu.set_ylabel("mean squared distance to the centroid")
+ax_clu.set_title("Clustering term (on after the warm-up)")
+for ax in (ax_con, ax_clu):
+    ax.axvline(warmup_end, color="grey", linestyle="--", label="end of warm-up")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.legend()
+plt.show()
 
 # %%
 # Linear probe: CueCo embeddings against raw pixels
@@ -168,18 +186,23 @@ print(f"Adjusted Rand index: {ari:.4f}")
 
 xy = TSNE(n_components=2, init="pca", random_state=0).fit_transform(Z_test)
 
+# two different palettes, so that a colour never suggests that a cluster
+# index and a digit are the same thing
+digit_colours = plt.get_cmap("tab10")
+cluster_colours = ListedColormap(plt.get_cmap("tab20b").colors[::2], name="clusters")
+
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), layout="constrained")
-for ax, (title, colours) in zip(axes, [
-    ("true digit", y_test),
-    ("predicted cluster", clusters),
+for ax, (title, colours, cmap, n) in zip(axes, [
+    ("true digit", y_test, digit_colours, 10),
+    ("predicted cluster (arbitrary index)", clusters, cluster_colours, embedder.n_clusters),
 ]):
-    points = ax.scatter(xy[:, 0], xy[:, 1], c=colours, cmap="tab10",
-                        vmin=-0.5, vmax=9.5, s=8)
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=colours, cmap=cmap,
+                        vmin=-0.5, vmax=n - 0.5, s=8)
     ax.set_title(f"t-SNE of held-out CueCo embeddings,\ncoloured by {title}")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.colorbar(points, ax=ax, ticks=range(10), label=title)
-fig.savefig(out_dir / "digits_embedding_tsne.png", dpi=100)
+    fig.colorbar(points, ax=ax, ticks=range(n), label=title)
+plt.show()
 
 # %%
 # Going further

@@ -6,7 +6,7 @@ onto other callback APIs. Every hook receives the running
 :class:`~skcueco.training.engine.Trainer`.
 """
 
-import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,28 +38,146 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over epochs showing the epoch's mean loss.
+    """A tqdm progress bar: over epochs, or over the steps of each epoch.
+
+    By default one bar counts the epochs and shows the last epoch's mean
+    loss. With ``per_batch=True`` (for long epochs) the bar counts the steps
+    of the current epoch and shows the throughput, the time left in the epoch
+    and the running loss; it starts again at every epoch, labelled
+    ``desc epoch/max_epochs``.
+
+    Reading a loss from a GPU waits for the GPU to finish its queued work, so
+    in per-batch mode the loss is read only when the bar redraws, at most
+    once every ``mininterval`` seconds: between redraws the step losses are
+    summed on their device and the bar shows their mean since the last
+    redraw.
 
     Parameters
     ----------
     desc : str, default="CueCo"
         Label shown left of the bar.
+    per_batch : bool, default=False
+        Count the steps of each epoch instead of the epochs.
+    mininterval : float, default=1.0
+        Seconds between two redraws of the per-batch bar (and between two
+        reads of the loss).
+    batch_size : int, default=None
+        Images per step, to show images per second. Default: the trainer's
+        ``batch_size`` attribute if it has one; without either the bar shows
+        steps per second.
+
+    See Also
+    --------
+    skcueco.CueCoEmbedder : ``verbose=1`` adds a bar over epochs.
+
+    Notes
+    -----
+    The number of steps per epoch is read from the trainer's
+    ``steps_per_epoch`` attribute when it has one; without it the per-batch
+    bar shows the steps done and the rate, but no time left.
     """
 
-    def __init__(self, desc="CueCo"):
+    def __init__(self, desc="CueCo", per_batch=False, mininterval=1.0, batch_size=None):
         self.desc = desc
+        self.per_batch = per_batch
+        self.mininterval = mininterval
+        self.batch_size = batch_size
 
     def on_train_begin(self, trainer):
-        self._bar = tqdm(
-            total=trainer.max_epochs, initial=trainer.epoch, desc=self.desc,
-            unit="epoch", disable=not trainer.is_main_process,
-        )
+        """Open the bar (on the main process only).
 
-    def on_epoch_end(self, trainer, epoch, logs):
-        self._bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        """
+        disable = not trainer.is_main_process
+        if not self.per_batch:
+            self._bar = tqdm(
+                total=trainer.max_epochs, initial=trainer.epoch, desc=self.desc,
+                unit="epoch", disable=disable,
+            )
+            return
+        batch_size = self.batch_size or getattr(trainer, "batch_size", None)
+        self._bar = tqdm(
+            total=getattr(trainer, "steps_per_epoch", None),
+            desc=f"{self.desc} {trainer.epoch + 1}/{trainer.max_epochs}",
+            unit="img" if batch_size else "step", unit_scale=batch_size or False,
+            mininterval=self.mininterval, disable=disable, dynamic_ncols=True,
+        )
+        self._loss_sum, self._n_summed = None, 0
+        self._last_read = time.monotonic()
+
+    def on_epoch_begin(self, trainer, epoch):
+        """Restart the per-batch bar for a new epoch.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        epoch : int
+            Index of the epoch (0-based).
+        """
+        if not self.per_batch:
+            return
+        self._bar.set_description(f"{self.desc} {epoch + 1}/{trainer.max_epochs}",
+                                  refresh=False)
+        self._bar.reset(total=getattr(trainer, "steps_per_epoch", None))
+        self._loss_sum, self._n_summed = None, 0
+        self._last_read = time.monotonic()
+
+    def on_batch_end(self, trainer, step, logs):
+        """Advance the per-batch bar; read the loss only when it redraws.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        step : int
+            Number of optimiser steps done so far.
+        logs : dict of str to torch.Tensor
+            The step's 0-d loss tensors, on the training device.
+        """
+        if not self.per_batch or self._bar.disable:
+            return
+        loss = logs["loss"].detach().float()
+        # summed on its device: no host sync
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        self._n_summed += 1
+        now = time.monotonic()
+        if now - self._last_read >= self.mininterval:
+            mean = self._loss_sum.item() / self._n_summed  # the only host sync
+            self._bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
+            self._loss_sum, self._n_summed = None, 0
+            self._last_read = now
         self._bar.update(1)
 
+    def on_epoch_end(self, trainer, epoch, logs):
+        """Show the epoch's mean loss.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        epoch : int
+            Index of the epoch (0-based).
+        logs : dict of str to float
+            The epoch's history record.
+        """
+        self._bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+        if self.per_batch:
+            self._bar.refresh()
+        else:
+            self._bar.update(1)
+
     def on_train_end(self, trainer):
+        """Close the bar.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        """
         self._bar.close()
 
 
@@ -125,8 +243,25 @@ class Checkpoint(Callback):
 
     Files are named ``epoch-0005.pt`` in ``dirname``; pass one to
     ``CueCoEmbedder.fit(X, resume_from=...)`` to continue training exactly
-    where it stopped. They hold only tensors and plain values and are read
-    with ``torch.load(weights_only=True)``.
+    where it stopped (:meth:`latest` finds the newest). They hold only
+    tensors and plain values and are read with
+    ``torch.load(weights_only=True)``.
+
+    A folder belongs to one training run. Every file records its run's id,
+    with the library version, the parameters that define the model and a
+    description of the input, which ``resume_from`` checks. When training
+    starts, the ``epoch-*.pt`` files already in the folder must belong to
+    this same run (one resumed with ``resume_from``, or continued by
+    ``warm_start`` or ``partial_fit``): they are then rotated like the new
+    ones. If any belongs to another run, or is not a checkpoint, training is
+    refused with a ValueError before it starts, and nothing in the folder
+    is overwritten or deleted. Other files in the folder are never touched.
+
+    Writes are atomic (a temporary file, flushed to disk, then renamed): a
+    checkpoint is complete or absent, never damaged. ``KeyboardInterrupt``
+    during a write keeps the finished epoch in the model and removes the
+    temporary file. A write that fails (a full disk) raises an ``OSError``
+    naming the file and the checkpoints that remain.
 
     Parameters
     ----------
@@ -135,12 +270,12 @@ class Checkpoint(Callback):
     every : int, default=1
         Save after every ``every``-th epoch (and after the last one).
     keep_last : int, default=2
-        Number of checkpoint files to keep; older ones are deleted.
+        Number of this run's checkpoint files to keep; older ones are deleted.
 
     Attributes
     ----------
     saved_ : list of pathlib.Path
-        Checkpoints written and still on disk, oldest first.
+        This run's checkpoints on disk, oldest first.
     """
 
     def __init__(self, dirname, every=1, keep_last=2):
@@ -150,10 +285,64 @@ class Checkpoint(Callback):
         self.every = every
         self.keep_last = keep_last
 
+    @staticmethod
+    def latest(dirname):
+        """The newest checkpoint of the run that owns ``dirname``.
+
+        Parameters
+        ----------
+        dirname : str or path-like
+            A folder written by a Checkpoint.
+
+        Returns
+        -------
+        path : pathlib.Path or None
+            The file of the highest epoch; None if the folder does not exist
+            or holds no ``epoch-*.pt`` file.
+
+        Raises
+        ------
+        ValueError
+            If the folder holds checkpoints of several runs, or
+            ``epoch-*.pt`` files that are not checkpoints: which one to
+            resume would be a guess.
+        """
+        found, strangers = _checkpoints_in(Path(dirname))
+        runs = sorted({run_id for _, _, run_id in found})
+        if strangers or len(runs) > 1:
+            raise ValueError(
+                f"{dirname!s} holds " + (
+                    f"files that are not skcueco checkpoints ({_names(strangers)})"
+                    if strangers else
+                    f"checkpoints of {len(runs)} different training runs "
+                    f"({_names(path for _, path, _ in found)})"
+                ) + "; a checkpoint folder belongs to one run, so the one to resume "
+                "is ambiguous. Move the other files away, or pass the file to "
+                "resume explicitly."
+            )
+        return max(found)[1] if found else None
+
     def on_train_begin(self, trainer):
         self._dir = Path(self.dirname)
         self._dir.mkdir(parents=True, exist_ok=True)
-        self.saved_ = sorted(self._dir.glob("epoch-*.pt"))
+        self._failed = False
+        found, strangers = _checkpoints_in(self._dir)
+        others = [path for _, path, run_id in found if run_id != trainer.run_id]
+        if others or strangers:
+            what = []
+            if others:
+                what.append(f"checkpoints of another training run ({_names(others)})")
+            if strangers:
+                what.append(f"epoch-*.pt files that are not skcueco checkpoints "
+                            f"({_names(strangers)})")
+            raise ValueError(
+                f"The checkpoint folder {self._dir} holds " + " and ".join(what)
+                + "; a checkpoint folder belongs to one run, and Checkpoint never "
+                "overwrites or deletes files it did not write. Use an empty folder, "
+                "move those files away, or continue that run with "
+                "fit(X, resume_from=...)."
+            )
+        self.saved_ = [path for _, path, _ in sorted(found)]
 
     def on_epoch_end(self, trainer, epoch, logs):
         last = trainer.epoch >= trainer.max_epochs or trainer.stop_training
@@ -162,9 +351,11 @@ class Checkpoint(Callback):
 
     def on_train_end(self, trainer):
         # a stop requested after this callback ran (e.g. by EarlyStopping later
-        # in the list) still gets its final checkpoint
+        # in the list) still gets its final checkpoint; not after an interrupt,
+        # an error or a failed write
         done = trainer.epoch
-        if done and not trainer.interrupted and self._path(done - 1) not in self.saved_:
+        if (done and not trainer.interrupted and not getattr(trainer, "failed", False)
+                and not self._failed and self._path(done - 1) not in self.saved_):
             self._save(trainer, done - 1)
 
     def _path(self, epoch):
@@ -173,14 +364,48 @@ class Checkpoint(Callback):
     def _save(self, trainer, epoch):
         if not trainer.is_main_process:
             return
+        from ._persistence import atomic_save
+
         path = self._path(epoch)
-        tmp = path.with_suffix(".tmp")
-        torch.save(trainer.state_dict(), tmp)
-        os.replace(tmp, path)  # never leave a half-written checkpoint
-        if path not in self.saved_:
-            self.saved_.append(path)
+        kept = [p.name for p in self.saved_ if p != path]
+        try:
+            atomic_save(trainer.state_dict(), path, kept=(
+                f"Training stopped after epoch {trainer.epoch}, which is not saved; "
+                + (f"this run's checkpoints in {self._dir} are intact (newest: "
+                   f"{kept[-1]}): resume from it with fit(X, resume_from=...) once "
+                   "there is room" if kept else
+                   f"no checkpoint of this run is in {self._dir}")
+            ))
+        except OSError:
+            self._failed = True
+            raise
+        if path in self.saved_:
+            self.saved_.remove(path)
+        self.saved_.append(path)
         while len(self.saved_) > self.keep_last:
             self.saved_.pop(0).unlink(missing_ok=True)
+
+
+def _checkpoints_in(folder):
+    """``([(epoch, path, run_id), ...], [paths that are not checkpoints])`` in ``folder``."""
+    from ._persistence import checkpoint_owner
+
+    found, strangers = [], []
+    if not folder.is_dir():
+        return found, strangers
+    for path in sorted(folder.glob("epoch-*.pt")):
+        epoch, run_id = checkpoint_owner(path)
+        if run_id is None:
+            strangers.append(path)
+        else:
+            found.append((epoch, path, run_id))
+    return found, strangers
+
+
+def _names(paths, limit=3):
+    names = [p.name for p in paths]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 class KNNMonitor(Callback):

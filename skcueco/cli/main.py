@@ -2,31 +2,136 @@
 
 Run ``python -m skcueco`` (or the ``skcueco`` console script). Without
 ``--data`` it uses scikit-learn's digits, which ship with scikit-learn.
+
+The parser needs nothing but the standard library, so ``--help`` and
+argument errors answer at once; PyTorch and scikit-learn are imported only
+when a job runs.
 """
 
 import argparse
+import os
 import sys
 import time
 
-import joblib
-import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
-from .. import CueCoEmbedder
-from ..backbones import BACKBONE_NAMES
+# keep in sync with skcueco.backbones.BACKBONE_NAMES (a test checks it); not
+# imported from there because that module imports torch
+BACKBONE_CHOICES = ("auto", "small_cnn", "mlp", "resnet18", "resnet50")
 
 # settings that make the digits demo finish in well under two minutes on two
 # CPU cores; everything else is the estimator's default
-DEMO_PARAMS = dict(hidden_dim=512, batch_size=256, cluster_warmup=10)
+DEMO_PARAMS = dict(hidden_dim=512)
+
+# the estimator's default: 15 % of the epochs (a test checks that they match)
+DEFAULT_CLUSTER_WARMUP = "auto"
 
 
-def build_parser():
+class CLIError(Exception):
+    """A problem with the command line or its files, reported in one line."""
+
+
+def prog_name(module):
+    """How the program is called in usage lines and error messages.
+
+    Parameters
+    ----------
+    module : str
+        The module run by ``python -m``, e.g. ``"skcueco"``.
+
+    Returns
+    -------
+    prog : str
+        The console script's name (``skcueco``) when run as that script,
+        ``python -m <module>`` otherwise.
+    """
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not name or name.endswith(".py") or name.startswith("-") or name.startswith("python"):
+        return f"python -m {module}"
+    return name
+
+
+def warmup_value(text):
+    """Parse ``--cluster-warmup``: ``"auto"`` or a number of epochs.
+
+    Parameters
+    ----------
+    text : str
+        The option's value.
+
+    Returns
+    -------
+    warmup : int or "auto"
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If ``text`` is neither ``"auto"`` nor an integer of 0 or more.
+    """
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}")
+    return value
+
+
+def warmup_warning(epochs, warmup, epochs_option="--epochs"):
+    """A one-line warning when the clustering term would never switch on.
+
+    Parameters
+    ----------
+    epochs : int
+        Training epochs.
+    warmup : int or "auto"
+        Epochs trained before the clustering term starts. ``"auto"`` (a
+        fraction of the epochs) always leaves epochs with the term on.
+    epochs_option : str, default="--epochs"
+        How the epochs are named in the message.
+
+    Returns
+    -------
+    warning : str or None
+    """
+    if warmup == "auto" or epochs > warmup:
+        return None
+    return (f"warning: {epochs_option} {epochs} <= --cluster-warmup {warmup}: the clustering "
+            "term never switches on (this trains plain MoCo v2); lower --cluster-warmup "
+            "or raise --epochs")
+
+
+def plural(n, word):
+    """``"1 epoch"``, ``"2 epochs"``.
+
+    Parameters
+    ----------
+    n : int
+        The count.
+    word : str
+        The singular noun.
+
+    Returns
+    -------
+    text : str
+    """
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def build_parser(prog=None):
+    """The argument parser of the main job.
+
+    Parameters
+    ----------
+    prog : str, default=None
+        Program name for the usage line; default: :func:`prog_name`.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m skcueco",
+        prog=prog or prog_name("skcueco"),
         description=(
             "Fit a CueCoEmbedder without labels, then compare the accuracy of a "
             "logistic-regression probe on a held-out split for CueCo embeddings, "
@@ -38,53 +143,198 @@ def build_parser():
     parser.add_argument("--labels", help="a .npy file of labels for the probe "
                         "(required with --data)")
     parser.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
-    parser.add_argument("--backbone", default="auto", choices=BACKBONE_NAMES,
+    parser.add_argument("--cluster-warmup", type=warmup_value, default=DEFAULT_CLUSTER_WARMUP,
+                        metavar="N", help="epochs trained before the clustering term "
+                        "switches on; must be below --epochs for it to be used at all "
+                        "(default: auto, 15%% of --epochs)")
+    parser.add_argument("--backbone", default="auto", choices=BACKBONE_CHOICES,
                         help="backbone network (default: auto)")
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
     parser.add_argument("--n-clusters", type=int, default=10,
                         help="number of centroids (default: 10)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:1 or mps (default: auto)")
     parser.add_argument("--test-size", type=float, default=0.25,
                         help="held-out fraction for the probe (default: 0.25)")
     parser.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
-    parser.add_argument("--save", help="write the fitted embedder here (joblib)")
+    parser.add_argument("--save", metavar="PATH",
+                        help="write the fitted embedder here (see --save-format)")
+    parser.add_argument("--save-format", choices=("safe", "pickle"), default="safe",
+                        help="safe (default): tensors and JSON, read back with "
+                        "CueCoEmbedder.load(PATH) and never runs code; pickle: joblib, "
+                        "read back with joblib.load(PATH), keeps the training state")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
+def check_args(args):
+    """Problems that can be found before anything is imported or trained.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    warnings : list of str
+        One-line warnings to print.
+
+    Raises
+    ------
+    CLIError
+        If an argument is invalid or a named file does not exist.
+    """
+    if args.data is not None and args.labels is None:
+        raise CLIError("--labels is required with --data (the probe needs labels)")
+    for option, path in (("--data", args.data), ("--labels", args.labels)):
+        if path is not None and not os.path.isfile(path):
+            raise CLIError(f"{option}: no such file: {path}")
+    if args.epochs < 1:
+        raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
+    if not 0.0 < args.test_size < 1.0:
+        raise CLIError(f"--test-size must be between 0 and 1, got {args.test_size}")
+    if args.save is not None:
+        folder = os.path.dirname(os.path.abspath(args.save))
+        if not os.path.isdir(folder):
+            raise CLIError(f"--save: no such folder: {folder}")
+    note = warmup_warning(args.epochs, args.cluster_warmup)
+    return [] if note is None else [note]
+
+
+def check_device(name):
+    """The torch device named on the command line, if this machine has it.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    device : torch.device
+
+    Raises
+    ------
+    CLIError
+        If the name is invalid or the device is not available.
+    """
+    from ..training.device import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise CLIError(f"--device: {exc}") from None
+
+
 def load_data(args):
+    """The data, the labels and a name for them.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    X, y : ndarray
+    name : str
+
+    Raises
+    ------
+    CLIError
+        If a file cannot be read or the counts differ.
+    """
+    import numpy as np
+
     if args.data is None:
+        from sklearn.datasets import load_digits
+
         digits = load_digits()
         return digits.images, digits.target, "digits (scikit-learn)"
-    if args.labels is None:
-        raise SystemExit("error: --labels is required with --data (the probe needs labels)")
-    X = np.load(args.data, allow_pickle=False)
-    y = np.load(args.labels, allow_pickle=False)
+    arrays = []
+    for option, path in (("--data", args.data), ("--labels", args.labels)):
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"{option}: cannot read {path} as a .npy array ({exc})") from None
+    X, y = arrays
     if len(X) != len(y):
-        raise SystemExit(f"error: {len(X)} samples in --data but {len(y)} labels")
+        raise CLIError(f"{len(X)} samples in --data but {len(y)} labels in --labels")
     return X, y, args.data
 
 
 def probe_accuracy(Z_train, y_train, Z_test, y_test):
-    """Held-out accuracy of a logistic regression on the given features."""
+    """Held-out accuracy of a standardised logistic regression on the features.
+
+    Parameters
+    ----------
+    Z_train, Z_test : array-like of shape (n_samples, n_features)
+        Features of the training and held-out samples.
+    y_train, y_test : array-like of shape (n_samples,)
+        Their labels.
+
+    Returns
+    -------
+    accuracy : float
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
     return probe.fit(Z_train, y_train).score(Z_test, y_test)
 
 
-def run(args):
+def run(args, notes=(), prog="skcueco"):
+    """Fit, probe and print the comparison table.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed and checked by :func:`check_args`.
+    notes : sequence of str, default=()
+        Warnings from :func:`check_args`, printed to stderr once the data and
+        the device have been checked, before training.
+    prog : str, default="skcueco"
+        Program name that starts each warning.
+
+    Returns
+    -------
+    rows : list of (str, float)
+        ``(features, probe accuracy)`` for each row of the table.
+
+    Raises
+    ------
+    CLIError
+        If the data, a parameter or the device is unusable.
+    """
+    device = check_device(args.device)
     X, y, name = load_data(args)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=args.test_size, random_state=args.random_state, stratify=y
-    )
+
+    import joblib
+    from sklearn.model_selection import train_test_split
+
+    from .. import CueCoEmbedder
+
+    try:
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=args.test_size, random_state=args.random_state, stratify=y
+        )
+    except ValueError as exc:
+        raise CLIError(f"cannot split the data for the probe: {exc}") from None
     params = dict(
         DEMO_PARAMS, backbone=args.backbone, max_epochs=args.epochs,
-        batch_size=args.batch_size, n_clusters=args.n_clusters, device=args.device,
+        cluster_warmup=args.cluster_warmup, batch_size=args.batch_size,
+        n_clusters=args.n_clusters, device=str(device),
         random_state=args.random_state, verbose=0 if args.quiet else 1,
     )
+    for note in notes:
+        print(f"{prog}: {note}", file=sys.stderr)
     print(f"Data: {name}, {len(X_train)} training and {len(X_test)} held-out samples")
 
     start = time.perf_counter()
-    embedder = CueCoEmbedder(**params).fit(X_train)
+    try:
+        embedder = CueCoEmbedder(**params).fit(X_train)
+    except ValueError as exc:  # bad parameters or data, named by the estimator
+        raise CLIError(str(exc).splitlines()[0]) from None
     fit_seconds = time.perf_counter() - start
     untrained = CueCoEmbedder(**params)._fit_untrained(X_train)
 
@@ -103,19 +353,40 @@ def run(args):
     for label, acc in rows:
         print(f"{label:<20} {acc:>15.4f}")
     print()
-    print(f"fit time: {fit_seconds:.1f} s for {embedder.n_iter_} epochs on "
+    print(f"fit time: {fit_seconds:.1f} s for {plural(embedder.n_iter_, 'epoch')} on "
           f"{embedder.device_} ({type(embedder.encoder_).__name__} backbone, "
           f"{len(embedder.get_feature_names_out())} features)")
     if args.save:
-        joblib.dump(embedder, args.save)
-        print(f"saved the fitted embedder to {args.save}")
+        if args.save_format == "pickle":
+            joblib.dump(embedder, args.save)
+            how = "joblib.load"
+        else:
+            embedder.save(args.save)
+            how = "skcueco.CueCoEmbedder.load"
+        print(f"saved the fitted embedder to {args.save} (read it back with {how})")
     return rows
 
 
 def main(argv=None):
-    """Entry point of ``python -m skcueco`` and the ``skcueco`` command."""
-    args = build_parser().parse_args(argv)
-    run(args)
+    """Entry point of ``python -m skcueco`` and the ``skcueco`` command.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        The arguments; default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    status : int
+        0 on success. Errors exit with status 2 and one line on stderr.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args, notes=check_args(args), prog=parser.prog)
+    except CLIError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return 0
 
 

@@ -18,27 +18,46 @@ Two machines with 8 GPUs each (run on both, with the first one's address)::
         --recipe imagenet100 --out cueco.pt --checkpoint-dir ckpt/
 
 ``--batch-size`` is per process; the learning rate follows the global batch.
+The model is written with :meth:`skcueco.CueCoEmbedder.save` (tensors and
+JSON, read back with :meth:`skcueco.CueCoEmbedder.load`); ``--save-format
+pickle`` writes a joblib pickle instead.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from .. import CueCoEmbedder
-from ..training.distributed import (
-    DEFAULT_TIMEOUT_S,
-    init_distributed,
-    is_main_process,
-    shutdown_distributed,
+from .main import (
+    DEFAULT_CLUSTER_WARMUP,
+    CLIError,
+    plural,
+    prog_name,
+    warmup_value,
+    warmup_warning,
 )
-from ..callbacks import Checkpoint
+
+RECIPE_NAMES = ("cifar10", "cifar100", "imagenet100")
+# the library's defaults, repeated so that --help imports nothing heavy (a
+# test checks that they match)
+DEFAULT_TIMEOUT_S = 600  # skcueco.training.distributed.DEFAULT_TIMEOUT_S
+DEFAULT_MAX_EPOCHS = 100  # CueCoEmbedder(max_epochs=...)
 
 
-def build_parser():
+def build_parser(prog=None):
+    """The argument parser of the command-line trainer.
+
+    Parameters
+    ----------
+    prog : str, default=None
+        Program name for the usage line; default: ``python -m skcueco.train``.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m skcueco.train",
+        prog=prog or prog_name("skcueco.train"),
         description="Train a CueCoEmbedder without labels and save it (rank 0).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -48,10 +67,15 @@ def build_parser():
     source.add_argument("--cifar100", metavar="ROOT", help="CIFAR-100 in torchvision's layout")
     source.add_argument("--imagenet100", metavar="ROOT",
                         help="ImageNet in ImageFolder layout; the ImageNet-100 classes are used")
-    parser.add_argument("--recipe", help="cifar10, cifar100 or imagenet100 hyper-parameters")
+    parser.add_argument("--recipe", choices=RECIPE_NAMES,
+                        help="the hyper-parameters of one of the method's data sets")
     parser.add_argument("--epochs", type=int, help="override the recipe's max_epochs")
+    parser.add_argument("--cluster-warmup", type=warmup_value, metavar="N",
+                        help="epochs trained before the clustering term switches on, or "
+                        f"auto (default: the recipe's, else {DEFAULT_CLUSTER_WARMUP})")
     parser.add_argument("--batch-size", type=int, help="per process; overrides the recipe")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:1 or mps (default: auto)")
     parser.add_argument("--workers", type=int, default=0, help="loader worker processes")
     parser.add_argument("--random-state", type=int, default=0)
     parser.add_argument("--checkpoint-dir", help="save the training state here every epoch")
@@ -59,59 +83,185 @@ def build_parser():
                         help="continue from the newest checkpoint in --checkpoint-dir")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help="seconds a process waits for the others before failing")
-    parser.add_argument("--out", required=True, help="where to write the model (save format)")
+    parser.add_argument("--out", required=True, help="where to write the model")
+    parser.add_argument("--save-format", choices=("safe", "pickle"), default="safe",
+                        help="safe (default): CueCoEmbedder.save, read back with "
+                        "CueCoEmbedder.load and never runs code; pickle: joblib")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
 
-def load_data(args):
-    """The training images named on the command line."""
-    from ..data import datasets
+def training_params(args):
+    """The estimator parameters the command line asks for.
 
-    if args.cifar10:
-        return datasets.load_cifar10(args.cifar10, train=True)[0]
-    if args.cifar100:
-        return datasets.load_cifar100(args.cifar100, train=True)[0]
-    if args.imagenet100:
-        return datasets.load_imagenet100(args.imagenet100, split="train")[0]
-    path = Path(args.data)
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if path.is_dir():
-        return str(path)  # CueCoEmbedder reads folders of images lazily
-    raise SystemExit(f"error: --data must be a .npy file or a folder, got {args.data}")
+    Parameters
+    ----------
+    args : argparse.Namespace
 
-
-def main(argv=None):
-    """Entry point of ``python -m skcueco.train``."""
-    args = build_parser().parse_args(argv)
-    if args.resume and not args.checkpoint_dir:
-        raise SystemExit("error: --resume needs --checkpoint-dir")
-    init_distributed(timeout_s=args.timeout)
+    Returns
+    -------
+    params : dict
+        Keyword arguments for :class:`~skcueco.CueCoEmbedder` (without
+        callbacks).
+    """
     params = {}
     if args.recipe:
         from ..recipes import recipe
 
         params.update(recipe(args.recipe))
-    if args.epochs:
+    if args.epochs is not None:
         params["max_epochs"] = args.epochs
-    if args.batch_size:
+    if args.cluster_warmup is not None:
+        params["cluster_warmup"] = args.cluster_warmup
+    if args.batch_size is not None:
         params["batch_size"] = args.batch_size
-    params.update(device=args.device, num_workers=args.workers,
-                  random_state=args.random_state, verbose=0 if args.quiet else 1)
+    params.update(num_workers=args.workers, random_state=args.random_state,
+                  verbose=0 if args.quiet else 1)
+    return params
+
+
+def check_args(args):
+    """Problems that can be found before the data is read or training starts.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    warnings : list of str
+        One-line warnings to print.
+
+    Raises
+    ------
+    CLIError
+        If an argument is invalid or a named file or folder does not exist.
+    """
+    if args.resume and not args.checkpoint_dir:
+        raise CLIError("--resume needs --checkpoint-dir")
+    for option in ("cifar10", "cifar100", "imagenet100"):
+        root = getattr(args, option)
+        if root is not None and not os.path.isdir(root):
+            raise CLIError(f"--{option}: no such folder: {root}")
+    if args.data is not None:
+        path = Path(args.data)
+        if not path.exists():
+            raise CLIError(f"--data: no such file or folder: {args.data}")
+        if not (path.is_dir() or path.suffix == ".npy"):
+            raise CLIError(f"--data must be a .npy file or a folder, got {args.data}")
+    for option in ("epochs", "batch_size"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise CLIError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise CLIError(f"--out: no such folder: {folder}")
+    defaults = {"max_epochs": DEFAULT_MAX_EPOCHS, "cluster_warmup": DEFAULT_CLUSTER_WARMUP}
+    params = {**defaults, **training_params(args)}
+    note = warmup_warning(params["max_epochs"], params["cluster_warmup"],
+                          epochs_option="--epochs" if args.epochs is not None else "epochs")
+    return [] if note is None else [note]
+
+
+def load_data(args):
+    """The training images named on the command line.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+
+    Returns
+    -------
+    X : ndarray, str or ImageSource
+        What :meth:`skcueco.CueCoEmbedder.fit` receives.
+
+    Raises
+    ------
+    CLIError
+        If the data cannot be read.
+    """
+    import numpy as np
+
+    from ..data import datasets
+
+    try:
+        if args.cifar10:
+            return datasets.load_cifar10(args.cifar10, train=True)[0]
+        if args.cifar100:
+            return datasets.load_cifar100(args.cifar100, train=True)[0]
+        if args.imagenet100:
+            return datasets.load_imagenet100(args.imagenet100, split="train")[0]
+        path = Path(args.data)
+        if path.is_dir():
+            return str(path)  # CueCoEmbedder reads folders of images lazily
+        return np.load(path, allow_pickle=False)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CLIError(f"cannot read the training data: {str(exc).splitlines()[0]}") from None
+
+
+def main(argv=None):
+    """Entry point of ``python -m skcueco.train``.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        The arguments; default: ``sys.argv[1:]``.
+
+    Returns
+    -------
+    status : int
+        0 on success. Errors exit with status 2 and one line on stderr.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        notes = check_args(args)
+        return _train(args, parser.prog, notes)
+    except CLIError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _train(args, prog, notes):
+    import joblib
+
+    from .. import CueCoEmbedder
+    from ..callbacks import Checkpoint
+    from ..training.distributed import init_distributed, is_main_process, shutdown_distributed
+    from .main import check_device
+
+    params = training_params(args)
+    params["device"] = args.device
+    if args.device != "auto":
+        check_device(args.device)
+    init_distributed(timeout_s=args.timeout)
+    if is_main_process():
+        for note in notes:
+            print(f"{prog}: {note}", file=sys.stderr)
     resume_from = None
     if args.checkpoint_dir:
         params["callbacks"] = [Checkpoint(args.checkpoint_dir)]
-        saved = sorted(Path(args.checkpoint_dir).glob("epoch-*.pt"))
-        if args.resume and saved:
-            resume_from = saved[-1]
+        if args.resume:
+            # the newest checkpoint of the run that owns the folder; a folder
+            # mixing runs (or holding other epoch-*.pt files) is refused
+            try:
+                resume_from = Checkpoint.latest(args.checkpoint_dir)
+            except ValueError as exc:
+                raise CLIError(f"--resume: {exc}") from None
     X = load_data(args)
-    embedder = CueCoEmbedder(**params).fit(X, resume_from=resume_from)
-    embedder.save(args.out)
+    try:
+        embedder = CueCoEmbedder(**params).fit(X, resume_from=resume_from)
+    except ValueError as exc:  # bad parameters, data or checkpoint, named by the library
+        raise CLIError(str(exc).splitlines()[0]) from None
+    if args.save_format == "pickle":
+        if is_main_process():
+            joblib.dump(embedder, args.out)
+    else:
+        embedder.save(args.out)  # writes on rank 0 only
     if is_main_process():
         last = embedder.history_.iloc[-1]
-        print(f"trained {embedder.n_iter_} epochs on {embedder.device_}: final loss "
-              f"{last['loss']:.4f}; model written to {args.out}")
+        print(f"trained {plural(embedder.n_iter_, 'epoch')} on {embedder.device_}: final "
+              f"loss {last['loss']:.4f}; model written to {args.out} ({args.save_format})")
     shutdown_distributed()
     return 0
 
