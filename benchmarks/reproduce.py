@@ -27,7 +27,7 @@ ImageFolder layout under ``/data/imagenet/{train,val}``)::
     python benchmarks/reproduce.py --data data --download \\
         --imagenet-root /data/imagenet --out results
 
-A couple of minutes on a CPU, on generated files in the real formats (what
+About ten seconds on two CPU cores, on generated files in the real formats (what
 the test suite runs; the accuracies mean nothing)::
 
     python benchmarks/reproduce.py --smoke --out /tmp/smoke

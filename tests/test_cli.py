@@ -49,13 +49,11 @@ def test_trainer_help_names_the_module():
 
 
 def test_parsing_the_command_line_imports_neither_torch_nor_sklearn():
-    # load the CLI modules without running the package's __init__, so the
-    # check is about them alone
-    code = f"""
-import importlib.util, sys, types
-package = types.ModuleType("skcueco")
-package.__path__ = [{str(ROOT / "skcueco")!r}]
-sys.modules["skcueco"] = package
+    # as `python -m skcueco --help` and the console script do: the package's
+    # own __init__ runs first, so it must not import them either
+    code = """
+import sys
+import skcueco
 from skcueco.cli import main, train
 main.build_parser().parse_args(["--epochs", "3"])
 train.build_parser().parse_args(["--data", "x.npy", "--out", "m.pt"])
@@ -65,6 +63,25 @@ print(",".join(heavy))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, cwd=ROOT)
     assert result.stdout.strip() == ""
+
+
+def test_the_package_imports_its_estimators_on_first_use():
+    code = """
+import sys
+import skcueco
+before = "torch" in sys.modules
+from skcueco import CueCoClassifier, CueCoEmbedder, ImageSource
+from skcueco._embedder import CueCoEmbedder as direct
+print(before, "torch" in sys.modules, CueCoEmbedder is direct, sorted(skcueco.__all__) == sorted(
+    n for n in dir(skcueco) if n in skcueco.__all__))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=ROOT)
+    assert result.stdout.split() == ["False", "True", "True", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'CueCoNothing'"):
+        import skcueco
+
+        skcueco.CueCoNothing
 
 
 def test_cli_defaults_match_the_library():
