@@ -337,6 +337,7 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         Returns
         -------
         y_pred : ndarray of shape (n_samples,)
+            Predicted label of each sample, one of ``classes_``.
         """
         Z = self._embed(X)  # checks that the classifier is fitted
         return self.head_.predict(Z)

@@ -434,6 +434,7 @@ class CueCoEmbedder(
         Returns
         -------
         self : CueCoEmbedder
+            The embedder, trained one more epoch.
 
         Raises
         ------
@@ -688,6 +689,8 @@ class CueCoEmbedder(
         Returns
         -------
         labels : ndarray of shape (n_samples,)
+            Cluster index in ``[0, n_clusters)`` of each row of ``X``, as
+            :meth:`predict` gives it after the fit.
         """
         return self.fit(X).predict(X)
 
@@ -731,6 +734,7 @@ class CueCoEmbedder(
         Parameters
         ----------
         path : str or path-like
+            File written by :meth:`save`.
 
         Returns
         -------

@@ -22,19 +22,66 @@ class Callback:
     """
 
     def on_train_begin(self, trainer):
-        """Called once before the first epoch."""
+        """Called once before the first epoch.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        """
 
     def on_epoch_begin(self, trainer, epoch):
-        """Called before each epoch with its index (0-based)."""
+        """Called before each epoch.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        epoch : int
+            Index of the epoch (0-based).
+        """
 
     def on_batch_end(self, trainer, step, logs):
-        """Called after each optimiser step; ``logs`` holds device tensors."""
+        """Called after each optimiser step.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        step : int
+            Number of optimiser steps done so far, this one included.
+        logs : dict of str to torch.Tensor
+            The step's detached 0-d loss tensors (``"loss"`` and its terms),
+            on the training device: reading one (``.item()``) waits for the
+            device.
+        """
 
     def on_epoch_end(self, trainer, epoch, logs):
-        """Called after each epoch; ``logs`` holds the epoch's Python floats."""
+        """Called after each epoch.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        epoch : int
+            Index of the epoch (0-based).
+        logs : dict of str to float
+            The epoch's record, already in ``trainer.history``: ``"epoch"``
+            (1-based), the mean of each loss term over the epoch's steps,
+            ``"lr"``, ``"seconds"`` and the task's values. Entries a callback
+            adds (as :class:`KNNMonitor` does) enter the history too.
+        """
 
     def on_train_end(self, trainer):
-        """Called once after the last epoch, also when training stopped early."""
+        """Called once after the last epoch, also when training stopped early.
+
+        It is called too when training ends on an interrupt or an error.
+
+        Parameters
+        ----------
+        trainer : skcueco.training.engine.Trainer
+            The running trainer.
+        """
 
 
 class ProgressBar(Callback):
@@ -454,18 +501,31 @@ class KNNMonitor(Callback):
 def knn_accuracy(bank, bank_labels, queries, query_labels, k=200, temperature=0.1):
     """Accuracy of a cosine-similarity, temperature-weighted kNN vote.
 
+    Each query's ``k`` most cosine-similar rows of the bank vote for their
+    label with weight ``exp(cos / temperature)``; the label with the largest
+    total wins. Computed on the CPU in float32.
+
     Parameters
     ----------
     bank : array-like of shape (n_bank, d)
+        Embeddings of the labeled bank; rows are L2-normalised here.
     bank_labels : array-like of shape (n_bank,)
+        Label of each bank row.
     queries : array-like of shape (n_queries, d)
+        Embeddings of the samples to classify; rows are L2-normalised here.
     query_labels : array-like of shape (n_queries,)
+        True label of each query.
     k : int, default=200
+        Number of neighbours, capped at ``n_bank``.
     temperature : float, default=0.1
+        Temperature of the vote weights; smaller values favour the nearest
+        neighbours more.
 
     Returns
     -------
     accuracy : float
+        Fraction of queries whose predicted label equals their true label,
+        in ``[0, 1]``.
     """
     classes, bank_codes = np.unique(np.asarray(bank_labels), return_inverse=True)
     bank = F.normalize(torch.as_tensor(np.asarray(bank), dtype=torch.float32), dim=1)

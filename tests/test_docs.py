@@ -84,43 +84,6 @@ def _documented_in_a_base(cls, name):
     return any(getattr(vars(base).get(name), "__doc__", None) for base in cls.__mro__[1:])
 
 
-# Docstrings that fail the checks today, each to be fixed in its own module;
-# strict: a fixed one makes its test fail until it is removed from this list.
-PENDING = {
-    "skcueco.CueCoClassifier.predict": "RT03",
-    "skcueco.CueCoEmbedder.fit_predict": "RT03",
-    "skcueco.CueCoEmbedder.load": "PR07",
-    "skcueco.CueCoEmbedder.partial_fit": "RT03",
-    "skcueco.callbacks.Callback.on_batch_end": "PR01",
-    "skcueco.callbacks.Callback.on_epoch_begin": "PR01",
-    "skcueco.callbacks.Callback.on_epoch_end": "PR01",
-    "skcueco.callbacks.Callback.on_train_begin": "PR01",
-    "skcueco.callbacks.Callback.on_train_end": "PR01",
-    "skcueco.callbacks.knn_accuracy": "PR07, RT03",
-    "skcueco.nn.CueCoModel.assign": "PR01, RT01",
-    "skcueco.nn.CueCoModel.encode_key": "PR01, RT01",
-    "skcueco.nn.CueCoModel.encode_query": "PR01, RT01",
-    "skcueco.nn.CueCoModel.enqueue": "PR01",
-    "skcueco.nn.CueCoModel.forward": "PR01, RT01",
-    "skcueco.nn.CueCoModel.init_centroids": "PR01",
-    "skcueco.nn.CueCoModel.loss": "PR01, RT01",
-    "skcueco.nn.CueCoModel.momentum_update": "PR01",
-    "skcueco.nn.CueCoModel.predict_clusters": "PR01, RT01",
-    "skcueco.nn.CueCoModel.project": "PR01, RT01",
-    "skcueco.nn.CueCoModel.refine_centroids": "PR01",
-    "skcueco.nn.CueCoModel.reseed_dead_centroids": "PR01",
-    "skcueco.nn.CueCoModel.update_centroids": "PR01",
-}
-
-
-def _docstring_params():
-    for path in public_objects():
-        marks = []
-        if path in PENDING:
-            marks.append(pytest.mark.xfail(strict=True, reason=f"pending: {PENDING[path]}"))
-        yield pytest.param(path, marks=marks, id=path)
-
-
 def validation_checks():
     """The numpydoc checks selected in setup.cfg's [tool:numpydoc_validation]."""
     from numpydoc.validate import get_validation_checks
@@ -153,7 +116,7 @@ def test_public_objects_are_found():
     assert not any(re.search(r"\.set_\w+_request$", path) for path in paths)
 
 
-@pytest.mark.parametrize("path", list(_docstring_params()))
+@pytest.mark.parametrize("path", public_objects())
 def test_docstring(path):
     validate = pytest.importorskip("numpydoc.validate")
     checks = validation_checks()

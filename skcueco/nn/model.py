@@ -116,7 +116,18 @@ class CueCoModel(nn.Module):
 
     # -- encoders -------------------------------------------------------------
     def forward(self, x):
-        """Backbone features of the query network, ``(N, feature_dim)``."""
+        """Backbone features of the query network.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, ...)
+            A batch of inputs, as ``backbone`` takes them.
+
+        Returns
+        -------
+        h : torch.Tensor of shape (N, feature_dim)
+            Features of the query backbone, not normalised.
+        """
         return self.backbone_q(x)
 
     def query_parameters(self):
@@ -131,13 +142,37 @@ class CueCoModel(nn.Module):
         yield from self.projector_k.parameters()
 
     def encode_query(self, x):
-        """Unit-norm query projections ``z = f_q(x)``, ``(N, D)``, with gradient."""
+        """Unit-norm query projections ``z = f_q(x)``, with gradient.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, ...)
+            A batch of (augmented) inputs.
+
+        Returns
+        -------
+        z : torch.Tensor of shape (N, D)
+            L2-normalised outputs of backbone, projector and, if any,
+            predictor of the query network.
+        """
         z = self.predictor(self.projector_q(self.backbone_q(x)))
         return F.normalize(z, dim=1)  # (N, D)
 
     @torch.no_grad()
     def encode_key(self, x):
-        """Unit-norm key projections ``k = f_k(x)``, ``(N, D)``, never with gradient."""
+        """Unit-norm key projections ``k = f_k(x)``, never with gradient.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, ...)
+            A batch of (augmented) inputs.
+
+        Returns
+        -------
+        k : torch.Tensor of shape (N, D)
+            L2-normalised outputs of the key backbone and projector (no
+            predictor), computed under ``no_grad``.
+        """
         k = self.projector_k(self.backbone_k(x))
         return F.normalize(k, dim=1)  # (N, D)
 
@@ -177,7 +212,33 @@ class CueCoModel(nn.Module):
     def loss(self, z1, z2, k1, k2, cluster_weight=0.0):
         """``L_con + lambda * L_clu`` of queries and keys (docs/method.rst, eq. 1-3).
 
-        Returns ``(loss, parts, (k1, k2))`` as :meth:`training_step`.
+        The queries of each view are contrasted with the keys of the other
+        view, against the queue (or, with ``queue_size=0``, the other keys of
+        the batch).
+
+        Parameters
+        ----------
+        z1, z2 : torch.Tensor of shape (N, D)
+            Unit-norm query projections of the two views, with gradient
+            (:meth:`encode_query`).
+        k1, k2 : torch.Tensor of shape (N, D)
+            Unit-norm key projections of the same views (:meth:`encode_key`);
+            ``k2`` is the positive of ``z1`` and ``k1`` that of ``z2``.
+        cluster_weight : float, default=0.0
+            Weight ``lambda`` of the clustering term; 0 gives MoCo v2 and
+            leaves the centroids unread. Pass a positive weight only once
+            the centroids are initialised.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Scalar ``L_con + lambda * L_clu``, in float32.
+        parts : dict of torch.Tensor
+            Detached ``"contrastive"`` and ``"clustering"`` terms (the
+            latter 0 unless ``cluster_weight > 0``).
+        keys : tuple of torch.Tensor
+            ``(k1, k2)`` in float32, each ``(N, D)``, for the updates after
+            the step (:meth:`enqueue`, :meth:`update_centroids`).
         """
         # no copy needed: the queue is only overwritten after backward()
         negatives = self.queue.keys if self.queue.keys.shape[0] else None
@@ -205,9 +266,22 @@ class CueCoModel(nn.Module):
         return cluster_pull(z.float(), centroids, a)
 
     def assign(self, keys, centroids=None):
-        """Training-time assignments of keys ``(N, D)`` to centroids, ``(N,)``.
+        """Training-time assignments of keys to centroids.
 
-        ``cluster_assign="sinkhorn"`` balances them over the given keys.
+        ``cluster_assign="sinkhorn"`` balances them over the given keys;
+        ``"argmax"`` takes each key's most similar centroid.
+
+        Parameters
+        ----------
+        keys : torch.Tensor of shape (N, D)
+            Unit-norm key projections; cast to float32.
+        centroids : torch.Tensor of shape (K, D) or None, default=None
+            Unit-norm centroids; None uses the model's ``centroids``.
+
+        Returns
+        -------
+        labels : torch.LongTensor of shape (N,)
+            Index of the centroid assigned to each key.
         """
         centroids = self.centroids if centroids is None else centroids
         if self.cluster_assign == "sinkhorn":
@@ -217,25 +291,52 @@ class CueCoModel(nn.Module):
     # -- explicit state updates -----------------------------------------------
     @torch.no_grad()
     def momentum_update(self, momentum):
-        """EMA of the key network towards the query network."""
+        """EMA of the key network towards the query network.
+
+        Parameters
+        ----------
+        momentum : float
+            ``m`` in ``[0, 1]`` of ``theta_k <- m theta_k + (1 - m) theta_q``,
+            applied to the backbone and projector parameters (not to the
+            BatchNorm statistics); 1 leaves the key network unchanged.
+        """
         ema_update(self.backbone_k, self.backbone_q, momentum)
         ema_update(self.projector_k, self.projector_q, momentum)
 
     @torch.no_grad()
     def enqueue(self, keys):
-        """Push keys ``(M, D)`` into the FIFO queue."""
+        """Push keys into the FIFO queue, over its oldest entries.
+
+        Parameters
+        ----------
+        keys : torch.Tensor of shape (M, D)
+            Key projections, stored detached in the queue's dtype; when ``M``
+            exceeds the queue size only the last keys are kept. Nothing is
+            stored with ``queue_size=0``.
+        """
         self.queue.enqueue(keys)
 
     @torch.no_grad()
     def init_centroids(self, features, n_iter=30, *, broadcast=None):
-        """Spherical k-means (k-means++ seeding) on key features ``(M, D)``.
-
-        ``broadcast(tensor)``, when given, makes every process hold the same
-        centroids (in place, from one source process).
+        """Spherical k-means (k-means++ seeding) on key features.
 
         The training task passes the keys of the whole training set (one pass
         in eval mode) rather than the queue: right after warm-up the queue can
-        still hold its random initial entries and stale keys.
+        still hold its random initial entries and stale keys. The centroids
+        are then marked ready and every centroid's count of empty updates is
+        reset.
+
+        Parameters
+        ----------
+        features : torch.Tensor of shape (M, D)
+            Key features, ``M >= K``; only their direction matters (rows are
+            L2-normalised before clustering).
+        n_iter : int, default=30
+            Maximum number of Lloyd iterations after the seeding.
+        broadcast : callable, default=None
+            ``broadcast(tensor)``, when given, overwrites the centroids in
+            place with those of one source process, so that every process
+            holds the same ones.
         """
         centroids, _ = spherical_kmeans(
             features.float(), self.centroids.shape[0], n_iter=n_iter,
@@ -262,6 +363,17 @@ class CueCoModel(nn.Module):
         centroids refined or a fresh k-means. Lloyd steps stop early when the
         centroids no longer move; an empty cluster moves to the worst-fitting
         point.
+
+        Parameters
+        ----------
+        features : torch.Tensor of shape (M, D)
+            Projections of the training set (:meth:`project`); rows are
+            L2-normalised before clustering.
+        n_iter : int
+            Maximum number of Lloyd iterations from each start.
+        restarts : int, default=1
+            Number of extra k-means++ starts, besides the current centroids;
+            none when ``M < K``.
 
         Returns
         -------
@@ -295,10 +407,19 @@ class CueCoModel(nn.Module):
     def update_centroids(self, keys, *, all_reduce=None):
         """Online update: ``M_k <- normalize(beta M_k + (1 - beta) mean(keys in k))``.
 
-        ``all_reduce(tensor)``, when given, sums the per-cluster counts and
-        key sums over processes in place, so the keys of all processes move
-        the centroids identically everywhere. Also counts, per centroid, the consecutive updates without an assigned
-        key; :meth:`reseed_dead_centroids` uses the count.
+        Keys are assigned as in :meth:`assign`; a centroid that receives no
+        key keeps its value. Also counts, per centroid, the consecutive
+        updates without an assigned key; :meth:`reseed_dead_centroids` uses
+        the count.
+
+        Parameters
+        ----------
+        keys : torch.Tensor of shape (M, D)
+            Unit-norm key projections of the step; cast to float32.
+        all_reduce : callable, default=None
+            ``all_reduce(tensor)``, when given, sums the per-cluster counts
+            and key sums over processes in place, so the keys of all
+            processes move the centroids identically everywhere.
         """
         keys = keys.float()
         n_clusters = self.centroids.shape[0]
@@ -323,6 +444,15 @@ class CueCoModel(nn.Module):
 
         Called once per epoch rather than per step: the random draw happens on
         the CPU generator, and doing it per step would cost a host round trip.
+        Each moved centroid's count of empty updates is reset; with an empty
+        queue (``queue_size=0``) nothing moves.
+
+        Parameters
+        ----------
+        min_empty_steps : int
+            Number of consecutive :meth:`update_centroids` calls without an
+            assigned key after which a centroid counts as dead. At most one
+            centroid per queue key moves; the others wait for a later call.
 
         Returns
         -------
@@ -344,14 +474,37 @@ class CueCoModel(nn.Module):
 
     @torch.no_grad()
     def project(self, x):
-        """Unit-norm projections of the query network, ``(N, D)``.
+        """Unit-norm projections of the query network, without gradient.
 
-        Runs in whatever mode the model is in; call ``eval()`` first for
-        batch-independent results.
+        The space the centroids live in (no predictor). Runs in whatever
+        mode the model is in; call ``eval()`` first for batch-independent
+        results.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, ...)
+            A batch of inputs.
+
+        Returns
+        -------
+        z : torch.Tensor of shape (N, D)
+            L2-normalised projections, in float32.
         """
         return F.normalize(self.projector_q(self.backbone_q(x)).float(), dim=1)
 
     @torch.no_grad()
     def predict_clusters(self, x):
-        """Index of the nearest centroid for each input, ``(N,)``."""
+        """Index of the nearest centroid for each input.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (N, ...)
+            A batch of inputs.
+
+        Returns
+        -------
+        labels : torch.LongTensor of shape (N,)
+            Index of the centroid most cosine-similar to each input's
+            :meth:`project` output.
+        """
         return assign_clusters(self.project(x), self.centroids)
