@@ -22,7 +22,7 @@ from sklearn.utils.validation import (
     column_or_1d,
 )
 
-from ._embedder import CueCoEmbedder
+from ._embedder import CueCoEmbedder, restored_on_error
 from ._persistence import TorchStateMixin
 from .data.sources import ImageSource
 from .data.validation import check_input, image_format
@@ -220,6 +220,12 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         self : CueCoClassifier
             The fitted classifier.
         """
+        # a failure (bad labels, a diverged embedder, a failing head) leaves
+        # the classifier as it was, never a new embedder with an old head
+        with restored_on_error(self):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         if y is None:
             raise ValueError(
                 f"This {type(self).__name__} estimator requires y to be passed, "

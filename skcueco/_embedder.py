@@ -33,6 +33,25 @@ _PRIVATE_FITTED = ("_input_spec", "_preprocess", "_projector", "_n_features_out"
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
 
 
+@contextmanager
+def restored_on_error(estimator):
+    """A fit that fails leaves ``estimator`` exactly as it was.
+
+    A fitted model stays fitted with its previous weights and input
+    description (never a mix of the old model and the new input); an
+    unfitted estimator stays unfitted. Fitted attributes are only ever
+    replaced, never changed in place, so restoring the attribute dictionary
+    restores the model.
+    """
+    before = dict(vars(estimator))
+    try:
+        yield
+    except BaseException:
+        vars(estimator).clear()
+        vars(estimator).update(before)
+        raise
+
+
 class CueCoEmbedder(
     TorchStateMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
 ):
@@ -388,20 +407,21 @@ class CueCoEmbedder(
         ------
         NonFiniteLossError
             If the loss or the model's state becomes NaN or infinite. No
-            non-finite model is ever published: a new fit leaves the
-            estimator unfitted.
+            non-finite model is ever published: the estimator is left as it
+            was before the call.
 
         Notes
         -----
-        A failed ``fit`` of a new model leaves the estimator unfitted. A
-        failed ``resume_from`` or ``warm_start`` continuation leaves it
-        exactly as it was.
+        A ``fit`` that fails, for bad input, a non-finite loss or any other
+        error, leaves the estimator exactly as it was: a fitted model keeps
+        its weights and can still ``transform``; an unfitted one stays
+        unfitted. This holds for ``resume_from`` and ``warm_start`` too.
         """
         if resume_from is not None:
             # the checkpoint is read and checked before anything else; any
             # failure leaves this estimator (fitted or not) as it was
             state = read_checkpoint(resume_from)
-            with self._unfitted_on_error(restore=True):
+            with restored_on_error(self):
                 X, spec = self._validate_fit_input(X)
                 check_checkpoint_fits(state, resume_from, self.get_params(deep=False),
                                       spec, *input_statistics(X, spec))
@@ -410,9 +430,9 @@ class CueCoEmbedder(
             self._check_continuable("warm_start")
             # bad input must not cost the model trained so far: validate first
             X, spec = self._validate_for_inference(X)
-            with self._unfitted_on_error(restore=True):
+            with restored_on_error(self):
                 return self._train(X, spec, mode="continue")
-        with self._unfitted_on_error():
+        with restored_on_error(self):
             X, spec = self._validate_fit_input(X)
             return self._train(X, spec, mode="fresh")
 
@@ -448,31 +468,11 @@ class CueCoEmbedder(
         if self.__sklearn_is_fitted__():
             self._check_continuable("partial_fit")
             X, spec = self._validate_for_inference(X)
-            with self._unfitted_on_error(restore=True):
+            with restored_on_error(self):
                 return self._train(X, spec, mode="partial")
-        with self._unfitted_on_error():
+        with restored_on_error(self):
             X, spec = self._validate_fit_input(X)
             return self._train(X, spec, mode="partial")
-
-    @contextmanager
-    def _unfitted_on_error(self, restore=False):
-        """A fit that fails leaves the estimator unfitted, never half-updated.
-
-        With ``restore=True`` (a continuation or a resume) it is left exactly
-        as it was before instead: the model trained so far is kept.
-        """
-        before = dict(vars(self)) if restore else None
-        try:
-            yield
-        except Exception:
-            if restore:
-                vars(self).clear()
-                vars(self).update(before)
-                raise
-            for name in list(vars(self)):
-                if (name.endswith("_") and not name.startswith("__")) or name in _PRIVATE_FITTED:
-                    delattr(self, name)
-            raise
 
     def _check_continuable(self, how):
         """Refuse to continue a fitted model that holds no training state."""

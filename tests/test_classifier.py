@@ -8,6 +8,7 @@ module. The device is pinned to the CPU so that the bitwise-reproducibility
 checks hold on a machine with a GPU too.
 """
 
+import copy
 import warnings
 
 import numpy as np
@@ -521,3 +522,25 @@ def test_head_given_as_a_class_is_refused_before_pretraining(monkeypatch):
     with pytest.raises(TypeError, match=r"LogisticRegression\(\)"):
         CueCoClassifier(head=LogisticRegression).fit(X, y)
     assert calls == []  # no time spent pretraining
+
+
+def test_failed_refit_keeps_the_previous_classifier(fitted, digits):
+    X, y = digits
+    clf = copy.deepcopy(fitted)
+    proba = clf.predict_proba(X)
+    embedder, head = clf.embedder_, clf.head_
+
+    class FailingHead(LogisticRegression):
+        def fit(self, X, y):
+            raise RuntimeError("the head failed")
+
+    # the embedder trains, then the head fails: no new embedder with the old head
+    clf.set_params(head=FailingHead())
+    with pytest.raises(RuntimeError, match="the head failed"):
+        clf.fit(X, y)
+    assert clf.embedder_ is embedder and clf.head_ is head
+    assert_array_equal(clf.predict_proba(X), proba)
+    clf.set_params(head="propagation")
+    with pytest.raises(ValueError, match="only 1 class"):
+        clf.fit(X, np.zeros_like(y))
+    assert_array_equal(clf.predict_proba(X), proba)

@@ -573,15 +573,33 @@ def test_huge_learning_rate_raises_and_leaves_estimator_unfitted(gray_u8, fast_p
         est.predict(gray_u8)
 
 
-def test_failed_refit_does_not_leave_mixed_state(gray_u8, vectors, fast_params):
+def test_failed_refit_keeps_the_previous_model(gray_u8, vectors, fast_params):
     est = _fit(vectors, fast_params)
+    Z = est.transform(vectors)
+    before = {k: v for k, v in vars(est).items() if k.endswith("_")}
     est.set_params(lr=1e12, max_epochs=10)
     with pytest.raises(NonFiniteLossError):
         est.fit(gray_u8)
-    # the estimator must not pair the new input description (64 features)
-    # with the model fitted on 5-feature vectors
-    with pytest.raises(NotFittedError):
+    # the previous model, whole: never the new input description (64
+    # features) paired with the model fitted on 5-feature vectors
+    assert {k: v for k, v in vars(est).items() if k.endswith("_")}.keys() == before.keys()
+    assert est.n_features_in_ == vectors.shape[1]
+    assert_array_equal(est.transform(vectors), Z)
+    with pytest.raises(ValueError, match="features"):
         est.transform(gray_u8)
+
+
+def test_refit_rejected_by_validation_keeps_the_previous_model(vectors, fast_params):
+    est = _fit(vectors, fast_params)
+    Z, centers = est.transform(vectors), est.cluster_centers_.copy()
+    bad = vectors.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError):
+        est.fit(bad)
+    with pytest.raises(ValueError):
+        est.fit(vectors[:2])  # fewer samples than n_clusters
+    assert_array_equal(est.transform(vectors), Z)
+    assert_array_equal(est.cluster_centers_, centers)
 
 
 # -- persistence -------------------------------------------------------------------

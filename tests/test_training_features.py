@@ -264,10 +264,8 @@ def test_partial_fit_wrong_features_on_second_call(partial_once, X, bad):
 
 
 def test_partial_fit_bad_input_keeps_the_trained_model(partial_once, X):
-    """A partial_fit call rejected by input validation (nothing was trained
-    or changed) still wipes the whole fitted model: ``_unfitted_on_error``
-    also covers ``_validate_for_inference``. In a streaming loop, one bad
-    batch loses all the training so far."""
+    """A partial_fit call rejected by input validation keeps the model
+    trained so far: in a streaming loop, one bad batch must not lose it."""
     est = copy.deepcopy(partial_once)
     Z = est.transform(X[:100])
     with pytest.raises(ValueError, match="features"):
