@@ -93,6 +93,8 @@ def parse_args(argv=None):
                    help="transform of 1 and 10 images against a bare forward")
     p.add_argument("--layout", action="store_true",
                    help="fit and transform channels-last against contiguous NCHW")
+    p.add_argument("--progress", action="store_true",
+                   help="fit with the per-batch progress bar (verbose=2) against no bar")
     p.add_argument("--compare-to", metavar="PATH", default=None,
                    help="time fit of the skcueco tree at PATH against this one")
     p.add_argument("--fit-samples", type=int, default=None,
@@ -368,6 +370,22 @@ def main_layout(X, args, device):
     return fit_ratio, report("transform by memory format", results, "img/s", True)
 
 
+def main_progress(X, args, device):
+    """Cost of ``verbose=2`` (a per-batch bar that reads the loss about once a
+    second) against ``verbose=0``, whole ``fit`` calls in alternating order;
+    the bar writes to a discarded stream so the terminal does not count."""
+    import contextlib
+
+    def fit(verbose):
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            return fit_rate(X, args, device, verbose=verbose)
+
+    results = alternate({"fit verbose=2 (per-batch bar)": lambda: fit(2),
+                         "fit verbose=0": lambda: fit(0)}, args.rounds)
+    return report("fit with and without the per-batch progress bar", results, "img/s", True,
+                  goal=">= 0.98")
+
+
 def main_compare(args):
     """``fit`` of this tree against the tree at ``--compare-to``, fresh processes."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -418,6 +436,8 @@ def main(argv=None):
         return main_latency(X, args, device)
     if args.layout:
         return main_layout(X, args, device)
+    if args.progress:
+        return main_progress(X, args, device)
     return main_default(X, args, device, amp_dtype, channels_last)
 
 
