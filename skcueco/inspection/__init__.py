@@ -36,9 +36,3 @@ __all__ = [
     "NearestNeighborsDisplay",
     "TrainingHistoryDisplay",
 ]
-
-# the public path, which the API pages and the gallery's back-references name
-for _display in (ClusterGalleryDisplay, EmbeddingMapDisplay, NearestNeighborsDisplay,
-                 TrainingHistoryDisplay):
-    _display.__module__ = __name__
-del _display
