@@ -142,10 +142,14 @@ class CueCoEmbedder(
         kept, then centre-cropped); an int means a square. None: the size of
         the first image. New images in ``transform`` are fitted to the
         training size. Arrays are never resized.
-    batch_size : int, default=256
+    batch_size : int or "auto", default="auto"
         Images per optimiser step (capped at the number of samples); per
         process under ``torchrun``, where the learning rate follows the
-        global batch ``batch_size * world_size``.
+        global batch ``batch_size * world_size``. ``"auto"``: 256 when an
+        epoch then has at least 10 steps (2,560 training images or more),
+        else 128 (1,280 or more), else 64: small data sets need more steps
+        per epoch (docs/method_results.rst). One ``partial_fit`` call uses
+        256 rows at most. The value used is ``batch_size_``.
     max_epochs : int, default=100
         Number of passes over the data.
     lr : float or "auto", default="auto"
@@ -211,6 +215,9 @@ class CueCoEmbedder(
     cluster_ramp_ : int
         Epochs of the linear ramp of the clustering weight
         (``cluster_ramp`` resolved).
+    batch_size_ : int
+        Images per optimiser step in the last ``fit`` (``batch_size``
+        resolved, per process).
     history_ : pandas.DataFrame
         One row per epoch: ``epoch``, ``loss``, ``contrastive``,
         ``clustering``, ``lr``, ``cluster_weight``, ``seconds``.
@@ -283,7 +290,7 @@ class CueCoEmbedder(
         "augmentation": [StrOptions({"auto", "rgb", "grayscale", "vector", "none"}), callable],
         "image_shape": [StrOptions({"auto"}), None, tuple, list],
         "image_size": [None, Interval(numbers.Integral, 1, None, closed="left"), tuple, list],
-        "batch_size": [Interval(numbers.Integral, 2, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 2, None, closed="left")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
         "lr": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="neither")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
@@ -322,7 +329,7 @@ class CueCoEmbedder(
         augmentation="auto",
         image_shape="auto",
         image_size=None,
-        batch_size=256,
+        batch_size="auto",
         max_epochs=100,
         lr="auto",
         weight_decay=5e-4,
@@ -547,6 +554,8 @@ class CueCoEmbedder(
             self.queue_size_ = result.queue_size
             self.cluster_warmup_ = result.cluster_warmup
             self.cluster_ramp_ = result.cluster_ramp
+        if result.batch_size is not None:
+            self.batch_size_ = result.batch_size
         history = result.history
         self.history_ = pd.DataFrame(history, columns=_HISTORY_COLUMNS if not history else None)
         self.n_iter_ = len(history)

@@ -193,3 +193,31 @@ def test_healthy_fit_does_not_warn(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrainingCollapseWarning)
         _small(max_epochs=8, hidden_dim=64).fit(X)
+
+
+@pytest.mark.parametrize("n_samples, expected", [
+    (10, 10), (100, 64), (1279, 64), (1280, 128), (1347, 128), (2250, 128), (2559, 128),
+    (2560, 256), (50_000, 256),
+])
+def test_auto_batch_gives_small_data_enough_steps(n_samples, expected):
+    from skcueco.training.run import resolve_batch_size
+
+    assert resolve_batch_size("auto", n_samples) == expected
+
+
+def test_auto_batch_of_a_partial_fit_chunk_and_explicit_values():
+    from skcueco.training.run import resolve_batch_size
+
+    assert resolve_batch_size("auto", 100, partial=True) == 100  # one step per chunk
+    assert resolve_batch_size("auto", 1000, partial=True) == 256
+    assert resolve_batch_size(512, 1347) == 512
+    assert resolve_batch_size(512, 300) == 300
+
+
+def test_fitted_batch_size_and_the_learning_rate_follow_it(digits):
+    X, _ = digits
+    est = _small(max_epochs=1).set_params(batch_size="auto").fit(X)
+    assert est.get_params()["batch_size"] == "auto"
+    assert est.batch_size_ == 64  # 400 samples
+    assert est.history_["lr"].iloc[0] <= 0.06 * 64 / 256 + 1e-12  # lr="auto" follows it
+    assert _small(max_epochs=1).set_params(batch_size=100).fit(X).batch_size_ == 100

@@ -149,7 +149,9 @@ def build_parser(prog=None):
                         "(default: auto, 15%% of --epochs)")
     parser.add_argument("--backbone", default="auto", choices=BACKBONE_CHOICES,
                         help="backbone network (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per training step (default: the library's size-aware "
+                        "rule, 128 on digits)")
     parser.add_argument("--n-clusters", type=int, default=10,
                         help="number of centroids (default: 10)")
     parser.add_argument("--device", default="auto",
@@ -191,6 +193,8 @@ def check_args(args):
             raise CLIError(f"{option}: no such file: {path}")
     if args.epochs < 1:
         raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.batch_size is not None and args.batch_size < 2:
+        raise CLIError(f"--batch-size must be at least 2, got {args.batch_size}")
     if not 0.0 < args.test_size < 1.0:
         raise CLIError(f"--test-size must be between 0 and 1, got {args.test_size}")
     if args.save is not None:
@@ -322,7 +326,8 @@ def run(args, notes=(), prog="skcueco"):
         raise CLIError(f"cannot split the data for the probe: {exc}") from None
     params = dict(
         DEMO_PARAMS, backbone=args.backbone, max_epochs=args.epochs,
-        cluster_warmup=args.cluster_warmup, batch_size=args.batch_size,
+        cluster_warmup=args.cluster_warmup,
+        batch_size="auto" if args.batch_size is None else args.batch_size,
         n_clusters=args.n_clusters, device=str(device),
         random_state=args.random_state, verbose=0 if args.quiet else 1,
     )

@@ -40,6 +40,10 @@ AUTO_QUEUE_CAP = 4096
 LARGE_QUEUE_CAP = 65536
 """``queue_size="auto"``: the cap from ``LARGE_DATA`` samples on (MoCo on ImageNet)."""
 LARGE_DATA = 500_000
+AUTO_BATCH_SIZES = (256, 128, 64)
+"""``batch_size="auto"``: the largest of these that gives ``AUTO_MIN_STEPS``
+optimiser steps per epoch, else the smallest."""
+AUTO_MIN_STEPS = 10
 AUTO_WARMUP_FRACTION = 0.15
 """``cluster_warmup="auto"``: this fraction of ``max_epochs``, rounded down."""
 AUTO_RAMP_FRACTION = 0.1
@@ -67,6 +71,29 @@ def resolve_queue_size(setting, n_samples):
     if setting == "auto":
         cap = LARGE_QUEUE_CAP if n_samples >= LARGE_DATA else AUTO_QUEUE_CAP
         return min(n_samples // AUTO_QUEUE_FRACTION, cap)
+    return min(int(setting), n_samples)
+
+
+def resolve_batch_size(setting, n_samples, *, partial=False):
+    """Images per optimiser step for ``n_samples`` training images (per process).
+
+    ``"auto"``: 256 when an epoch then has at least 10 steps (2,560 images
+    or more), else 128 (1,280 or more), else 64, capped at ``n_samples``.
+    A small data set trained with large batches takes few steps per epoch:
+    1,347 digits give 5 steps of 256 per epoch, and at the same number of
+    epochs the clustering term has too few online updates to help.
+    ``partial=True`` (one ``partial_fit`` call, an epoch over one chunk of
+    a stream): 256 capped at the chunk, one step per chunk of up to 256 rows
+    as with an explicit value. An explicit value is only capped at
+    ``n_samples``.
+    """
+    if setting == "auto":
+        if not partial:
+            for size in AUTO_BATCH_SIZES:
+                if n_samples // size >= AUTO_MIN_STEPS:
+                    return size
+            return min(AUTO_BATCH_SIZES[-1], n_samples)
+        setting = AUTO_BATCH_SIZES[0]
     return min(int(setting), n_samples)
 
 
@@ -112,7 +139,7 @@ class CueCoConfig:
     cluster_assign: str
     refine_centroids: int
     augmentation: object
-    batch_size: int
+    batch_size: object
     max_epochs: int
     lr: object
     weight_decay: float
@@ -145,6 +172,7 @@ class FitResult:
     queue_size: int = None
     cluster_warmup: int = None
     cluster_ramp: int = None
+    batch_size: int = None
 
 
 def view_augmentation(augmentation, spec):
@@ -273,7 +301,7 @@ def untrained_cueco(X, spec, config, seeds):
     """A :class:`FitResult` of the initial network (a baseline), k-means centroids."""
     device = resolve_device(config.device)
     model, preprocess, feature_dim = build_model(X, spec, config, seeds, device=device)
-    batch_size = min(config.batch_size, X.shape[0])
+    batch_size = resolve_batch_size(config.batch_size, X.shape[0])
     model.init_centroids(encode(model.encode_key, preprocess, model, X, batch_size, device))
     return _result(model, preprocess, device, feature_dim, [])
 
@@ -313,7 +341,9 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
     distributed = init_distributed()
     world, rank = get_world_size(), get_rank()
     device = resolve_device(config.device)
-    batch_size = min(config.batch_size, X.shape[0])
+    # "auto" sizes each process's batch from its shard of the data
+    n_rows = max(1, X.shape[0] // world) if config.batch_size == "auto" else X.shape[0]
+    batch_size = resolve_batch_size(config.batch_size, n_rows, partial=mode == "partial")
     prev_state, prev_preprocess = previous if previous is not None else (None, None)
     model, preprocess, feature_dim = build_model(
         X, spec, config, seeds, device=device, preprocess=prev_preprocess,
@@ -423,4 +453,4 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
             broadcast_(model.centroids)
     return _result(model, preprocess, device, feature_dim, trainer.history, train_state,
                    queue_size=model.queue.keys.shape[0], cluster_warmup=cluster_warmup,
-                   cluster_ramp=cluster_ramp)
+                   cluster_ramp=cluster_ramp, batch_size=batch_size)
