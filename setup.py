@@ -11,6 +11,9 @@ with open(os.path.join(HERE, "skcueco", "_version.py"), encoding="utf-8") as f:
 with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
     LONG_DESCRIPTION = f.read()
 
+DOCS = ["sphinx>=7", "numpydoc>=1.6", "sphinx-gallery>=0.16", "pydata-sphinx-theme",
+        "matplotlib"]
+
 setup(
     name="skcueco",
     version=VERSION,
@@ -34,9 +37,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "matplotlib"],
-        "docs": ["sphinx>=7", "numpydoc>=1.6", "sphinx-gallery>=0.16", "pydata-sphinx-theme",
-                 "matplotlib"],
+        # the tests build the documentation too (without running the gallery)
+        "test": ["pytest", "matplotlib", *DOCS],
+        "docs": DOCS,
         "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["skcueco=skcueco.cli.main:main"]},
