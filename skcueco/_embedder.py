@@ -180,13 +180,16 @@ class CueCoEmbedder(
         Run the backbones through ``torch.compile`` during training (the
         fitted ``encoder_`` stays a plain module). A string names the
         ``torch.compile`` backend (e.g. ``"inductor"``, ``"cudagraphs"``).
-    distributed_bn : {"shuffle", "sync"}, default="shuffle"
-        BatchNorm under ``torchrun`` (several processes). ``"shuffle"``:
-        MoCo's shuffled BatchNorm for the key network, which keeps a batch's
-        statistics from revealing which key matches which query; it runs on
-        any backend, CPUs included. ``"sync"``: SyncBatchNorm in both
+    distributed_bn : {"shuffle", "sync", "split"}, default="shuffle"
+        BatchNorm of the networks. Under ``torchrun`` (several processes):
+        ``"shuffle"``, MoCo's shuffled BatchNorm for the key network, which
+        keeps a batch's statistics from revealing which key matches which
+        query (any backend, CPUs included); ``"sync"``, SyncBatchNorm in both
         networks (statistics over the global batch; CUDA only, one more
-        collective per BatchNorm layer). Ignored in a single process.
+        collective per BatchNorm layer); ``"split"`` acts as ``"shuffle"``.
+        In a single process ``"shuffle"`` and ``"sync"`` change nothing, and
+        ``"split"`` encodes the keys of the shuffled batch in 8 groups with
+        their own BatchNorm statistics.
     callbacks : list of Callback, default=None
         Hooks called during training (see :mod:`skcueco.callbacks`).
     device : str or torch.device, default="auto"
@@ -300,7 +303,7 @@ class CueCoEmbedder(
         "channels_last": [StrOptions({"auto"}), "boolean"],
         "warm_start": ["boolean"],
         "compile": ["boolean", str],
-        "distributed_bn": [StrOptions({"shuffle", "sync"})],
+        "distributed_bn": [StrOptions({"shuffle", "sync", "split"})],
         "callbacks": [list, None],
         "device": [str, HasMethods(["__index__"]), torch.device],
         "random_state": ["random_state"],

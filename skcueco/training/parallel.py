@@ -73,17 +73,24 @@ class TrainingEncoders:
     shuffle_bn : bool, default=True
         With ``distributed``: MoCo's shuffled BatchNorm for the key network,
         so BatchNorm statistics cannot leak which key belongs to which query.
+    split_bn : int, default=0
+        In a single process: encode the keys of a shuffled batch in this many
+        groups, each with its own BatchNorm statistics (the single-process
+        stand-in for shuffled BatchNorm of MoCo's CIFAR demo). 0 or 1: one
+        group, the whole batch. Groups keep at least 2 images each.
     seed : int, default=0
         Seed of the shuffle permutations, the same on every process.
     """
 
-    def __init__(self, model, *, compile=False, distributed=False, shuffle_bn=True, seed=0):
+    def __init__(self, model, *, compile=False, distributed=False, shuffle_bn=True,
+                 split_bn=0, seed=0):
         self.model = model
         kwargs = {"backend": compile} if isinstance(compile, str) else {}
         self._backbone_q = torch.compile(model.backbone_q, **kwargs) if compile else model.backbone_q
         self._backbone_k = torch.compile(model.backbone_k, **kwargs) if compile else model.backbone_k
         self._ddp = None
         self.shuffle_bn = distributed and shuffle_bn
+        self.split_bn = 0 if distributed else int(split_bn)
         self.generator = None
         device = model.centroids.device
         if distributed:
@@ -91,7 +98,7 @@ class TrainingEncoders:
                 _QueryNet(self._backbone_q, model.projector_q, model.predictor),
                 device_ids=[device.index] if device.type == "cuda" else None,
             )
-        if self.shuffle_bn:
+        if self.shuffle_bn or self.split_bn > 1:
             # drawn on the device, so no permutation is copied from the host
             self.generator = torch.Generator(device=device).manual_seed(seed)
 
@@ -109,6 +116,8 @@ class TrainingEncoders:
         """Unit-norm key projections ``(N, D)``, as ``model.encode_key``."""
         if self.shuffle_bn:
             return self._encode_key_shuffled(x)
+        if self.split_bn > 1 and x.shape[0] >= 4:
+            return self._encode_key_split(x)
         return F.normalize(self.model.projector_k(self._backbone_k(x)), dim=1)  # (N, D)
 
     @torch.no_grad()
@@ -123,6 +132,16 @@ class TrainingEncoders:
         k = self.model.projector_k(self._backbone_k(x_all[mine]))
         k_all = all_gather_cat(F.normalize(k, dim=1))  # (world * N, D), shuffled order
         return k_all[torch.argsort(perm).view(world, n)[rank]]  # (N, D)
+
+    @torch.no_grad()
+    def _encode_key_split(self, x):
+        # shuffled groups with their own BatchNorm statistics: a key's batch
+        # statistics come from other images than its query's
+        n = x.shape[0]
+        perm = torch.randperm(n, generator=self.generator, device=x.device)
+        groups = torch.tensor_split(x[perm], min(self.split_bn, n // 2))
+        k = torch.cat([self.model.projector_k(self._backbone_k(g)) for g in groups])
+        return F.normalize(k, dim=1)[torch.argsort(perm)]  # (N, D)
 
     def state_dict(self):
         """Random state of the shuffle permutations (empty without shuffle-BN)."""

@@ -40,6 +40,9 @@ AUTO_QUEUE_CAP = 4096
 LARGE_QUEUE_CAP = 65536
 """``queue_size="auto"``: the cap from ``LARGE_DATA`` samples on (MoCo on ImageNet)."""
 LARGE_DATA = 500_000
+KEY_BN_SPLITS = 8
+"""``distributed_bn="split"``: groups of the shuffled batch with their own
+key BatchNorm statistics in a single process (8, as MoCo's CIFAR demo)."""
 AUTO_BATCH_SIZES = (256, 128, 64)
 """``batch_size="auto"``: the largest of these that gives ``AUTO_MIN_STEPS``
 optimiser steps per epoch, else the smallest."""
@@ -376,7 +379,8 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
     )
     encoders = TrainingEncoders(
         model, compile=config.compile, distributed=distributed,
-        shuffle_bn=config.distributed_bn == "shuffle", seed=seeds.model,
+        shuffle_bn=config.distributed_bn in ("shuffle", "split"),
+        split_bn=KEY_BN_SPLITS if config.distributed_bn == "split" else 0, seed=seeds.model,
     )
     optimizer = make_optimizer(
         config.optimizer, model.query_parameters(), lr=lr, weight_decay=config.weight_decay
