@@ -1,6 +1,7 @@
 """CueCoEmbedder: the scikit-learn transformer that trains CueCo."""
 
 import numbers
+import weakref
 from contextlib import contextmanager
 
 import pandas as pd
@@ -50,6 +51,11 @@ def restored_on_error(estimator):
         vars(estimator).clear()
         vars(estimator).update(before)
         raise
+
+
+# inference input conversions, per fitted ``_preprocess`` (see
+# ``CueCoEmbedder._inference_preprocess``)
+_INFERENCE_PREPROCESS = weakref.WeakKeyDictionary()
 
 
 class CueCoEmbedder(
@@ -623,7 +629,15 @@ class CueCoEmbedder(
         # a loaded model runs the same kernels as the fitted one
         channels_last = use_channels_last(self.channels_last, spec, self.device_,
                                           backbone=self.backbone)
-        return relayout(self._preprocess_for(spec), spec, output_channels_last=channels_last)
+        # built once per fitted model and layout (building a module costs as
+        # much as a tenth of embedding one small image); kept outside the
+        # estimator, whose attributes inference must not change
+        made = _INFERENCE_PREPROCESS.setdefault(self._preprocess, {})
+        key = (spec, channels_last)
+        if key not in made:
+            made[key] = relayout(self._preprocess_for(spec), spec,
+                                 output_channels_last=channels_last)
+        return made[key]
 
     def _preprocess_for(self, spec):
         if spec == self._input_spec:
@@ -684,8 +698,7 @@ class CueCoEmbedder(
             z = self._projector(self.encoder_(x)).float()
             return torch.nn.functional.normalize(z, dim=1)
 
-        modules = torch.nn.ModuleList([self.encoder_, self._projector])
-        return encode(project, preprocess, modules, X, INFERENCE_ROWS, self.device_,
+        return encode(project, preprocess, (self.encoder_, self._projector), X, INFERENCE_ROWS, self.device_,
                       fixed_batch=self.device_.type == "cpu", check_key="project").numpy()
 
     def fit_predict(self, X, y=None):

@@ -212,3 +212,55 @@ def test_cpu_optimisers_use_the_foreach_implementation(name):
     for group_a, group_b in zip(opt.param_groups, loop.param_groups):
         for p, q in zip(group_a["params"], group_b["params"]):
             torch.testing.assert_close(p, q)
+
+
+def test_encode_checks_again_when_the_weights_move_to_new_storage():
+    X = np.random.default_rng(3).random((9, 6)).astype(np.float32)
+    seen = []
+
+    def fn(x):
+        seen.append(x.shape[0])
+        return x * 2.0
+
+    module = nn.Linear(1, 1)
+    args = (fn, torch.nn.Identity(), module, X, 8, torch.device("cpu"))
+    encode(*args, fixed_batch=True, check_key="storage")
+    seen.clear()
+    # what a move or a load does: new storage, same version counter
+    module.weight.data = module.weight.data.clone()
+    encode(*args, fixed_batch=True, check_key="storage")
+    assert seen == [8, 8, 1, 1]
+
+
+def test_encode_restores_each_submodule_mode():
+    X = np.random.default_rng(4).random((5, 6)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    model[1].eval()  # a mixed state: only the norm layer in eval mode
+    modes = []
+    out = encode(lambda x: (modes.append([m.training for m in model]), model(x))[1],
+                 torch.nn.Identity(), model, X, 8, torch.device("cpu")).numpy()
+    assert modes == [[False, False, False]]  # eval mode during the call
+    assert [m.training for m in model] == [True, False, True]
+    with torch.no_grad():
+        assert_array_equal(out, model.eval()(torch.from_numpy(X)).numpy())
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "width", "list", "float64", "int64"])
+def test_transform_validation_matches_the_general_checks(images, case):
+    # rows that skip scikit-learn's general checks must pass exactly the ones
+    # that check would pass, and get its errors otherwise
+    X, est = images
+    rows = X[:3].reshape(3, -1)
+    if case in ("nan", "inf"):
+        bad = rows.astype(np.float32) / 255
+        bad[1, 4] = np.nan if case == "nan" else np.inf
+        with pytest.raises(ValueError, match="NaN" if case == "nan" else "infinity"):
+            est.transform(bad)
+    elif case == "width":
+        with pytest.raises(ValueError, match="features"):
+            est.transform(rows[:, :-1])
+    elif case == "list":
+        assert_array_equal(est.transform(rows.tolist()), est.transform(rows))
+    else:
+        # other numeric dtypes of the same pixel values: the same embeddings
+        assert_array_equal(est.transform(rows.astype(case)), est.transform(rows))

@@ -106,6 +106,29 @@ INFERENCE_ROWS = 256
 # once per set of weights and threads, not once per call.
 _ROW_CHECKS = weakref.WeakKeyDictionary()
 
+# Submodules and tensors of each module tree `encode` runs, listed once: walking
+# a tree costs about as much as a forward of one small image.
+_TREES = weakref.WeakKeyDictionary()
+
+
+def _tree(modules):
+    """``(submodules, tensors)`` of a module or a tuple of modules, cached.
+
+    A fitted model's tree does not change (fitting again builds new modules);
+    its tensors' values and storage may, which the callers read each time.
+    """
+    if isinstance(modules, torch.nn.Module):
+        modules = (modules,)
+    subs, tensors = [], []
+    for module in modules:
+        if module not in _TREES:
+            _TREES[module] = (list(module.modules()),
+                              [*module.parameters(), *module.buffers()])
+        s, t = _TREES[module]
+        subs += s
+        tensors += t
+    return subs, tensors
+
 
 def _probe_rows(X, n, generator):
     """``n`` random rows of ``X``'s width and dtype (values in its usual range)."""
@@ -117,20 +140,22 @@ def _probe_rows(X, n, generator):
         rows_tensor(X[:1]).dtype)
 
 
-def _row_shape_ok(fn, preprocess, modules, X, device, key, rows, n_rows):
-    """Whether ``fn`` on ``n_rows`` rows gives, bitwise, the rows of a full batch.
+def _row_checks(fn, preprocess, modules, X, device, key, rows):
+    """The probe of ``fn`` on one random batch of ``rows`` rows, and verdicts.
 
     CPU kernels may pick a different algorithm (and summation order) for a
     different number of rows, so batch independence would require padding
     every batch to ``rows``. Which algorithm runs depends on the shapes, not on
     the values, so comparing one random batch of ``rows`` rows with its first
-    ``n_rows`` rows shows whether that shape can skip the padding.
+    ``n`` rows shows whether ``n`` rows can skip the padding. The probe runs
+    once per set of weights, thread count and input layout.
     """
-    tensors = [*modules.parameters(), *modules.buffers()]
-    state = tuple(t._version for t in tensors)
+    subs, tensors = _tree(modules)
+    # in-place updates bump the version, moves and loads change the storage
+    state = tuple((t._version, t.data_ptr()) for t in tensors)
     # keyed on the first module that holds weights: `modules` may be a
-    # container made per call, its members live as long as the fitted model
-    anchor = next((m for m in modules.modules() if m._parameters or m._buffers), modules)
+    # tuple made per call, its members live as long as the fitted model
+    anchor = next((m for m in subs if m._parameters or m._buffers), subs[0])
     checks = _ROW_CHECKS.setdefault(anchor, {}).setdefault(key, {})
     tag = (rows, torch.get_num_threads(), X.shape[1:], X.dtype.str, state)
     if checks.get("tag") != tag:
@@ -141,6 +166,11 @@ def _row_shape_ok(fn, preprocess, modules, X, device, key, rows, n_rows):
         # outputs all alike (say all zero) would hide any rounding difference
         checks.update(tag=tag, probe=probe, full=full,
                       informative=bool(full.ne(full.flatten()[0]).any()))
+    return checks
+
+
+def _row_shape_ok(fn, preprocess, checks, device, n_rows):
+    """Whether ``fn`` on ``n_rows`` rows gives, bitwise, the rows of a full batch."""
     if n_rows not in checks:
         part = fn(preprocess(checks["probe"][:n_rows].to(device))).float()
         checks[n_rows] = checks["informative"] and torch.equal(part, checks["full"][:n_rows])
@@ -151,11 +181,12 @@ def _tail_rows(fn, preprocess, modules, X, device, key, rows, n):
     """Row count to pad a last batch of ``n < rows`` rows to, on the CPU."""
     if key is None:
         return rows
-    candidates = [n] + [2 ** i for i in range(1, rows.bit_length()) if n < 2 ** i < rows]
-    for m in candidates:
-        if _row_shape_ok(fn, preprocess, modules, X, device, key, rows, m):
-            return m
-    return rows
+    checks = _row_checks(fn, preprocess, modules, X, device, key, rows)
+    if ("pad", n) not in checks:
+        candidates = [n] + [2 ** i for i in range(1, rows.bit_length()) if n < 2 ** i < rows]
+        checks["pad", n] = next(
+            (m for m in candidates if _row_shape_ok(fn, preprocess, checks, device, m)), rows)
+    return checks["pad", n]
 
 
 @torch.no_grad()
@@ -168,7 +199,7 @@ def encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False, ch
         Model input batch to output batch.
     preprocess : callable
         Compact rows to model input (see :class:`~skcueco.data.preprocess.Preprocess`).
-    modules : torch.nn.Module
+    modules : torch.nn.Module or tuple of torch.nn.Module
         The modules ``fn`` uses; put in eval mode for the call.
     X : ndarray of shape (n_samples, n_features)
     batch_size : int
@@ -200,8 +231,11 @@ def encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False, ch
     gpu = device.type == "cuda"
     fixed_batch = fixed_batch and not gpu
     # restore every submodule's own mode afterwards (not one flag for all)
-    modes = [(m, m.training) for m in modules.modules()]
-    modules.eval()
+    subs = _tree(modules)[0]
+    modes = [m.training for m in subs]
+    if any(modes):
+        for module in (modules,) if isinstance(modules, torch.nn.Module) else modules:
+            module.eval()
     out, pending, pending_start = None, [], 0
 
     def flush():
@@ -232,6 +266,7 @@ def encode(fn, preprocess, modules, X, batch_size, device, fixed_batch=False, ch
                 flush()
         flush()
     finally:
-        for m, mode in modes:
-            m.training = mode
+        if any(modes):
+            for m, mode in zip(subs, modes):
+                m.training = mode
     return out

@@ -156,6 +156,9 @@ def check_input(estimator, X, *, reset, image_size=None, mode="auto"):
             f"Expected 2-D (flattened), 3-D or 4-D image input, got {X.ndim}-D "
             f"array of shape {X.shape}."
         )
+    if not reset and _plain_rows(estimator, X):
+        check_float32_range(X)
+        return X, spec
     X = validate_data(
         estimator,
         X,
@@ -166,6 +169,22 @@ def check_input(estimator, X, *, reset, image_size=None, mode="auto"):
     _check_dtype(X)
     check_float32_range(X)
     return X, spec
+
+
+def _plain_rows(estimator, X):
+    """Whether ``validate_data(estimator, X, reset=False)`` would return ``X`` as is.
+
+    True for a finite, numeric, 2-D ndarray with the fitted feature count,
+    given to an estimator fitted without feature names: the common case of
+    ``transform`` on images, where scikit-learn's general checks cost as much
+    as embedding one small image. Anything else takes the general path, with
+    its errors and warnings.
+    """
+    return (type(X) is np.ndarray and X.ndim == 2 and X.shape[0] >= 1
+            and X.dtype.kind in "iuf"
+            and X.shape[1] == getattr(estimator, "n_features_in_", None)
+            and not hasattr(estimator, "feature_names_in_")
+            and (X.dtype.kind != "f" or bool(np.isfinite(X).all())))
 
 
 def image_format(spec):
