@@ -23,6 +23,7 @@ from skcueco.nn import (
     spherical_kmeans,
 )
 from skcueco.nn.kmeans import _kmeans_plusplus, _lloyd_step
+from skcueco.nn import losses
 from skcueco.nn.losses import sinkhorn_assign
 
 
@@ -351,3 +352,35 @@ def test_heads_output_shapes():
     assert ProjectionHead(32)(x).shape == (6, 128)
     with pytest.raises(ValueError):
         ProjectionHead(0)
+
+
+@pytest.mark.parametrize("n, k, chunk", [(9, 3, 1 << 20), (9, 100, 7), (5, 64, 64), (1, 33, 8)])
+def test_queue_logsumexp_matches_autograd_through_the_whole_block(n, k, chunk, monkeypatch):
+    # the chunked function, its query and negative gradients, against the
+    # plain (N, K) computation, for chunks that do and do not divide K
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk * n)
+    q = (_unit(n, 16, seed=1) / 0.1).requires_grad_()
+    neg = _unit(k, 16, seed=2).requires_grad_()
+    weights = torch.rand(n, generator=torch.Generator().manual_seed(3))
+    expected = torch.logsumexp(q @ neg.T, dim=1)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, neg))
+    got = losses.queue_logsumexp(q, neg)
+    grads = torch.autograd.grad((got * weights).sum(), (q, neg))
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)
+
+
+def test_losses_compute_in_float32_inside_autocast():
+    # autocast would run the similarity matmuls in bf16; the losses opt out
+    q = _unit(32, 16, seed=1).requires_grad_()
+    k, neg, centroids = _unit(32, 16, seed=2), _unit(500, 16, seed=3), _unit(6, 16, seed=4)
+    labels = torch.arange(32) % 6
+    plain = [info_nce(q, k, neg, 0.1), info_nce(q, k, None, 0.1),
+             proto_nce(q, centroids, labels), sinkhorn_assign(k, centroids)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = [info_nce(q, k, neg, 0.1), info_nce(q, k, None, 0.1),
+                  proto_nce(q, centroids, labels), sinkhorn_assign(k, centroids)]
+        assert (q @ neg.T).dtype == torch.bfloat16  # autocast is on here
+    for a, b in zip(plain, inside):
+        assert torch.equal(a, b)

@@ -264,3 +264,17 @@ def test_transform_validation_matches_the_general_checks(images, case):
     else:
         # other numeric dtypes of the same pixel values: the same embeddings
         assert_array_equal(est.transform(rows.astype(case)), est.transform(rows))
+
+
+def test_inference_caches_keep_no_model_alive(images):
+    import gc
+    import weakref
+
+    X, est = images
+    est = copy.deepcopy(est)
+    est.transform(X[:3])
+    est.predict(X[:3])
+    refs = [weakref.ref(est.encoder_), weakref.ref(est._projector)]
+    del est
+    gc.collect()
+    assert all(r() is None for r in refs)

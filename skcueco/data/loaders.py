@@ -116,15 +116,19 @@ def _tree(modules):
 
     A fitted model's tree does not change (fitting again builds new modules);
     its tensors' values and storage may, which the callers read each time.
+    The cache holds weak references only, so it keeps no model alive.
     """
     if isinstance(modules, torch.nn.Module):
         modules = (modules,)
     subs, tensors = [], []
     for module in modules:
-        if module not in _TREES:
-            _TREES[module] = (list(module.modules()),
-                              [*module.parameters(), *module.buffers()])
-        s, t = _TREES[module]
+        refs = _TREES.get(module)
+        s = t = None
+        if refs is not None:
+            s, t = [r() for r in refs[0]], [r() for r in refs[1]]
+        if s is None or any(x is None for x in s) or any(x is None for x in t):
+            s, t = list(module.modules()), [*module.parameters(), *module.buffers()]
+            _TREES[module] = ([weakref.ref(x) for x in s], [weakref.ref(x) for x in t])
         subs += s
         tensors += t
     return subs, tensors

@@ -6,6 +6,8 @@ where a matmul would otherwise return low-precision similarities and the
 division by a small temperature would amplify their rounding error.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +19,88 @@ __all__ = [
 # how keys are assigned to centroids (``CueCoModel(cluster_assign=...)``)
 ASSIGNMENTS = ("argmax", "sinkhorn")
 
+# Elements of one (queries x negatives) block of the chunked log-sum-exp:
+# 4 MB of float32, small enough to stay in a CPU's cache between the matmul
+# that writes it and the exponential that reads it.
+CHUNK_ELEMENTS = 1 << 20
 
+
+def _float32(fn):
+    """Run ``fn`` with autocast off, so its matmuls stay in float32.
+
+    Under autocast a matmul would compute in bf16/fp16 even on float32
+    inputs; similarities divided by a small temperature amplify that rounding.
+    """
+    @functools.wraps(fn)
+    def wrapper(first, *args, **kwargs):
+        with torch.autocast(first.device.type, enabled=False):
+            return fn(first, *args, **kwargs)
+    return wrapper
+
+
+class _QueueLogSumExp(torch.autograd.Function):
+    """``logsumexp(query @ negatives.T, dim=1)``, a chunk of negatives at a time.
+
+    Each ``(N, C)`` chunk of similarities is reduced while it is in cache and
+    turned, in place, into its own softmax ``exp(l - lse_chunk)``, which the
+    backward needs: ``d lse / d query = sum_c w_c * (softmax_c @ negatives_c)``
+    with ``w_c = exp(lse_chunk - lse)`` applied to the ``(N, D)`` products
+    rather than to the ``(N, C)`` blocks. Compared with autograd through
+    ``logsumexp`` over the whole ``(N, K)`` block, that saves two passes over
+    the block from memory in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, query, negatives, chunk):
+        blocks, parts = [], []
+        for i in range(0, negatives.shape[0], chunk):
+            logits = query @ negatives[i:i + chunk].T  # (N, C)
+            lse = torch.logsumexp(logits, dim=1)  # (N,)
+            blocks.append(logits.sub_(lse[:, None]).exp_())  # chunk softmax
+            parts.append(lse)
+        parts = torch.stack(parts, dim=1)  # (N, n_chunks)
+        lse = torch.logsumexp(parts, dim=1)  # (N,)
+        ctx.save_for_backward(query, negatives, parts.sub_(lse[:, None]).exp_(), *blocks)
+        ctx.chunk = chunk
+        return lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_lse):
+        query, negatives, weights, *blocks = ctx.saved_tensors
+        weights = weights * grad_lse[:, None]  # (N, n_chunks)
+        grad_q = grad_neg = None
+        if ctx.needs_input_grad[0]:
+            grad_q = torch.zeros_like(query)
+            for c, block in enumerate(blocks):
+                part = negatives[c * ctx.chunk:(c + 1) * ctx.chunk]
+                grad_q.addcmul_(weights[:, c:c + 1], block @ part)
+        if ctx.needs_input_grad[1]:
+            # only when the negatives require a gradient (never for a queue)
+            grad_neg = torch.cat([block.T @ (query * weights[:, c:c + 1])
+                                  for c, block in enumerate(blocks)])
+        return grad_q, grad_neg, None
+
+
+def queue_logsumexp(query, negatives):
+    """Row-wise ``logsumexp(query @ negatives.T)`` without the ``(N, K)`` block.
+
+    Parameters
+    ----------
+    query : Tensor of shape (n_samples, dim)
+        Float32 queries; gradients flow through them.
+    negatives : Tensor of shape (n_negatives, dim)
+        Float32 negatives (a queue: no gradient, unless they require one).
+
+    Returns
+    -------
+    lse : Tensor of shape (n_samples,)
+    """
+    chunk = max(1, CHUNK_ELEMENTS // max(1, query.shape[0]))
+    return _QueueLogSumExp.apply(query, negatives, chunk)
+
+
+@_float32
 def info_nce(query, positive_key, negatives=None, temperature=0.2):
     """InfoNCE loss of queries against their positive keys.
 
@@ -70,16 +153,17 @@ def info_nce(query, positive_key, negatives=None, temperature=0.2):
         return F.cross_entropy(logits, target)
     # Cross-entropy with the positive in column 0 of [l_pos | l_neg] is
     # logsumexp([l_pos, l_neg]) - l_pos. Scaling the (N, D) query once instead
-    # of the (N, K) logits, and combining the positive with the negatives'
-    # logsumexp instead of concatenating them, leaves the matmul and a single
-    # reduction as the only passes over the (N, K) block: with a large queue
-    # those passes, not the backbone, would otherwise dominate a step.
+    # of the (N, K) logits, combining the positive with the negatives'
+    # logsumexp instead of concatenating them, and reducing the negatives a
+    # cache-sized chunk at a time keep a large queue from dominating a step
+    # (``benchmarks/throughput.py --queue``).
     query = query / temperature  # (N, D)
     l_pos = (query * positive_key).sum(dim=1)  # (N,)
-    l_neg = query @ negatives.float().T  # (N, K)
-    return (torch.logaddexp(l_pos, torch.logsumexp(l_neg, dim=1)) - l_pos).mean()
+    lse_neg = queue_logsumexp(query, negatives.float())  # (N,)
+    return (torch.logaddexp(l_pos, lse_neg) - l_pos).mean()
 
 
+@_float32
 def cluster_pull(query, centroids, assignments):
     """Mean squared distance of queries to their assigned centroids.
 
@@ -107,6 +191,7 @@ def cluster_pull(query, centroids, assignments):
     return (2.0 - 2.0 * cos).mean()
 
 
+@_float32
 def proto_nce(query, centroids, assignments, temperature=0.1):
     """Prototype cross-entropy of queries against all centroids (PCL-style).
 
@@ -132,6 +217,7 @@ def proto_nce(query, centroids, assignments, temperature=0.1):
 
 
 @torch.no_grad()
+@_float32
 def assign_clusters(keys, centroids):
     """Assign each key to its most similar centroid.
 
@@ -152,6 +238,7 @@ def assign_clusters(keys, centroids):
 
 
 @torch.no_grad()
+@_float32
 def sinkhorn_assign(keys, centroids, n_iter=3, epsilon=0.05):
     """Balanced assignment of keys to centroids by Sinkhorn-Knopp (as SwAV).
 
