@@ -4,6 +4,7 @@ import numbers
 import weakref
 from contextlib import contextmanager
 
+import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import (
@@ -21,7 +22,7 @@ from ._persistence import (
     save_embedder,
 )
 from .backbones import BACKBONE_NAMES
-from .callbacks import Callback, ProgressBar
+from .callbacks import Callback, ProgressBar, _feature_scale
 from .data.loaders import INFERENCE_ROWS, encode
 from .data.preprocess import input_statistics, relayout
 from .data.validation import check_input, image_format, spec_from_image_shape
@@ -67,7 +68,10 @@ class CueCoEmbedder(
     exponential moving average, with a symmetric InfoNCE loss against a queue
     of keys (spreading images apart) plus a clustering loss that pulls each
     projection towards the centroid its other view's key is assigned to.
-    ``transform`` returns the backbone features of the query network.
+    ``transform`` returns the backbone features of the query network,
+    standardised with their training-set mean and standard deviation, so that
+    cosine similarities and distances between embeddings weigh every feature
+    alike.
 
     Parameters
     ----------
@@ -216,6 +220,13 @@ class CueCoEmbedder(
         standardised with the training mean and standard deviation).
     cluster_centers_ : ndarray of shape (n_clusters, projection_dim)
         Unit-norm centroids in the projection space.
+    embedding_mean_ : ndarray of shape (n_features_out,), dtype float32
+        Mean backbone feature over the training set (in eval mode, at the end
+        of ``fit``; pooled over the ``partial_fit`` calls since).
+    embedding_scale_ : ndarray of shape (n_features_out,), dtype float32
+        Standard deviation of each backbone feature over the same rows (1
+        for constant features). :meth:`transform` returns
+        ``(features - embedding_mean_) / embedding_scale_``.
     queue_size_ : int
         Number of queued negative keys used (``queue_size`` resolved).
     cluster_warmup_ : int
@@ -559,6 +570,7 @@ class CueCoEmbedder(
         self._projector = result.projector
         self._preprocess = result.preprocess
         self.cluster_centers_ = result.centroids.numpy()
+        self.embedding_mean_, self.embedding_scale_ = standardisation(result.embedding_stats)
         if result.queue_size is not None:
             self.queue_size_ = result.queue_size
             self.cluster_warmup_ = result.cluster_warmup
@@ -612,16 +624,20 @@ class CueCoEmbedder(
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_features_out), dtype float32
-            Backbone features, independent of batch composition.
+            Backbone features standardised with ``embedding_mean_`` and
+            ``embedding_scale_``; independent of batch composition.
         """
         X, spec = self._validate_for_inference(X)
         return self._transform(X, spec)
 
     def _transform(self, X, spec):
         preprocess = self._inference_preprocess(spec)
-        return encode(self.encoder_, preprocess, self.encoder_, X, INFERENCE_ROWS,
-                      self.device_, fixed_batch=self.device_.type == "cpu",
-                      check_key="transform").numpy()
+        Z = encode(self.encoder_, preprocess, self.encoder_, X, INFERENCE_ROWS,
+                   self.device_, fixed_batch=self.device_.type == "cpu",
+                   check_key="transform").numpy()
+        Z -= self.embedding_mean_
+        Z /= self.embedding_scale_
+        return Z
 
     def _inference_preprocess(self, spec):
         # the layout training used, decided by the parameters alone (not by the
@@ -662,10 +678,14 @@ class CueCoEmbedder(
             aug = view_augmentation(self.augmentation, spec)
             preprocess = self._preprocess_for(spec)
             generator = torch.Generator(device=device).manual_seed(augment_seed)
+            # standardised as transform's output, on the device
+            mean = torch.from_numpy(self.embedding_mean_).to(device)
+            scale = torch.from_numpy(self.embedding_scale_).to(device)
 
             @torch.no_grad()
             def augment(batch):
-                return self.encoder_(aug(preprocess(batch.to(device)), generator)).float()
+                h = self.encoder_(aug(preprocess(batch.to(device)), generator)).float()
+                return (h - mean) / scale
         return rows, features, augment
 
     def predict(self, X):
@@ -783,6 +803,12 @@ class CueCoEmbedder(
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+def standardisation(stats):
+    """``(mean, scale)`` float32 arrays from :func:`~skcueco.training.run.embedding_statistics`."""
+    std = stats["var"].clamp_min(0).sqrt().numpy()
+    return stats["mean"].numpy().astype(np.float32), _feature_scale(std)
 
 
 def _check_finite_result(result, X, n_probe=32):

@@ -81,6 +81,11 @@ class TorchStateMixin:
                 state[key] = torch.load(
                     io.BytesIO(value.data), map_location=device or "cpu", weights_only=False
                 )
+        if "encoder_" in state and "embedding_mean_" not in state:
+            # pickled before embeddings were standardised: the raw features
+            n = state["_n_features_out"]
+            state["embedding_mean_"] = np.zeros(n, dtype=np.float32)
+            state["embedding_scale_"] = np.ones(n, dtype=np.float32)
         super().__setstate__(state)
 
 
@@ -460,6 +465,8 @@ def save_embedder(est, path, training_state=True):
         "projector": copy_state(est._projector.state_dict()),
         "preprocess": copy_state(est._preprocess.state_dict()),
         "cluster_centers": torch.from_numpy(est.cluster_centers_),
+        "embedding_mean": torch.from_numpy(est.embedding_mean_),
+        "embedding_scale": torch.from_numpy(est.embedding_scale_),
     }
     if training_state and getattr(est, "_train_state", None) is not None:
         payload["train_state"] = est._train_state
@@ -497,6 +504,9 @@ def load_embedder(cls, path):
         pre = payload["preprocess"]
         preprocess = Preprocess(spec, pre["offset"], pre["scale"])
         centers = payload["cluster_centers"].numpy()
+        # files of versions before standardised embeddings: the raw features
+        mean = payload.get("embedding_mean", torch.zeros(feature_dim)).numpy()
+        scale = payload.get("embedding_scale", torch.ones(feature_dim)).numpy()
         history = pd.DataFrame(meta["history"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise ValueError(f"{path!s} holds weights that do not fit its parameters: {exc}") from exc
@@ -508,11 +518,16 @@ def load_embedder(cls, path):
             f"cluster centers of shape {centers.shape}, but n_clusters={est.n_clusters} "
             f"and projection_dim={est.projection_dim}"
         )
+    if mean.shape != (feature_dim,) or scale.shape != (feature_dim,):
+        problems.append("embedding statistics of the wrong shape")
+    elif not (scale > 0).all():
+        problems.append("embedding scales that are not positive")
     expected = () if spec.kind == "image" else (int(spec.shape[0]),)
     if tuple(preprocess.offset.shape) != expected or tuple(preprocess.scale.shape) != expected:
         problems.append("input scaling statistics of the wrong shape")
     tensors = [*encoder.state_dict().values(), *projector.state_dict().values(),
-               preprocess.offset, preprocess.scale, payload["cluster_centers"]]
+               preprocess.offset, preprocess.scale, payload["cluster_centers"],
+               torch.from_numpy(mean), torch.from_numpy(scale)]
     if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
         problems.append("NaN or infinite weights")
     train_state = payload.get("train_state")
@@ -534,6 +549,8 @@ def load_embedder(cls, path):
     est._projector = projector.to(device).eval()
     est._preprocess = preprocess.to(device)
     est.cluster_centers_ = centers.copy()
+    est.embedding_mean_ = mean.astype(np.float32)
+    est.embedding_scale_ = scale.astype(np.float32)
     est.history_ = history
     est.n_iter_ = len(est.history_)
     est.n_features_in_ = meta["n_features_in"]

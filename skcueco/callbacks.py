@@ -461,7 +461,9 @@ class KNNMonitor(Callback):
     The field's standard monitor (as in MoCo and lightly): features are L2
     normalised, each query's ``k`` nearest neighbours in the labeled bank vote
     with weight ``exp(cos / temperature)``. Recorded as ``knn_accuracy`` in
-    ``history_``.
+    ``history_``. Like ``transform``'s output, the backbone features are
+    standardised first, here with the bank's own mean and standard deviation
+    (the training set's are only known at the end of ``fit``).
 
     Parameters
     ----------
@@ -490,11 +492,24 @@ class KNNMonitor(Callback):
         last = trainer.epoch >= trainer.max_epochs or trainer.stop_training
         if (epoch + 1) % self.every and not last:
             return
-        bank = trainer.embed(self.X_train)
-        queries = trainer.embed(self.X_val)
+        bank = np.asarray(trainer.embed(self.X_train), dtype=np.float32)
+        queries = np.asarray(trainer.embed(self.X_val), dtype=np.float32)
+        mean, scale = bank.mean(axis=0), _feature_scale(bank.std(axis=0))
+        bank, queries = (bank - mean) / scale, (queries - mean) / scale
         logs["knn_accuracy"] = knn_accuracy(
             bank, self.y_train, queries, self.y_val, k=self.k, temperature=self.temperature
         )
+
+
+def _feature_scale(std):
+    """Standard deviations as float32 divisors; 1 for (nearly) constant features.
+
+    A feature whose standard deviation is negligible against the others'
+    (a dead unit) keeps a scale of 1, so its rounding noise is not blown up
+    to unit variance.
+    """
+    std = np.asarray(std, dtype=np.float64)
+    return np.where(std > 1e-4 * std.mean(), std, 1.0).astype(np.float32)
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from skcueco.callbacks import (
     EarlyStopping,
     KNNMonitor,
     ProgressBar,
+    _feature_scale,
     knn_accuracy,
 )
 
@@ -149,7 +150,11 @@ def test_knn_monitor_records_every_and_last_epoch(knn_fit):
 def test_knn_monitor_last_value_is_that_of_the_final_model(knn_fit, digits):
     est, monitor = knn_fit
     X, y = digits
-    expected = knn_accuracy(est.transform(X[:200]), y[:200], est.transform(X[200:]),
+    # the raw features of the final model, standardised on the bank
+    bank, queries = (est.transform(Z) * est.embedding_scale_ + est.embedding_mean_
+                     for Z in (X[:200], X[200:]))
+    mean, scale = bank.mean(axis=0), _feature_scale(bank.std(axis=0))
+    expected = knn_accuracy((bank - mean) / scale, y[:200], (queries - mean) / scale,
                             y[200:], k=monitor.k, temperature=monitor.temperature)
     assert est.history_["knn_accuracy"].iloc[-1] == pytest.approx(expected)
 

@@ -341,10 +341,30 @@ def test_predict(fitted_rgb, fast_params):
 def test_predict_is_nearest_center_of_projection(fitted_rgb):
     est, X = fitted_rgb
     projector = copy.deepcopy(est._projector).eval()
+    # the backbone features behind the standardised embeddings
+    h = est.transform(X) * est.embedding_scale_ + est.embedding_mean_
     with torch.no_grad():
-        z = projector(torch.as_tensor(est.transform(X)))
+        z = projector(torch.as_tensor(h))
     z = torch.nn.functional.normalize(z, dim=1).numpy()
     assert_array_equal(est.predict(X), (z @ est.cluster_centers_.T).argmax(axis=1))
+
+
+def test_transform_standardises_the_backbone_features(fitted_rgb):
+    est, X = fitted_rgb
+    encoder = copy.deepcopy(est.encoder_).eval()
+    with torch.no_grad():
+        h = encoder(est._preprocess(torch.from_numpy(X.reshape(len(X), -1)))).numpy()
+    std = h.std(axis=0)
+    live = std > 1e-3 * std.mean()
+    assert live.sum() > h.shape[1] // 2
+    np.testing.assert_allclose(est.embedding_mean_, h.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(est.embedding_scale_[live], std[live], rtol=1e-3)
+    assert (est.embedding_scale_[~live] == 1).all()  # constant features: not blown up
+    Z = est.transform(X)
+    np.testing.assert_allclose(Z, (h - h.mean(axis=0)) / est.embedding_scale_,
+                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(Z[:, live].std(axis=0), 1, rtol=1e-3)
+    assert est.embedding_mean_.dtype == est.embedding_scale_.dtype == np.float32
 
 
 def test_encoder_stays_in_eval_mode(rgb_u8, fast_params):
@@ -669,3 +689,31 @@ def test_callable_augmentation_is_used(gray_u8, fast_params):
         assert shape == (batch_size, 1, 8, 8)
         assert dtype == torch.float32
         assert 0.0 <= lo <= hi <= 1.0
+
+
+def test_embedding_statistics_pool_over_partial_fit_calls(make_images, fast_params):
+    from skcueco.training.run import embedding_statistics
+
+    a, b = torch.randn(7, 5, dtype=torch.float64), torch.randn(11, 5, dtype=torch.float64) + 3
+    pooled = embedding_statistics(b, embedding_statistics(a))
+    whole = torch.cat([a, b])
+    assert pooled["count"] == 18
+    torch.testing.assert_close(pooled["mean"], whole.mean(0))
+    torch.testing.assert_close(pooled["var"], whole.var(0, correction=0))
+    # partial_fit pools its calls; fit starts over
+    X = make_images((8, 8, 3))
+    est = CueCoEmbedder(**fast_params()).partial_fit(X[:20]).partial_fit(X[20:])
+    assert est._train_state["embedding_stats"]["count"] == len(X)
+    est.fit(X[:30])
+    assert est._train_state["embedding_stats"]["count"] == 30
+
+
+def test_augmented_features_for_heads_are_standardised_like_transform(fitted_rgb):
+    # heads trained on augmented views (linear evaluation) must see the space
+    # transform returns: with no augmentation the two coincide
+    est, X = fitted_rgb
+    est = copy.deepcopy(est)
+    est.augmentation = "none"
+    rows, features, augment = est._frozen_features(X, augment_seed=0)
+    np.testing.assert_allclose(augment(torch.from_numpy(rows)).cpu().numpy(), features,
+                               rtol=1e-4, atol=1e-4)

@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 from ..augment import make_augmentation
 from ..backbones import build_backbone
@@ -176,6 +177,7 @@ class FitResult:
     cluster_warmup: int = None
     cluster_ramp: int = None
     batch_size: int = None
+    embedding_stats: dict = None
 
 
 def view_augmentation(augmentation, spec):
@@ -300,13 +302,59 @@ def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine
         )
 
 
+def embedding_statistics(features, previous=None):
+    """Mean, variance and count of the backbone features of a training set.
+
+    ``transform`` standardises the features with them (see
+    ``docs/method.rst``). ``previous`` statistics of earlier data (the
+    ``partial_fit`` calls since the last ``fit``) are pooled with these,
+    weighted by their counts.
+
+    Parameters
+    ----------
+    features : Tensor of shape (n_samples, n_features)
+    previous : dict or None, default=None
+        What an earlier call returned.
+
+    Returns
+    -------
+    stats : dict
+        ``mean`` and ``var`` (float64 tensors of shape (n_features,), on the
+        CPU) and ``count`` (int).
+    """
+    features = features.double()
+    stats = {"mean": features.mean(dim=0), "var": features.var(dim=0, correction=0),
+             "count": int(features.shape[0])}
+    if previous is None or previous["mean"].shape != stats["mean"].shape:
+        return stats
+    # pooled mean and variance of the two groups (Chan et al.)
+    n_a, n_b = previous["count"], stats["count"]
+    n = n_a + n_b
+    delta = stats["mean"] - previous["mean"]
+    return {
+        "mean": previous["mean"] + delta * (n_b / n),
+        "var": (previous["var"] * n_a + stats["var"] * n_b + delta ** 2 * (n_a * n_b / n)) / n,
+        "count": n,
+    }
+
+
+def _features_and_projections(model):
+    """Backbone features and unit projections of a batch, side by side."""
+    def both(x):
+        h = model.backbone_q(x)
+        z = F.normalize(model.projector_q(h).float(), dim=1)  # as CueCoModel.project
+        return torch.cat([h.float().flatten(1), z], dim=1)
+    return both
+
+
 def untrained_cueco(X, spec, config, seeds):
     """A :class:`FitResult` of the initial network (a baseline), k-means centroids."""
     device = resolve_device(config.device)
     model, preprocess, feature_dim = build_model(X, spec, config, seeds, device=device)
     batch_size = resolve_batch_size(config.batch_size, X.shape[0])
     model.init_centroids(encode(model.encode_key, preprocess, model, X, batch_size, device))
-    return _result(model, preprocess, device, feature_dim, [])
+    stats = embedding_statistics(encode(model.backbone_q, preprocess, model, X, batch_size, device))
+    return _result(model, preprocess, device, feature_dim, [], embedding_stats=stats)
 
 
 def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None,
@@ -434,11 +482,15 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         # the warm-up lasted the whole run: centroids still serve `predict`
         # (the training state keeps them unset, for a warm start to set them)
         task.init_centroids()
+    previous_stats = None if prev_state is None else prev_state.get("embedding_stats")
     if mode != "partial":
-        # one pass in eval mode over the training set (partial_fit skips it
-        # to stay one epoch's work): the projections `predict` uses
-        projections = encode(model.project, preprocess, model, X, batch_size, device,
-                             fixed_batch=device.type == "cpu").to(device)  # (n_samples, D)
+        # one pass in eval mode over the training set: the statistics that
+        # standardise `transform`, and the projections `predict` uses
+        both = encode(_features_and_projections(model), preprocess, model, X, batch_size,
+                      device, fixed_batch=device.type == "cpu")
+        stats = embedding_statistics(both[:, :feature_dim])
+        projections = both[:, feature_dim:].to(device)  # (n_samples, D)
+        del both
         # the centroids the clustering term trained, before refinement, tell
         # whether it pulled (nearly) everything into one cluster
         labels = None
@@ -455,6 +507,12 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         if distributed:
             # every process ends with rank 0's centroids
             broadcast_(model.centroids)
+    if mode == "partial":
+        # partial_fit stays about one epoch's work: one eval pass over this
+        # call's rows, pooled with the statistics of the calls before it
+        stats = embedding_statistics(
+            encode(model.backbone_q, preprocess, model, X, batch_size, device), previous_stats)
+    train_state["embedding_stats"] = stats
     return _result(model, preprocess, device, feature_dim, trainer.history, train_state,
                    queue_size=model.queue.keys.shape[0], cluster_warmup=cluster_warmup,
-                   cluster_ramp=cluster_ramp, batch_size=batch_size)
+                   cluster_ramp=cluster_ramp, batch_size=batch_size, embedding_stats=stats)
