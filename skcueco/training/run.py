@@ -512,6 +512,11 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         # call's rows, pooled with the statistics of the calls before it
         stats = embedding_statistics(
             encode(model.backbone_q, preprocess, model, X, batch_size, device), previous_stats)
+    if distributed:
+        # every process ends with rank 0's statistics (a GPU's reductions
+        # may round differently from process to process)
+        for key in ("mean", "var"):
+            stats[key] = broadcast_(stats[key].to(device)).cpu()
     train_state["embedding_stats"] = stats
     return _result(model, preprocess, device, feature_dim, trainer.history, train_state,
                    queue_size=model.queue.keys.shape[0], cluster_warmup=cluster_warmup,
