@@ -672,20 +672,20 @@ class CueCoEmbedder(
         """
         rows, spec = self._validate_for_inference(X)
         features = self._transform(rows, spec)
-        augment = None
-        if augment_seed is not None:
-            device = self.device_
-            aug = view_augmentation(self.augmentation, spec)
-            preprocess = self._preprocess_for(spec)
-            generator = torch.Generator(device=device).manual_seed(augment_seed)
-            # standardised as transform's output, on the device
-            mean = torch.from_numpy(self.embedding_mean_).to(device)
-            scale = torch.from_numpy(self.embedding_scale_).to(device)
+        if augment_seed is None:
+            return rows, features, None
+        device = self.device_
+        aug = view_augmentation(self.augmentation, spec)
+        preprocess = self._preprocess_for(spec)
+        generator = torch.Generator(device=device).manual_seed(augment_seed)
+        # standardised as transform's output, on the device
+        mean = torch.from_numpy(self.embedding_mean_).to(device)
+        scale = torch.from_numpy(self.embedding_scale_).to(device)
 
-            @torch.no_grad()
-            def augment(batch):
-                h = self.encoder_(aug(preprocess(batch.to(device)), generator)).float()
-                return (h - mean) / scale
+        @torch.no_grad()
+        def augment(batch):
+            h = self.encoder_(aug(preprocess(batch.to(device)), generator)).float()
+            return (h - mean) / scale
         return rows, features, augment
 
     def predict(self, X):
