@@ -717,3 +717,18 @@ def test_augmented_features_for_heads_are_standardised_like_transform(fitted_rgb
     rows, features, augment = est._frozen_features(X, augment_seed=0)
     np.testing.assert_allclose(augment(torch.from_numpy(rows)).cpu().numpy(), features,
                                rtol=1e-4, atol=1e-4)
+
+
+def test_end_of_fit_pass_in_pieces_gives_the_statistics_and_projections_of_one(
+        make_images, fast_params, monkeypatch):
+    from skcueco.training import run
+
+    X = make_images((8, 8, 3))
+    whole = CueCoEmbedder(**fast_params()).fit(X)
+    # pieces of one batch each: the same model, statistics and projections
+    monkeypatch.setattr(run, "EVAL_PASS_FEATURE_VALUES", 1)
+    pieces = CueCoEmbedder(**fast_params()).fit(X)
+    np.testing.assert_allclose(pieces.embedding_mean_, whole.embedding_mean_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pieces.embedding_scale_, whole.embedding_scale_, rtol=1e-5)
+    assert_array_equal(pieces.cluster_centers_, whole.cluster_centers_)
+    assert_array_equal(pieces.predict(X), whole.predict(X))

@@ -338,13 +338,42 @@ def embedding_statistics(features, previous=None):
     }
 
 
-def _features_and_projections(model):
-    """Backbone features and unit projections of a batch, side by side."""
+# Bounds on one piece of the end-of-fit pass: input rows (decoded, for images
+# read from files) and float64 features. Only the projections of the whole
+# training set are kept; the backbone features are reduced piece by piece.
+EVAL_PASS_INPUT_BYTES = 64 << 20
+EVAL_PASS_FEATURE_VALUES = 1 << 24
+
+
+def eval_pass(model, preprocess, X, batch_size, device, feature_dim, *, previous=None,
+              projections=True):
+    """One pass in eval mode over ``X``: feature statistics, and projections.
+
+    Returns ``(stats, z)``: :func:`embedding_statistics` of the backbone
+    features (pooled with ``previous``), and the unit projections
+    ``(n_samples, D)`` on ``device`` (None unless ``projections``). The
+    features are reduced a piece at a time (whole batches, about 64 MB of
+    input and 128 MB of features at most), so a large training set never
+    holds all of them at once, and the projections are those of one pass.
+    """
     def both(x):
         h = model.backbone_q(x)
+        if not projections:
+            return h.float().flatten(1)
         z = F.normalize(model.projector_q(h).float(), dim=1)  # as CueCoModel.project
         return torch.cat([h.float().flatten(1), z], dim=1)
-    return both
+
+    rows = min(EVAL_PASS_INPUT_BYTES // max(1, X.shape[1] * X.dtype.itemsize),
+               EVAL_PASS_FEATURE_VALUES // max(1, feature_dim))
+    rows = batch_size * max(1, rows // batch_size)
+    stats, parts = previous, []
+    for start in range(0, X.shape[0], rows):
+        out = encode(both, preprocess, model, X[start:start + rows], batch_size, device,
+                     fixed_batch=projections and device.type == "cpu")
+        stats = embedding_statistics(out[:, :feature_dim], stats)
+        if projections:
+            parts.append(out[:, feature_dim:])
+    return stats, torch.cat(parts).to(device) if projections else None
 
 
 def untrained_cueco(X, spec, config, seeds):
@@ -353,7 +382,7 @@ def untrained_cueco(X, spec, config, seeds):
     model, preprocess, feature_dim = build_model(X, spec, config, seeds, device=device)
     batch_size = resolve_batch_size(config.batch_size, X.shape[0])
     model.init_centroids(encode(model.encode_key, preprocess, model, X, batch_size, device))
-    stats = embedding_statistics(encode(model.backbone_q, preprocess, model, X, batch_size, device))
+    stats, _ = eval_pass(model, preprocess, X, batch_size, device, feature_dim, projections=False)
     return _result(model, preprocess, device, feature_dim, [], embedding_stats=stats)
 
 
@@ -486,11 +515,7 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
     if mode != "partial":
         # one pass in eval mode over the training set: the statistics that
         # standardise `transform`, and the projections `predict` uses
-        both = encode(_features_and_projections(model), preprocess, model, X, batch_size,
-                      device, fixed_batch=device.type == "cpu")
-        stats = embedding_statistics(both[:, :feature_dim])
-        projections = both[:, feature_dim:].to(device)  # (n_samples, D)
-        del both
+        stats, projections = eval_pass(model, preprocess, X, batch_size, device, feature_dim)
         # the centroids the clustering term trained, before refinement, tell
         # whether it pulled (nearly) everything into one cluster
         labels = None
@@ -510,8 +535,8 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
     if mode == "partial":
         # partial_fit stays about one epoch's work: one eval pass over this
         # call's rows, pooled with the statistics of the calls before it
-        stats = embedding_statistics(
-            encode(model.backbone_q, preprocess, model, X, batch_size, device), previous_stats)
+        stats, _ = eval_pass(model, preprocess, X, batch_size, device, feature_dim,
+                             previous=previous_stats, projections=False)
     if distributed:
         # every process ends with rank 0's statistics (a GPU's reductions
         # may round differently from process to process)
