@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skcueco.training.engine import NonFiniteLossError, Trainer, resolve_amp
+from skcueco.training.engine import (
+    NonFiniteLossError,
+    Trainer,
+    default_check_every,
+    resolve_amp,
+)
 from skcueco.training.task import CueCoTask
 from skcueco.augment import VectorAugmentation
 from skcueco.callbacks import Callback
@@ -188,7 +193,13 @@ def test_fit_resumes_from_current_epoch():
     assert task.optimizer_steps == list(range(3 * len(loader)))
 
 
-@pytest.mark.parametrize("check_every", [None, 1000])
+def test_the_loss_is_checked_every_step_on_the_cpu_and_per_epoch_elsewhere():
+    assert default_check_every("cpu") == 1
+    assert default_check_every(torch.device("cuda", 1)) == 0
+    assert default_check_every("mps") == 0
+
+
+@pytest.mark.parametrize("check_every", [None, 1000, 0])
 def test_nonfinite_loss_raises(check_every):
     log = []
     task = RegressionTask(nan_at_step=2)
@@ -203,6 +214,9 @@ def test_nonfinite_loss_raises(check_every):
         # on CPU every step is checked: the bad step never reaches the optimiser
         assert task.optimizer_steps == [0, 1]
         assert torch.isfinite(task.model.weight).all()
+    elif check_every == 0:
+        # checked at the epoch's end only: the whole epoch ran
+        assert len(task.optimizer_steps) == len(_regression_loader())
 
 
 def test_nonfinite_loss_in_a_later_epoch_names_it():

@@ -57,11 +57,11 @@ def step_reads(monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    # the non-finite check at its GPU interval, not at every step as on the CPU
+    # the non-finite check as on a GPU, not at every step as on the CPU
     init = engine.Trainer.__init__
 
     def gpu_interval(self, *args, **kwargs):
-        kwargs["check_every"] = 10 ** 6
+        kwargs["check_every"] = engine.default_check_every("cuda")
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(engine.Trainer, "__init__", gpu_interval)

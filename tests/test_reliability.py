@@ -30,6 +30,7 @@ except ImportError:  # not on Windows
 from skcueco import CueCoEmbedder
 from skcueco.callbacks import Callback, Checkpoint
 from skcueco.cli import train as cli_train
+from skcueco.training import engine
 from skcueco.training.engine import NonFiniteLossError
 
 FAST = dict(max_epochs=1, batch_size=32, hidden_dim=32, projection_dim=16, queue_size=64,
@@ -354,6 +355,21 @@ def test_a_single_step_with_a_huge_learning_rate_publishes_nothing(digits):
     with pytest.raises(NonFiniteLossError, match="smaller `lr`"):
         est.fit(digits[:48])
     assert not hasattr(est, "encoder_")
+
+
+def test_a_divergence_seen_only_at_the_end_of_the_epoch_keeps_the_previous_model(
+        fitted, digits, monkeypatch):
+    """As on a GPU, where the loss is read once per epoch: the steps after the
+    first NaN loss still run, and the whole epoch is rolled back."""
+    monkeypatch.setattr(engine, "default_check_every", lambda device: 0)
+    est = copy.deepcopy(fitted)
+    Z, history = est.transform(digits), est.history_.copy()
+    est.set_params(warm_start=True, max_epochs=1,
+                   callbacks=[CorruptAtStep(est._train_state["global_step"] + 1, "parameter")])
+    with pytest.raises(NonFiniteLossError, match="smaller `lr`"):
+        est.fit(digits)
+    assert_array_equal(est.transform(digits), Z)
+    assert est.history_.equals(history)
 
 
 @pytest.mark.parametrize("how", ["warm_start", "partial_fit"])

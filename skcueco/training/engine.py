@@ -17,8 +17,9 @@ into the epoch's single loss check: a diverged epoch is rolled back and
 raises :class:`NonFiniteLossError`, so no non-finite state is ever kept.
 
 Per-step values stay on the device and are summed there; they are read back
-once per epoch, so the hot path has no host synchronisation (except the
-non-finite check, see ``check_every``).
+once per epoch, so the hot path has no host synchronisation: on a GPU the
+loss is checked for NaN/inf only in the epoch's one read (see
+``check_every``).
 """
 
 import time
@@ -73,8 +74,12 @@ class Trainer:
     callbacks : list of Callback, default=()
     amp : see :func:`resolve_amp`, default=None
     check_every : int, default=None
-        Check the loss for NaN/inf every this many steps (a host sync).
-        Default: every step on CPU, where it costs nothing, every 25 on GPU.
+        Also check the loss for NaN/inf every this many steps inside an
+        epoch (a host sync each time); 0: only at the end of each epoch,
+        where every step's loss is checked at once and a diverged epoch is
+        rolled back whole. Default: :func:`default_check_every`, every step
+        on the CPU, where a check costs nothing, and only at the epoch's
+        end elsewhere (one host sync per epoch on a GPU).
     embed : callable, default=None
         ``embed(X) -> ndarray`` of features of the model being trained, for
         monitoring callbacks (e.g. a kNN accuracy on held-out data).
@@ -108,7 +113,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.amp_dtype = resolve_amp(amp, self.device)
         if check_every is None:
-            check_every = 1 if self.device.type == "cpu" else 25
+            check_every = default_check_every(self.device)
         self.check_every = check_every
         self.history = []
         self.epoch = 0
@@ -285,7 +290,8 @@ class Trainer:
             with self._autocast():
                 loss, logs = task.training_step(batch, epoch)
             nonfinite |= ~torch.isfinite(loss.detach())
-            if (self.global_step + 1) % self.check_every == 0 and _on_any_rank(nonfinite):
+            if (self.check_every and (self.global_step + 1) % self.check_every == 0
+                    and _on_any_rank(nonfinite)):
                 self._raise_nonfinite(epoch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -360,6 +366,16 @@ def _state_tensors(task, optimizer):
     for param_state in optimizer.state.values():
         tensors.extend(v for v in param_state.values() if isinstance(v, torch.Tensor))
     return [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
+
+
+def default_check_every(device):
+    """Steps between the in-epoch NaN/inf checks of the loss on ``device``.
+
+    1 on the CPU, where reading the loss costs nothing and a bad step never
+    reaches the optimiser; 0 (the end of each epoch only) elsewhere, where
+    every read waits for the device: a diverged epoch is rolled back whole.
+    """
+    return 1 if torch.device(device).type == "cpu" else 0
 
 
 def _all_finite(tensors, device):
