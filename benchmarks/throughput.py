@@ -14,9 +14,13 @@ Modes (default: ``fit`` and ``transform``):
   with the same backbone, batch size, queue, augmentations, precision and
   memory format (goal: ratio >= 0.9); ``CueCoEmbedder.transform`` against a
   bare ``model.eval()`` forward over channels-last batches (goal >= 0.95);
-  peak memory. With ``--per-image`` also the loop of the lightly and
-  torchvision style, which augments image by image as per-image dataset
-  transforms do (goal: ``fit`` >= 1.8x its images per second).
+  peak memory. With ``--per-image`` also the bare loop with this library's
+  augmentations applied image by image, as per-image dataset transforms
+  are. With ``--lightly-style`` also MoCo v2 as written with lightly: PIL
+  images through ``MoCoV2Transform`` in a ``DataLoader``, lightly's head,
+  memory-bank loss and momentum update (torchvision's transforms and this
+  library's queue when lightly is not installed; goal: ``fit`` >= 1.8x its
+  images per second).
 - ``--queue A B``: seconds per training step of the bare MoCo v2 loop with a
   queue of ``A`` and of ``B`` keys (goal: ``B`` = 65536 costs at most 20 %
   more than ``A`` = 4096).
@@ -98,6 +102,10 @@ def parse_args(argv=None):
     p.add_argument("--per-image", action="store_true",
                    help="default mode: also time the loop that augments image by image "
                         "(per-image dataset transforms, as lightly and torchvision do)")
+    p.add_argument("--lightly-style", action="store_true",
+                   help="default mode: also time MoCo v2 as written with lightly (PIL "
+                        "transforms per image in a DataLoader; lightly's own modules when "
+                        "it is installed, torchvision's transforms otherwise)")
     p.add_argument("--compare-to", metavar="PATH", default=None,
                    help="time fit of the skcueco tree at PATH against this one")
     p.add_argument("--fit-samples", type=int, default=None,
@@ -259,6 +267,103 @@ def bare_fit_rate(X, args, device, amp_dtype, channels_last, per_image=False):
     return (len(X) // args.batch_size) * args.batch_size * args.epochs / seconds
 
 
+class _PILImages(torch.utils.data.Dataset):
+    """uint8 HWC rows as PIL images through a two-view transform (per image)."""
+
+    def __init__(self, X, transform):
+        self.X, self.transform = X, transform
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.X[i]))
+
+
+def lightly_style_fit_rate(X, args, device, amp_dtype, channels_last):
+    """Images/s of MoCo v2 as written with lightly: PIL transforms per image, a DataLoader.
+
+    With lightly installed its own building blocks are used (``MoCoV2Transform``,
+    ``MoCoProjectionHead``, ``NTXentLoss`` with a memory bank, ``update_momentum``);
+    without it the same recipe in torchvision transforms and this library's
+    queue and loss. The backbone is this library's, so that only the data
+    path and the training-step code differ.
+    """
+    import torchvision.transforms as T
+    try:
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import MoCoProjectionHead
+        from lightly.models.utils import deactivate_requires_grad, update_momentum
+        from lightly.transforms import MoCoV2Transform
+        have_lightly = True
+    except ImportError:
+        have_lightly = False
+    size = args.image_size
+
+    def run():
+        torch.manual_seed(0)
+        backbone, dim = build_backbone(args.backbone, input_kind="image",
+                                       input_shape=(3, size, size))
+        queue_size = min(args.queue_size, len(X))
+        if have_lightly:
+            view = MoCoV2Transform(input_size=size, gaussian_blur=0.0)
+            head = MoCoProjectionHead(dim, 2048, 128)
+            criterion = NTXentLoss(temperature=0.2, memory_bank_size=(queue_size, 128))
+        else:
+            one = T.Compose([
+                T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2), T.RandomHorizontalFlip(), T.ToTensor(),
+                T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            ])
+
+            def view(img):
+                return one(img), one(img)
+            head = ProjectionHead(dim, 2048, 128)
+            queue = KeyQueue(queue_size, 128).to(device)
+        f_q = torch.nn.Sequential(backbone, head).to(device)
+        f_k = copy.deepcopy(f_q).requires_grad_(False)
+        if have_lightly:
+            deactivate_requires_grad(f_k)
+        if channels_last:
+            f_q.to(memory_format=torch.channels_last)
+            f_k.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(f_q.parameters(), lr=0.06 * args.batch_size / 256,
+                              momentum=0.9, weight_decay=5e-4)
+        loader = torch.utils.data.DataLoader(
+            _PILImages(X, view), batch_size=args.batch_size, shuffle=True, drop_last=True,
+            pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for _ in range(args.epochs):
+            for v1, v2 in loader:
+                v1 = v1.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                v2 = v2.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                with torch.autocast(device.type, dtype=amp_dtype,
+                                    enabled=amp_dtype is not None):
+                    q1, q2 = f_q(v1), f_q(v2)
+                    with torch.no_grad():
+                        k1, k2 = f_k(v1), f_k(v2)
+                    if have_lightly:
+                        loss = 0.5 * (criterion(q1, k2) + criterion(q2, k1))
+                    else:
+                        q1, q2, k1, k2 = (F.normalize(t, dim=1) for t in (q1, q2, k1, k2))
+                        loss = 0.5 * (info_nce(q1, k2, queue.keys)
+                                      + info_nce(q2, k1, queue.keys))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if have_lightly:
+                    update_momentum(f_q, f_k, m=0.99)
+                else:
+                    ema_update(f_k, f_q, 0.99)
+                    queue.enqueue(torch.cat([k1, k2]).float())
+
+    seconds = timed(run, device)
+    LAST["lightly"] = have_lightly
+    return (len(X) // args.batch_size) * args.batch_size * args.epochs / seconds
+
+
 def bare_forward(est, channels_last):
     """A plain ``model.eval()`` forward of uint8 rows, optionally channels-last."""
     model = est.encoder_.eval()
@@ -289,14 +394,22 @@ def main_default(X_all, args, device, amp_dtype, channels_last):
     if args.per_image:
         sides["per-image augmentation loop"] = lambda: bare_fit_rate(
             X, args, device, amp_dtype, channels_last, per_image=True)
+    if args.lightly_style:
+        sides["lightly-style loop"] = lambda: lightly_style_fit_rate(
+            X, args, device, amp_dtype, channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     results = alternate(sides, args.rounds)
     ratio = report("fit (whole calls)", dict(list(results.items())[:2]), "img/s", True,
                    goal=">= 0.90")
-    if len(results) > 2:
+    if "per-image augmentation loop" in results:
         report("fit against the per-image augmentation loop",
                {k: results[k] for k in ("CueCoEmbedder.fit", "per-image augmentation loop")},
+               "img/s", True, goal=">= 1.8")
+    if "lightly-style loop" in results:
+        built = "lightly's" if LAST.get("lightly") else "torchvision's (lightly not installed)"
+        report(f"fit against the lightly-style loop ({built} building blocks)",
+               {k: results[k] for k in ("CueCoEmbedder.fit", "lightly-style loop")},
                "img/s", True, goal=">= 1.8")
     kind = "GPU allocated" if device.type == "cuda" else "process max RSS"
     print(f"  peak memory ({kind}): {peak_memory_mb(device):.0f} MiB")

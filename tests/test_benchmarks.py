@@ -15,10 +15,13 @@ def _load(name):
 
 
 def test_throughput_quick_mode_prints_ratios(capsys):
-    fit_ratio, transform_ratio = _load("throughput").main(["--quick", "--per-image"])
+    fit_ratio, transform_ratio = _load("throughput").main(
+        ["--quick", "--per-image", "--lightly-style"])
     out = capsys.readouterr().out
     assert "CueCoEmbedder.fit" in out and "bare MoCo v2" in out
     assert "fit against the per-image augmentation loop" in out and "goal >= 1.8" in out
+    assert "fit against the lightly-style loop" in out
+    assert out.count("goal >= 1.8") == 2
     assert "CueCoEmbedder.transform" in out and "peak memory" in out
     for ratio in (fit_ratio, transform_ratio):
         assert math.isfinite(ratio) and ratio > 0
