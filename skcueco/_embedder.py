@@ -127,9 +127,12 @@ class CueCoEmbedder(
     cluster_update : {"online", "epoch"}, default="online"
         ``"online"``: moving-average update of the centroids after every step.
         ``"epoch"``: k-means on the whole training set before every epoch.
-    cluster_loss : {"pull", "proto"}, default="pull"
-        ``"pull"``: squared distance to the assigned centroid. ``"proto"``:
-        cross-entropy against all centroids.
+    cluster_loss : {"proto", "pull"}, default="proto"
+        ``"proto"``: cross-entropy of the softmax over all centroids with
+        the assigned one as the target, which also pushes each query away
+        from the other centroids. ``"pull"``: squared distance to the
+        assigned centroid, the paper's form (docs/method_results.rst
+        compares them).
     cluster_temperature : float, default=0.1
         Temperature of ``cluster_loss="proto"``.
     cluster_momentum : float, default=0.9
@@ -343,7 +346,7 @@ class CueCoEmbedder(
         cluster_assign="argmax",
         refine_centroids=10,
         cluster_update="online",
-        cluster_loss="pull",
+        cluster_loss="proto",
         cluster_temperature=0.1,
         cluster_momentum=0.9,
         augmentation="auto",

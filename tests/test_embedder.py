@@ -349,6 +349,19 @@ def test_predict_is_nearest_center_of_projection(fitted_rgb):
     assert_array_equal(est.predict(X), (z @ est.cluster_centers_.T).argmax(axis=1))
 
 
+def test_the_default_clustering_term_is_the_prototype_form(make_images, fast_params):
+    # the default reaches the model: it trains exactly as cluster_loss="proto"
+    X = make_images((8, 8, 3))
+    params = fast_params(max_epochs=2, cluster_ramp=0)
+    default = CueCoEmbedder(**params).fit(X)
+    proto = CueCoEmbedder(**params, cluster_loss="proto").fit(X)
+    pull = CueCoEmbedder(**params, cluster_loss="pull").fit(X)
+    assert default.cluster_loss == "proto"
+    np.testing.assert_array_equal(default.transform(X), proto.transform(X))
+    np.testing.assert_array_equal(default.history_["clustering"], proto.history_["clustering"])
+    assert not np.array_equal(default.history_["clustering"], pull.history_["clustering"])
+
+
 def test_transform_standardises_the_backbone_features(fitted_rgb):
     est, X = fitted_rgb
     encoder = copy.deepcopy(est.encoder_).eval()

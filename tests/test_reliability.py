@@ -479,8 +479,8 @@ def test_resume_refuses_a_checkpoint_of_other_input_or_version(tmp_path, checkpo
     with pytest.raises(ValueError, match="99.0.0"):
         CueCoEmbedder(**FAST).fit(digits, resume_from=future)
     # another parameter that defines the model, named
-    with pytest.raises(ValueError, match="cluster_loss='pull' in the checkpoint"):
-        CueCoEmbedder(**_params(cluster_loss="proto")).fit(digits, resume_from=checkpoint)
+    with pytest.raises(ValueError, match="cluster_loss='proto' in the checkpoint"):
+        CueCoEmbedder(**_params(cluster_loss="pull")).fit(digits, resume_from=checkpoint)
 
 
 # -- 8. a failed resume leaves a fitted estimator as it was -------------------------
