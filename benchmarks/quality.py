@@ -62,6 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from skcueco import CueCoEmbedder, __version__
 from skcueco._synthetic import make_shapes
+from skcueco.augment import ImageAugmentation
 from skcueco.evaluation import evaluate_embedder, evaluate_features
 
 DATASETS = ("digits", "shapes28", "shapes32rgb", "wine", "breast_cancer")
@@ -109,18 +110,64 @@ def _positive_int(text):
 
 
 def _parse_value(text):
+    augmentation = _parse_augmentation(text)
+    if augmentation is not None:
+        return augmentation
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
 
 
+def _parse_augmentation(text):
+    """``ImageAugmentation(key=literal, ...)`` -> that object; None otherwise.
+
+    Only keyword arguments with literal values are accepted, read with
+    :func:`ast.literal_eval`: nothing in a command line is executed.
+    """
+    if not text.startswith("ImageAugmentation("):
+        return None
+    try:
+        call = ast.parse(text, mode="eval").body
+        if (not isinstance(call, ast.Call) or call.args
+                or any(k.arg is None for k in call.keywords)):
+            raise ValueError
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(
+            f"expected ImageAugmentation(key=literal, ...), got {text!r}"
+        ) from None
+    try:
+        return ImageAugmentation(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from None
+
+
+def _split_settings(settings):
+    """Split ``key=value,key=value`` at the commas outside brackets that a
+    ``key=`` follows, so tuples and calls keep their commas."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(settings):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif (char == "," and depth == 0
+              and re.match(r"\s*\w+\s*=(?!=)", settings[i + 1:])):
+            items.append(settings[start:i])
+            start = i + 1
+    items.append(settings[start:])
+    return items
+
+
 def parse_variant(text):
     """``NAME:key=value,key=value`` -> ``(NAME, {key: value})``.
 
     Values are Python literals where they parse as one (``5``, ``0.5``,
-    ``None``, ``(8, 8)``), strings otherwise. A comma only separates
-    settings when a ``key=`` follows it, so tuples keep their commas.
+    ``None``, ``(8, 8)``), an augmentation written as
+    ``ImageAugmentation(key=literal, ...)``, strings otherwise. A comma only
+    separates settings outside brackets and when a ``key=`` follows it, so
+    tuples and augmentations keep their commas.
     """
     name, sep, settings = text.partition(":")
     name = name.strip()
@@ -132,7 +179,7 @@ def parse_variant(text):
         raise argparse.ArgumentTypeError(f"variant name {name!r} is a built-in method")
     valid = CueCoEmbedder().get_params(deep=False)
     params = {}
-    for item in re.split(r",(?=\s*\w+\s*=)", settings):
+    for item in _split_settings(settings):
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or not key:

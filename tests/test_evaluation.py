@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from skcueco import CueCoEmbedder
 from skcueco._synthetic import make_shapes
+from skcueco.augment import ImageAugmentation
 from skcueco.evaluation import cluster_accuracy, evaluate_embedder, evaluate_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,6 +401,20 @@ def test_quality_benchmark_parses_variants():
     assert quality.parse_args(["--quick"]).seeds == 1
 
 
+def test_quality_benchmark_variant_takes_an_image_augmentation():
+    quality = _load_quality()
+    args = quality.parse_args([
+        "--variant", ("strong:augmentation=ImageAugmentation(crop_scale=(0.5, 1.0), "
+                      "color_jitter=(0.8, 0.8, 0.8, 0.5), grayscale_p=0.5),cluster_weight=0.0"),
+    ])
+    params = args.variants["strong"]
+    assert params["cluster_weight"] == 0.0
+    aug = params["augmentation"]
+    assert isinstance(aug, ImageAugmentation)
+    assert aug.crop_scale == (0.5, 1.0) and aug.color_jitter == (0.8, 0.8, 0.8, 0.5)
+    assert aug.grayscale_p == 0.5 and aug.flip  # the rest keeps its defaults
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -410,6 +425,13 @@ def test_quality_benchmark_parses_variants():
         (["--methods", "cueco,simclr"], "unknown method"),
         (["--datasets", "cifar10"], "unknown data set"),
         (["--epochs-for", "digits=0"], "must be >= 1"),
+        (["--variant", "w:augmentation=ImageAugmentation(no_such=1)"], "unexpected keyword"),
+        (["--variant", "w:augmentation=ImageAugmentation(print(1))"],
+         "expected ImageAugmentation(key=literal"),
+        (["--variant", "w:augmentation=ImageAugmentation(flip=open('f'))"],
+         "expected ImageAugmentation(key=literal"),
+        (["--variant", "w:augmentation=ImageAugmentation(crop_scale=(2, 1))"],
+         "crop_scale must lie in"),
     ],
 )
 def test_quality_benchmark_rejects_bad_options(argv, message, capsys):
