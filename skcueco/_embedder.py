@@ -78,7 +78,8 @@ class CueCoEmbedder(
     backbone : {"auto", "small_cnn", "mlp", "resnet18", "resnet50"} or torch.nn.Module, \
             default="auto"
         Feature extractor. ``"auto"`` picks an MLP for plain vectors, a small
-        CNN for images smaller than 32 pixels and ResNet-18 otherwise. ResNets
+        CNN (:class:`~skcueco.backbones.SmallCNN`, global max pooling) for
+        images smaller than 32 pixels and ResNet-18 otherwise. ResNets
         use the CIFAR stem (3x3 stride-1 first convolution, no max-pool) for
         inputs of 64 pixels or less. A module is copied, never modified, and
         must map ``(N, C, H, W)`` (or ``(N, d)``) to ``(N, n_features)``.

@@ -13,7 +13,7 @@ from numbers import Integral
 import torch
 from torch import nn
 
-__all__ = ["BACKBONE_NAMES", "MLP", "SmallCNN", "build_backbone", "resnet"]
+__all__ = ["BACKBONE_NAMES", "MLP", "GlobalPool", "SmallCNN", "build_backbone", "resnet"]
 
 BACKBONE_NAMES = ("auto", "small_cnn", "mlp", "resnet18", "resnet50")
 
@@ -46,11 +46,71 @@ def _conv_bn_relu(in_channels, out_channels, stride):
     )
 
 
+_POOL_MODES = ("max", "avg")
+
+
+class GlobalPool(nn.Module):
+    """Global max or average pooling of ``(N, C, H, W)`` maps to ``(N, C, 1, 1)``.
+
+    The mode is stored in the state dict (buffer ``max_pool``), so weights
+    saved, checkpointed or resumed keep the pooling they were trained with. A
+    state dict without that key comes from a network that had no state in its
+    pooling layer, which was global average pooling; loading it selects
+    ``"avg"``.
+
+    Parameters
+    ----------
+    mode : {"max", "avg"}, default="max"
+        Maximum or mean over the spatial positions.
+
+    Notes
+    -----
+    The maximum is taken with :meth:`torch.Tensor.amax`, whose gradient is
+    spread evenly over tied positions and computed without atomics, so it is
+    deterministic on every device (unlike the index-based
+    :class:`torch.nn.AdaptiveMaxPool2d` backward on CUDA).
+    """
+
+    def __init__(self, mode="max"):
+        super().__init__()
+        if mode not in _POOL_MODES:
+            raise ValueError(f"pool must be one of {list(_POOL_MODES)}, got {mode!r}.")
+        self.mode = mode
+        # uint8 rather than bool: every collective backend broadcasts it
+        self.register_buffer("max_pool", torch.tensor(int(mode == "max"), dtype=torch.uint8))
+
+    def forward(self, x):
+        """Pool ``x`` of shape ``(N, C, H, W)`` to ``(N, C, 1, 1)``."""
+        # a Python attribute, not the buffer: reading a tensor here would
+        # synchronise with a GPU on every forward
+        if self.mode == "max":
+            return x.amax(dim=(2, 3), keepdim=True)
+        return x.mean(dim=(2, 3), keepdim=True)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "max_pool"
+        if key not in state_dict:
+            # weights from before the pooling kept a state: average pooling
+            state_dict = {**state_dict, key: torch.tensor(0, dtype=torch.uint8)}
+        elif (not isinstance(state_dict[key], torch.Tensor)
+              or state_dict[key].numel() != 1):
+            error_msgs.append(f"{key} must hold one boolean, got {state_dict[key]!r}.")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+        self.mode = "max" if bool(state_dict[key].item()) else "avg"
+
+    def extra_repr(self):
+        return f"mode={self.mode!r}"
+
+
 class SmallCNN(nn.Module):
     """Small convolutional network for small images (8x8 digits, 28x28 MNIST).
 
     Three conv3x3-BatchNorm-ReLU blocks of widths ``width``, ``2 * width`` and
-    ``4 * width``, followed by global average pooling.
+    ``4 * width``, followed by global max pooling (``pool="max"``) or global
+    average pooling (``pool="avg"``).
 
     Parameters
     ----------
@@ -59,6 +119,14 @@ class SmallCNN(nn.Module):
 
     width : int, default=32
         Number of channels of the first block; the later blocks double it.
+
+    pool : {"max", "avg"}, default="max"
+        Global pooling of the last feature map. Each output position of the
+        third block sees a 9x9 window, so on a 28x28 image of a small object
+        average pooling mixes the few windows on the object with many on the
+        background; the maximum keeps the strongest response wherever the
+        object is (docs/method_results.rst measures both). The mode is kept in
+        the state dict; weights saved before it existed load as ``"avg"``.
 
     Attributes
     ----------
@@ -74,7 +142,7 @@ class SmallCNN(nn.Module):
     -----
     The second and third blocks use stride 2. A 3x3 convolution with padding 1
     and stride 2 maps any spatial size ``s >= 1`` to ``ceil(s / 2) >= 1``, so
-    the network accepts every input size, down to 1x1; global average pooling
+    the network accepts every input size, down to 1x1; global pooling
     makes the output size independent of the input size.
 
     Weights use PyTorch's default initialisation, drawn from the global torch
@@ -89,7 +157,7 @@ class SmallCNN(nn.Module):
     torch.Size([4, 32])
     """
 
-    def __init__(self, in_channels=1, width=32):
+    def __init__(self, in_channels=1, width=32, pool="max"):
         super().__init__()
         in_channels = _check_positive_int(in_channels, "in_channels")
         width = _check_positive_int(width, "width")
@@ -102,7 +170,7 @@ class SmallCNN(nn.Module):
             _conv_bn_relu(width, 2 * width, stride=2),
             _conv_bn_relu(2 * width, 4 * width, stride=2),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalPool(pool)
         self.out_dim = 4 * width
 
     def forward(self, x):

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -6,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from skcueco.backbones import (
     BACKBONE_NAMES,
     MLP,
+    GlobalPool,
     SmallCNN,
     build_backbone,
     resnet,
@@ -38,6 +41,49 @@ def test_small_cnn_is_cheap_and_trains():
     assert out.shape == (256, 128)
     assert all(p.grad is not None for p in net.parameters())
     assert counter.get_total_flops() / len(x) < 5e6
+
+
+def test_small_cnn_pools_the_maximum_by_default_or_the_mean():
+    torch.manual_seed(0)
+    net = SmallCNN(in_channels=1, width=4).eval()
+    x = torch.rand(3, 1, 12, 12)
+    with torch.no_grad():
+        fmap = net.features(x)
+        assert net.pool.mode == "max"
+        torch.testing.assert_close(net(x), fmap.amax(dim=(2, 3)), rtol=0, atol=0)
+        avg = SmallCNN(in_channels=1, width=4, pool="avg").eval()
+        avg.load_state_dict(net.state_dict() | {"pool.max_pool": avg.pool.max_pool})
+        torch.testing.assert_close(avg(x), fmap.mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match="pool must be one of"):
+        SmallCNN(pool="mean")
+
+
+def test_pooling_mode_travels_with_the_state_dict():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 10, 10)
+    avg = SmallCNN(in_channels=1, width=4, pool="avg").eval()
+    net = SmallCNN(in_channels=1, width=4).eval()  # max
+    net.load_state_dict(avg.state_dict())
+    assert net.pool.mode == "avg"
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), avg(x), rtol=0, atol=0)
+    # weights from before the mode was stored (no key): global average pooling
+    old = {k: v for k, v in SmallCNN(in_channels=1, width=4).state_dict().items()
+           if k != "pool.max_pool"}
+    fresh = SmallCNN(in_channels=1, width=4)
+    fresh.load_state_dict(old)  # strict: the missing key is not an error
+    assert fresh.pool.mode == "avg" and int(fresh.pool.max_pool) == 0
+    # a copy (the key network) keeps the mode
+    assert copy.deepcopy(fresh).pool.mode == "avg"
+    with pytest.raises(RuntimeError, match="must hold one boolean"):
+        fresh.load_state_dict({**old, "pool.max_pool": torch.ones(3)})
+
+
+def test_max_pooling_gradient_is_deterministic_with_ties():
+    pool = GlobalPool("max")
+    x = torch.zeros(1, 2, 3, 3, requires_grad=True)  # every position ties
+    pool(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 1 / 9))
 
 
 def test_mlp_shape_and_one_feature():

@@ -23,3 +23,36 @@ def test_save_load_round_trip(tmp_path, shape, params):
     np.testing.assert_array_equal(loaded.transform(X), est.transform(X))
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
     assert loaded.get_params() == est.get_params()
+
+
+def _drop_pool_mode(obj):
+    """The payload as a version that did not store the small CNN's pooling."""
+    if isinstance(obj, dict):
+        return {k: _drop_pool_mode(v) for k, v in obj.items()
+                if not (isinstance(k, str) and k.endswith("pool.max_pool"))}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_drop_pool_mode(v) for v in obj)
+    return obj
+
+
+def test_files_from_before_max_pooling_keep_average_pooling(tmp_path):
+    import torch
+
+    X = np.random.default_rng(0).uniform(0, 16, size=(60, 8, 8))
+    est = CueCoEmbedder(**FAST).fit(X)
+    assert est.encoder_.pool.mode == "max"
+    est.save(tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    old = _drop_pool_mode(payload)
+    assert "pool.max_pool" not in old["encoder"]
+    torch.save(old, tmp_path / "old.pt")
+
+    loaded = CueCoEmbedder.load(tmp_path / "old.pt")
+    assert loaded.encoder_.pool.mode == "avg"
+    # the features are those of average pooling, not of the new default
+    assert not np.allclose(loaded.transform(X) * loaded.embedding_scale_,
+                           est.transform(X) * est.embedding_scale_)
+    # continuing training keeps the pooling the weights were trained with
+    loaded.set_params(warm_start=True).fit(X)
+    assert loaded.encoder_.pool.mode == "avg"
+    assert CueCoEmbedder.load(tmp_path / "new.pt").encoder_.pool.mode == "max"
