@@ -80,7 +80,18 @@ class GlobalPool(nn.Module):
         self.register_buffer("max_pool", torch.tensor(int(mode == "max"), dtype=torch.uint8))
 
     def forward(self, x):
-        """Pool ``x`` of shape ``(N, C, H, W)`` to ``(N, C, 1, 1)``."""
+        """Pool every map to one value.
+
+        Parameters
+        ----------
+        x : Tensor of shape (n_samples, channels, height, width)
+            Feature maps.
+
+        Returns
+        -------
+        pooled : Tensor of shape (n_samples, channels, 1, 1)
+            The maximum or the mean of each map.
+        """
         # a Python attribute, not the buffer: reading a tensor here would
         # synchronise with a GPU on every forward
         if self.mode == "max":
