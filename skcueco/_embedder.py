@@ -112,11 +112,13 @@ class CueCoEmbedder(
         linearly to ``cluster_weight`` (0: full weight at once). ``"auto"``:
         10 % of ``max_epochs`` (rounded down). The value used is
         ``cluster_ramp_``.
-    cluster_assign : {"argmax", "sinkhorn"}, default="argmax"
-        How training keys are assigned to centroids: the most similar one, or
-        balanced assignments over each batch by Sinkhorn-Knopp (as SwAV), so
-        that no centroid takes most of the data. ``predict`` always uses the
-        most similar centroid.
+    cluster_assign : {"sinkhorn", "argmax"}, default="sinkhorn"
+        How training keys are assigned to centroids: balanced assignments
+        over each batch by Sinkhorn-Knopp (as SwAV), so that no centroid
+        takes most of the data, or the most similar centroid (the paper's
+        form, kept by :func:`~skcueco.recipes.recipe`). ``predict`` always
+        uses the most similar centroid. Balanced assignments suit data whose
+        groups are of comparable size; see ``docs/method_results.rst``.
     refine_centroids : int, default=10
         Spherical k-means iterations, started from the trained centroids, on
         the projections of the training set at the end of ``fit``, so that
@@ -344,7 +346,7 @@ class CueCoEmbedder(
         cluster_weight=1.0,
         cluster_warmup="auto",
         cluster_ramp="auto",
-        cluster_assign="argmax",
+        cluster_assign="sinkhorn",
         refine_centroids=10,
         cluster_update="online",
         cluster_loss="proto",

@@ -154,6 +154,23 @@ def test_sinkhorn_assignments_train_and_are_reproducible(digits):
     assert np.isfinite(a.history_["clustering"]).all()
 
 
+def test_default_training_assignments_are_balanced(digits):
+    # the estimator's default trains exactly as the explicit balanced setting
+    X, _ = digits
+    default = _small(cluster_warmup=1).fit(X)
+    balanced = _small(cluster_assign="sinkhorn", cluster_warmup=1).fit(X)
+    argmax = _small(cluster_assign="argmax", cluster_warmup=1).fit(X)
+    np.testing.assert_array_equal(default.transform(X), balanced.transform(X))
+    assert not np.array_equal(default.transform(X), argmax.transform(X))
+
+
+def test_recipes_keep_the_papers_unbalanced_assignment():
+    from skcueco.recipes import recipe
+
+    for name in ("cifar10", "cifar100", "imagenet100"):
+        assert recipe(name)["cluster_assign"] == "argmax"
+
+
 # ------------------------------------------------------------------- collapse
 
 
