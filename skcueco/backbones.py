@@ -27,6 +27,9 @@ _MIN_RESNET_SIZE = 32
 # Up to this size the ImageNet stem (7x7 stride 2 + max-pool, a 4x reduction)
 # throws away too much resolution, so the CIFAR stem is used instead.
 _MAX_CIFAR_STEM_SIZE = 64
+# An output position of the small CNN's third block sees a 9x9 window: images
+# up to this size fit in it, larger ones get a fourth block (a 17x17 window).
+_SMALL_CNN_WINDOW = 9
 
 
 def _check_positive_int(value, name):
@@ -120,8 +123,9 @@ class SmallCNN(nn.Module):
     """Small convolutional network for small images (8x8 digits, 28x28 MNIST).
 
     Three conv3x3-BatchNorm-ReLU blocks of widths ``width``, ``2 * width`` and
-    ``4 * width``, followed by global max pooling (``pool="max"``) or global
-    average pooling (``pool="avg"``).
+    ``4 * width``, the last two of stride 2, then ``depth - 3`` more blocks of
+    width ``4 * width`` and stride 1, followed by global max pooling
+    (``pool="max"``) or global average pooling (``pool="avg"``).
 
     Parameters
     ----------
@@ -138,6 +142,17 @@ class SmallCNN(nn.Module):
         background; the maximum keeps the strongest response wherever the
         object is (docs/method_results.rst measures both). The mode is kept in
         the state dict; weights saved before it existed load as ``"avg"``.
+
+    depth : int, default=4
+        Number of blocks, at least 3. Each block of stride 1 after the third
+        keeps the resolution and widens the window each output position sees
+        by 8 pixels (9x9 after three blocks, 17x17 after four), so that on a
+        28x28 image one position can see a whole centred object
+        (docs/method_results.rst measures 3 and 4; ``backbone="auto"`` uses
+        3 for images of at most 9 pixels, which the window already covers). Loading a state dict
+        with fewer blocks (down to 3) removes the extra ones, so weights
+        saved with three blocks, the default before ``depth`` existed, keep
+        their network.
 
     Attributes
     ----------
@@ -168,21 +183,40 @@ class SmallCNN(nn.Module):
     torch.Size([4, 32])
     """
 
-    def __init__(self, in_channels=1, width=32, pool="max"):
+    def __init__(self, in_channels=1, width=32, pool="max", depth=4):
         super().__init__()
         in_channels = _check_positive_int(in_channels, "in_channels")
         width = _check_positive_int(width, "width")
+        depth = _check_positive_int(depth, "depth")
+        if depth < 3:
+            raise ValueError(f"depth must be at least 3, got {depth}.")
         self.in_channels = in_channels
         self.width = width
+        self.depth = depth
         # Full resolution in the first block keeps detail on 8x8 inputs; the
         # later strides keep the cost low on 28x28 and larger images.
         self.features = nn.Sequential(
             _conv_bn_relu(in_channels, width, stride=1),
             _conv_bn_relu(width, 2 * width, stride=2),
             _conv_bn_relu(2 * width, 4 * width, stride=2),
+            *(_conv_bn_relu(4 * width, 4 * width, stride=1) for _ in range(depth - 3)),
         )
         self.pool = GlobalPool(pool)
         self.out_dim = 4 * width
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # Called before the blocks load theirs: weights of a network with
+        # fewer blocks (three, before ``depth`` existed) drop the extra ones,
+        # as GlobalPool takes its mode from the weights.
+        n_blocks = 0
+        while f"{prefix}features.{n_blocks}.0.weight" in state_dict:
+            n_blocks += 1
+        if 3 <= n_blocks < len(self.features):
+            del self.features[n_blocks:]
+            self.depth = n_blocks
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
 
     def forward(self, x):
         """Compute features.
@@ -427,7 +461,9 @@ def build_backbone(backbone, *, input_kind, input_shape):
         - ``"auto"``: :class:`MLP` for vectors; for images, :class:`SmallCNN`
           when ``min(H, W) < 32``, otherwise ResNet-18.
         - ``"small_cnn"``, ``"resnet18"``, ``"resnet50"``: image backbones.
-          ResNets use the CIFAR stem when ``max(H, W) <= 64``.
+          The small CNN has three blocks when ``max(H, W) <= 9`` (the window
+          one position of its third block sees) and four otherwise. ResNets
+          use the CIFAR stem when ``max(H, W) <= 64``.
         - ``"mlp"``: :class:`MLP`; images are flattened first.
         - a :class:`torch.nn.Module` mapping a batch of shape
           ``(n_samples, *input_shape)`` to features of shape
@@ -510,7 +546,7 @@ def build_backbone(backbone, *, input_kind, input_shape):
         mlp = MLP(c * h * w)
         return nn.Sequential(nn.Flatten(), mlp), mlp.out_dim
     if backbone == "small_cnn":
-        module = SmallCNN(in_channels=c)
+        module = SmallCNN(in_channels=c, depth=3 if max(h, w) <= _SMALL_CNN_WINDOW else 4)
         return module, module.out_dim
     module = resnet(
         backbone, in_channels=c, cifar_stem=max(h, w) <= _MAX_CIFAR_STEM_SIZE

@@ -56,3 +56,28 @@ def test_files_from_before_max_pooling_keep_average_pooling(tmp_path):
     loaded.set_params(warm_start=True).fit(X)
     assert loaded.encoder_.pool.mode == "avg"
     assert CueCoEmbedder.load(tmp_path / "new.pt").encoder_.pool.mode == "max"
+
+
+def test_files_of_a_three_block_small_cnn_keep_it(tmp_path, monkeypatch):
+    # a file saved when the small CNN had three blocks at every image size
+    from skcueco import backbones
+
+    class ThreeBlocks(backbones.SmallCNN):
+        def __init__(self, in_channels=1, width=32, pool="max", depth=3):
+            super().__init__(in_channels, width, pool, depth=3)
+
+    X = np.random.default_rng(0).uniform(0, 255, size=(60, 20, 20))
+    with monkeypatch.context() as patch:
+        patch.setattr(backbones, "SmallCNN", ThreeBlocks)
+        old = CueCoEmbedder(**FAST).fit(X)
+        old.save(tmp_path / "old.pt")
+    assert old.encoder_.depth == 3
+    assert CueCoEmbedder(**FAST).fit(X).encoder_.depth == 4  # today's network
+
+    loaded = CueCoEmbedder.load(tmp_path / "old.pt")
+    assert loaded.encoder_.depth == 3
+    np.testing.assert_array_equal(loaded.transform(X), old.transform(X))
+    # continuing training (optimiser state included) keeps the three blocks
+    loaded.set_params(warm_start=True).fit(X)
+    assert loaded.encoder_.depth == 3
+    assert np.isfinite(loaded.transform(X)).all()

@@ -208,6 +208,23 @@ def use_channels_last(setting, spec, device, backbone=None):
     return bool(setting)
 
 
+def _take_architecture(model, state):
+    """Load the weights of ``state`` now, before an optimiser holds the parameters.
+
+    A network may take its shape from the weights it loads (a
+    :class:`~skcueco.backbones.SmallCNN` saved with fewer blocks); the
+    optimiser must then be built on the loaded shape. The trainer loads the
+    whole state again later and reports a state that does not fit the run,
+    so a failure here is left to it.
+    """
+    if state is None or "task" not in state:
+        return
+    try:
+        model.load_state_dict(state["task"]["model"])
+    except (KeyError, RuntimeError, TypeError):
+        pass
+
+
 def build_model(X, spec, config, seeds, *, device, preprocess=None, queue_size=None):
     """The initialised model and input conversion for ``X``.
 
@@ -429,6 +446,7 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         X, spec, config, seeds, device=device, preprocess=prev_preprocess,
         queue_size=None if prev_state is None else prev_state["task"]["model"]["queue.keys"].shape[0],
     )
+    _take_architecture(model, prev_state if prev_state is not None else state)
     loader_generator = torch.Generator().manual_seed(seeds.loader)
     loader = make_loader(
         X, batch_size=batch_size, shuffle=True, drop_last=True,
