@@ -438,3 +438,22 @@ def test_quality_benchmark_rejects_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit):
         _load_quality().parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_quality_benchmark_centred_digits_are_mnist_shaped():
+    quality = _load_quality()
+    X_train, _, y_train, _, kind = quality.load_dataset("digits28")
+    digits, _, _, _, _ = quality.load_dataset("digits")
+    assert kind == "images" and X_train.shape[1:] == (28, 28) and X_train.dtype == np.uint8
+    assert len(X_train) == len(digits) and set(y_train) == set(range(10))
+    # a 4-pixel empty frame around a 20x20 digit whose ink reaches 255
+    frame = np.ones((28, 28), bool)
+    frame[4:24, 4:24] = False
+    assert not X_train[:, frame].any() and X_train.max() == 255
+    # the same images, in the same order, as the 8x8 digits
+    import torch
+
+    small = torch.nn.functional.interpolate(
+        torch.from_numpy(X_train[:50, None, 4:24, 4:24]).float(), size=(8, 8), mode="area")
+    corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(small[:, 0].numpy(), digits)]
+    assert min(corr) > 0.8
