@@ -183,6 +183,9 @@ class SmallCNN(nn.Module):
     torch.Size([4, 32])
     """
 
+    # what a SmallCNN pickled before ``depth`` existed reads: it had three blocks
+    depth = 3
+
     def __init__(self, in_channels=1, width=32, pool="max", depth=4):
         super().__init__()
         in_channels = _check_positive_int(in_channels, "in_channels")

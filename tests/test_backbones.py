@@ -116,6 +116,15 @@ def test_small_cnn_window_of_one_position_grows_by_8_per_block(depth, window):
     assert cols.max() - cols.min() + 1 == window
 
 
+def test_a_small_cnn_pickled_before_depth_existed_reads_three_blocks():
+    import pickle
+
+    old = SmallCNN(in_channels=1, width=4, depth=3)
+    del old.__dict__["depth"]  # as objects pickled by the previous version
+    assert pickle.loads(pickle.dumps(old)).depth == 3
+    assert SmallCNN(in_channels=1, width=4).depth == 4
+
+
 def test_weights_of_fewer_blocks_load_into_a_deeper_network():
     torch.manual_seed(0)
     old = SmallCNN(in_channels=1, width=4, depth=3).eval()
