@@ -119,6 +119,15 @@ class CueCoEmbedder(
         form, kept by :func:`~skcueco.recipes.recipe`). ``predict`` always
         uses the most similar centroid. Balanced assignments suit data whose
         groups are of comparable size; see ``docs/method_results.rst``.
+    overclustering : int, default=3
+        Over-clustering: a second set of ``overclustering * n_clusters``
+        centroids is trained alongside the ``n_clusters`` ones, and the
+        clustering term is the mean of the terms against the two sets. The
+        finer set shapes the embedding; ``predict`` and ``cluster_centers_``
+        use the ``n_clusters`` centroids only. 0 trains the ``n_clusters``
+        centroids alone (the paper's form, kept by
+        :func:`~skcueco.recipes.recipe`). The set is left out of a fit
+        whose training set has fewer samples than it has centroids.
     refine_centroids : int, default=10
         Spherical k-means iterations, started from the trained centroids, on
         the projections of the training set at the end of ``fit``, so that
@@ -308,6 +317,7 @@ class CueCoEmbedder(
         ],
         "cluster_ramp": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
         "cluster_assign": [StrOptions({"argmax", "sinkhorn"})],
+        "overclustering": [Interval(numbers.Integral, 0, None, closed="left")],
         "refine_centroids": [Interval(numbers.Integral, 0, None, closed="left")],
         "cluster_update": [StrOptions({"online", "epoch"})],
         "cluster_loss": [StrOptions({"pull", "proto"})],
@@ -347,6 +357,7 @@ class CueCoEmbedder(
         cluster_warmup="auto",
         cluster_ramp="auto",
         cluster_assign="sinkhorn",
+        overclustering=3,
         refine_centroids=10,
         cluster_update="online",
         cluster_loss="proto",
@@ -382,6 +393,7 @@ class CueCoEmbedder(
         self.cluster_warmup = cluster_warmup
         self.cluster_ramp = cluster_ramp
         self.cluster_assign = cluster_assign
+        self.overclustering = overclustering
         self.refine_centroids = refine_centroids
         self.cluster_update = cluster_update
         self.cluster_loss = cluster_loss

@@ -55,6 +55,12 @@ class CueCoModel(nn.Module):
         always uses the most similar centroid.
     sinkhorn_iterations : int, default=3
         Sinkhorn-Knopp iterations of ``cluster_assign="sinkhorn"``.
+    n_overclusters : int, default=0
+        Size of a second, finer set of centroids (over-clustering). When it
+        is ready, the clustering term is the mean of the term against the
+        ``K`` centroids and against these; they are assigned, updated and
+        re-seeded the same way, but never used by :meth:`predict_clusters`
+        or :meth:`refine_centroids`. 0: no second set.
     predictor : bool, default=False
         Add a prediction head on the query side.
     generator : torch.Generator, default=None
@@ -82,10 +88,14 @@ class CueCoModel(nn.Module):
         cluster_momentum=0.9,
         cluster_assign="argmax",
         sinkhorn_iterations=3,
+        n_overclusters=0,
         predictor=False,
         generator=None,
     ):
         super().__init__()
+        if isinstance(n_overclusters, bool) or not isinstance(n_overclusters, int) \
+                or n_overclusters < 0:
+            raise ValueError(f"n_overclusters must be an integer >= 0, got {n_overclusters!r}.")
         if cluster_loss not in ("pull", "proto"):
             raise ValueError(f"cluster_loss must be 'pull' or 'proto', got {cluster_loss!r}.")
         if cluster_assign not in ASSIGNMENTS:
@@ -113,6 +123,33 @@ class CueCoModel(nn.Module):
         self.register_buffer("centroids_ready", torch.zeros((), dtype=torch.bool))
         # steps each centroid has gone without an assigned key; dead ones get re-seeded
         self.register_buffer("empty_steps", torch.zeros(n_clusters, dtype=torch.long))
+        # the over-clustering set: same roles, its own readiness (it needs at
+        # least n_overclusters keys to start from, and states written before
+        # it existed lack it)
+        self.register_buffer("overclusters", torch.zeros(n_overclusters, projection_dim))
+        self.register_buffer("overclusters_ready", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("overcluster_empty_steps",
+                             torch.zeros(n_overclusters, dtype=torch.long))
+        # host-side copy of overclusters_ready, read every step without a
+        # device round trip; kept in step by the methods that set the buffer
+        self._overclusters_on = False
+
+    _OVERCLUSTER_KEYS = ("overclusters", "overclusters_ready", "overcluster_empty_steps")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # states written before the over-clustering set existed lack it: the
+        # set then starts unready, and training initialises it from the keys
+        for name in self._OVERCLUSTER_KEYS:
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone()
+                                  if name != "overclusters_ready"
+                                  else torch.zeros((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._overclusters_on = bool(self.overclusters_ready) and self.overclusters.shape[0] > 0
+
+    @property
+    def wants_overclusters(self):
+        """Whether the over-clustering set exists but is not initialised yet."""
+        return self.overclusters.shape[0] > 0 and not self._overclusters_on
 
     # -- encoders -------------------------------------------------------------
     def forward(self, x):
@@ -258,8 +295,16 @@ class CueCoModel(nn.Module):
         return loss, parts, (k1.float(), k2.float())
 
     def _cluster_term(self, z, k_other):
+        term = self._term_against(z, k_other, self.centroids)
+        if self._overclusters_on:
+            # the mean over the two sets: the finer one shapes the embedding
+            # without outweighing the K centroids predict uses
+            term = 0.5 * (term + self._term_against(z, k_other, self.overclusters))
+        return term
+
+    def _term_against(self, z, k_other, centroids):
         # centroids and assignments carry no gradient: only z is pulled
-        centroids = self.centroids.detach()
+        centroids = centroids.detach()
         a = self.assign(k_other, centroids)  # (N,)
         if self.cluster_loss == "proto":
             return proto_nce(z.float(), centroids, a, self.cluster_temperature)
@@ -324,7 +369,8 @@ class CueCoModel(nn.Module):
         in eval mode) rather than the queue: right after warm-up the queue can
         still hold its random initial entries and stale keys. The centroids
         are then marked ready and every centroid's count of empty updates is
-        reset.
+        reset. The over-clustering set, if any, is initialised after them
+        (:meth:`init_overclusters`).
 
         Parameters
         ----------
@@ -338,16 +384,50 @@ class CueCoModel(nn.Module):
             place with those of one source process, so that every process
             holds the same ones.
         """
+        self._kmeans_into(self.centroids, features, n_iter, broadcast)
+        self.centroids_ready.fill_(True)
+        self.empty_steps.zero_()
+        self.init_overclusters(features, n_iter, broadcast=broadcast)
+
+    @torch.no_grad()
+    def init_overclusters(self, features, n_iter=30, *, broadcast=None):
+        """Spherical k-means of the over-clustering set on key features.
+
+        Does nothing without such a set, or when ``features`` has fewer rows
+        than the set has centroids (the set then stays unready and the
+        clustering term uses the ``K`` centroids alone).
+
+        Parameters
+        ----------
+        features : torch.Tensor of shape (M, D)
+            Key features; only their direction matters.
+        n_iter : int, default=30
+            Maximum number of Lloyd iterations after the seeding.
+        broadcast : callable, default=None
+            As in :meth:`init_centroids`.
+
+        Returns
+        -------
+        ready : bool
+            Whether the set is now initialised.
+        """
+        n_over = self.overclusters.shape[0]
+        if n_over == 0 or features.shape[0] < n_over:
+            return False
+        self._kmeans_into(self.overclusters, features, n_iter, broadcast)
+        self.overclusters_ready.fill_(True)
+        self.overcluster_empty_steps.zero_()
+        self._overclusters_on = True
+        return True
+
+    def _kmeans_into(self, out, features, n_iter, broadcast):
         centroids, _ = spherical_kmeans(
-            features.float(), self.centroids.shape[0], n_iter=n_iter,
-            generator=self.generator,
+            features.float(), out.shape[0], n_iter=n_iter, generator=self.generator,
         )
         centroids = centroids.contiguous()
         if broadcast is not None:
             broadcast(centroids)
-        self.centroids.copy_(centroids)
-        self.centroids_ready.fill_(True)
-        self.empty_steps.zero_()
+        out.copy_(centroids)
 
     @torch.no_grad()
     def refine_centroids(self, features, n_iter, *, restarts=1):
@@ -410,7 +490,7 @@ class CueCoModel(nn.Module):
         Keys are assigned as in :meth:`assign`; a centroid that receives no
         key keeps its value. Also counts, per centroid, the consecutive
         updates without an assigned key; :meth:`reseed_dead_centroids` uses
-        the count.
+        the count. A ready over-clustering set is updated the same way.
 
         Parameters
         ----------
@@ -422,21 +502,26 @@ class CueCoModel(nn.Module):
             processes move the centroids identically everywhere.
         """
         keys = keys.float()
-        n_clusters = self.centroids.shape[0]
-        a = self.assign(keys)  # (M,)
+        self._update_set(self.centroids, self.empty_steps, keys, all_reduce)
+        if self._overclusters_on:
+            self._update_set(self.overclusters, self.overcluster_empty_steps, keys, all_reduce)
+
+    def _update_set(self, centroids, empty_steps, keys, all_reduce):
+        n_clusters = centroids.shape[0]
+        a = self.assign(keys, centroids)  # (M,)
         # a fixed-length scatter, not bincount: bincount's output size depends
         # on the data, which reads the indices back to the host on a GPU
         counts = torch.zeros(n_clusters, dtype=torch.long, device=keys.device)
         counts.scatter_add_(0, a, torch.ones_like(a))  # (K,)
-        sums = torch.zeros_like(self.centroids).index_add_(0, a, keys)  # (K, D)
+        sums = torch.zeros_like(centroids).index_add_(0, a, keys)  # (K, D)
         if all_reduce is not None:
             all_reduce(counts)
             all_reduce(sums)
         means = sums / counts.clamp_min(1).unsqueeze(1)
         beta = self.cluster_momentum
-        updated = F.normalize(beta * self.centroids + (1 - beta) * means, dim=1)
-        self.centroids.copy_(torch.where((counts > 0).unsqueeze(1), updated, self.centroids))
-        self.empty_steps.add_(1).mul_(counts == 0)
+        updated = F.normalize(beta * centroids + (1 - beta) * means, dim=1)
+        centroids.copy_(torch.where((counts > 0).unsqueeze(1), updated, centroids))
+        empty_steps.add_(1).mul_(counts == 0)
 
     @torch.no_grad()
     def reseed_dead_centroids(self, min_empty_steps):
@@ -445,31 +530,40 @@ class CueCoModel(nn.Module):
         Called once per epoch rather than per step: the random draw happens on
         the CPU generator, and doing it per step would cost a host round trip.
         Each moved centroid's count of empty updates is reset; with an empty
-        queue (``queue_size=0``) nothing moves.
+        queue (``queue_size=0``) nothing moves. A ready over-clustering set
+        is re-seeded the same way, after the ``K`` centroids.
 
         Parameters
         ----------
         min_empty_steps : int
             Number of consecutive :meth:`update_centroids` calls without an
             assigned key after which a centroid counts as dead. At most one
-            centroid per queue key moves; the others wait for a later call.
+            centroid per queue key moves (per set); the others wait for a
+            later call.
 
         Returns
         -------
         n_reseeded : int
-            Number of centroids moved.
+            Number of centroids moved, over both sets.
         """
+        n = self._reseed_set(self.centroids, self.empty_steps, min_empty_steps)
+        if self._overclusters_on:
+            n += self._reseed_set(self.overclusters, self.overcluster_empty_steps,
+                                  min_empty_steps)
+        return n
+
+    def _reseed_set(self, centroids, empty_steps, min_empty_steps):
         n_queue = self.queue.keys.shape[0]
         if n_queue == 0:
             return 0
-        dead = (self.empty_steps >= min_empty_steps).nonzero().squeeze(1).cpu()  # (n_dead,)
+        dead = (empty_steps >= min_empty_steps).nonzero().squeeze(1).cpu()  # (n_dead,)
         # one queue key per centroid at most; the rest wait for a later epoch
         dead = dead[:n_queue]
         if dead.numel():
             idx = torch.randperm(n_queue, generator=self.generator)[: dead.numel()]
-            device = self.centroids.device
-            self.centroids[dead.to(device)] = self.queue.keys[idx.to(device)].float()
-            self.empty_steps[dead.to(device)] = 0
+            device = centroids.device
+            centroids[dead.to(device)] = self.queue.keys[idx.to(device)].float()
+            empty_steps[dead.to(device)] = 0
         return int(dead.numel())
 
     @torch.no_grad()

@@ -141,6 +141,7 @@ class CueCoConfig:
     cluster_momentum: float
     cluster_ramp: object
     cluster_assign: str
+    overclustering: int
     refine_centroids: int
     augmentation: object
     batch_size: object
@@ -253,6 +254,7 @@ def build_model(X, spec, config, seeds, *, device, preprocess=None, queue_size=N
             cluster_temperature=config.cluster_temperature,
             cluster_momentum=config.cluster_momentum,
             cluster_assign=config.cluster_assign,
+            n_overclusters=config.overclustering * config.n_clusters,
             generator=torch.Generator().manual_seed(seeds.model),
         )
     return model.to(device), preprocess.to(device), feature_dim

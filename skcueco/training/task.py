@@ -85,6 +85,9 @@ class CueCoTask:
         self.step_offset = step_offset
         self.n_reseeded = 0
         self._keys = None
+        # a state written before the over-clustering set existed: its set is
+        # initialised once, at the first epoch with the clustering term on
+        self._overclusters_tried = False
 
     @property
     def centroids_ready(self):
@@ -101,10 +104,12 @@ class CueCoTask:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         self.model.train()
-        if self.uses_clusters(epoch) and (
-            self.cluster_update == "epoch" or not self.centroids_ready
-        ):
-            self.init_centroids()
+        if self.uses_clusters(epoch):
+            if self.cluster_update == "epoch" or not self.centroids_ready:
+                self.init_centroids()
+            elif self.model.wants_overclusters and not self._overclusters_tried:
+                self.model.init_overclusters(self.key_features(), broadcast=broadcast_)
+            self._overclusters_tried = True
         self.current_weight = self.weight_at(epoch)
 
     def weight_at(self, epoch):
