@@ -191,3 +191,12 @@ def test_small_training_sets_leave_the_set_out(digits):
 def test_recipes_keep_one_set_of_centroids():
     for name in recipe_names():
         assert recipe(name)["overclustering"] == 0
+
+
+def test_warm_start_with_another_set_size_is_a_clear_error(digits):
+    est = _small().fit(digits)
+    before = est.transform(digits)
+    with pytest.raises(ValueError, match="overclusters"):
+        est.set_params(warm_start=True, overclustering=1).fit(digits)
+    # the failed fit left the fitted model as it was
+    np.testing.assert_array_equal(est.transform(digits), before)
