@@ -110,6 +110,13 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _parse_value(text):
     augmentation = _parse_augmentation(text)
     if augmentation is not None:
@@ -195,6 +202,11 @@ def parse_variant(text):
     return name, params
 
 
+def seed_range(args):
+    """The seeds of the run: ``--seeds`` of them from ``--first-seed`` on."""
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
 def _dataset_epochs(text):
     name, eq, value = text.partition("=")
     if not eq or name not in DATASETS:
@@ -229,8 +241,11 @@ def build_parser():
                    help="training epochs on one data set, overriding --epochs there; "
                         "repeatable, e.g. shapes28=15")
     p.add_argument("--seeds", type=_positive_int, default=3,
-                   help="number of seeds, 0 to N-1, each a random_state of every "
-                        "method and of the probes (default: 3)")
+                   help="number of seeds, from --first-seed on, each a random_state "
+                        "of every method and of the probes (default: 3)")
+    p.add_argument("--first-seed", type=_non_negative_int, default=0,
+                   help="the first seed (default: 0); e.g. --seeds 2 --first-seed 3 "
+                        "adds seeds 3 and 4 to a 3-seed run, whose CSV it extends")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke mode: 1 seed, {QUICK_EPOCHS} epochs, at most "
                         f"{QUICK_TRAIN} training and {QUICK_TEST} test samples "
@@ -378,7 +393,7 @@ def run(args):
         args.data_info[name] = _describe(data, epochs)
         for method in args.methods:
             trained = method not in ("untrained", "pca", "pixels")
-            for seed in range(args.seeds):
+            for seed in seed_range(args):
                 results, seconds = run_method(method, data, seed, epochs, args)
                 fit = pd.DataFrame([("fit", "seconds", seconds)], columns=results.columns)
                 results = pd.concat([results, fit], ignore_index=True)
@@ -441,7 +456,7 @@ def markdown(summary, args, command, wall_seconds):
          f"wall time {wall_seconds / 60:.1f} min."),
         "",
         (f"Mean ± standard deviation over {args.seeds} seed(s) "
-         f"({', '.join(str(s) for s in range(args.seeds))}). Linear probe and kNN: "
+         f"({', '.join(str(s) for s in seed_range(args))}). Linear probe and kNN: "
          "test accuracy; NMI and ARI: test split against the classes; "
          "fit seconds: fitting on the training split. — : not applicable."),
         "",

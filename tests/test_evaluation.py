@@ -346,7 +346,7 @@ def test_quality_benchmark_quick_mode(tmp_path):
     completed = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--quick",
          "--datasets", "digits", "--methods", "cueco,pixels", "--threads", "1",
-         "--out", str(out)],
+         "--first-seed", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr
@@ -354,6 +354,7 @@ def test_quality_benchmark_quick_mode(tmp_path):
     assert text.strip() == completed.stdout.strip()
     assert "--quick --datasets digits --methods cueco,pixels" in text
     assert re.search(r"torch \d", text) and "CPUs" in text
+    assert "over 1 seed(s) (2)." in text
 
     rows = {}
     for line in text.splitlines():
@@ -375,6 +376,7 @@ def test_quality_benchmark_quick_mode(tmp_path):
     raw = (tmp_path / "quick.csv").read_text().splitlines()
     assert raw[0] == "dataset,method,seed,epochs,protocol,metric,value"
     assert len(raw) == 1 + 9 + 6  # cueco: 8 metrics + fit; pixels: 5 + fit
+    assert {row.split(",")[2] for row in raw[1:]} == {"2"}  # the seed of every row
 
 
 def _load_quality():
@@ -401,6 +403,13 @@ def test_quality_benchmark_parses_variants():
     assert quality.parse_args(["--quick"]).seeds == 1
 
 
+def test_quality_benchmark_seeds_start_at_first_seed():
+    quality = _load_quality()
+    assert list(quality.seed_range(quality.parse_args([]))) == [0, 1, 2]
+    args = quality.parse_args(["--seeds", "2", "--first-seed", "3"])
+    assert list(quality.seed_range(args)) == [3, 4]
+
+
 def test_quality_benchmark_variant_takes_an_image_augmentation():
     quality = _load_quality()
     args = quality.parse_args([
@@ -425,6 +434,7 @@ def test_quality_benchmark_variant_takes_an_image_augmentation():
         (["--methods", "cueco,simclr"], "unknown method"),
         (["--datasets", "cifar10"], "unknown data set"),
         (["--epochs-for", "digits=0"], "must be >= 1"),
+        (["--first-seed", "-1"], "must be >= 0"),
         (["--variant", "w:augmentation=ImageAugmentation(no_such=1)"], "unexpected keyword"),
         (["--variant", "w:augmentation=ImageAugmentation(print(1))"],
          "expected ImageAugmentation(key=literal"),
