@@ -213,8 +213,8 @@ def test_healthy_fit_does_not_warn(digits):
 
 
 @pytest.mark.parametrize("n_samples, expected", [
-    (10, 10), (100, 64), (1279, 64), (1280, 128), (1347, 128), (2250, 128), (2559, 128),
-    (2560, 256), (50_000, 256),
+    (10, 10), (100, 64), (1347, 64), (2250, 64), (3839, 64), (3840, 128), (7679, 128),
+    (7680, 256), (50_000, 256),
 ])
 def test_auto_batch_gives_small_data_enough_steps(n_samples, expected):
     from skcueco.training.run import resolve_batch_size

@@ -151,7 +151,7 @@ def build_parser(prog=None):
                         help="backbone network (default: auto)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per training step (default: the library's size-aware "
-                        "rule, 128 on digits)")
+                        "rule, 64 on digits)")
     parser.add_argument("--n-clusters", type=int, default=10,
                         help="number of centroids (default: 10)")
     parser.add_argument("--device", default="auto",
