@@ -118,7 +118,7 @@ plt.show()
 #
 # On digits the clustering term leaves the probe where it is, and its
 # centroids cluster a little better than MoCo v2's refined ones (NMI
-# +0.010, ARI +0.022, with a quarter of the spread). On digits centred in
+# +0.010, ARI +0.022, with a much smaller spread). On digits centred in
 # 28x28 frames, as MNIST lays them out, and on a generated set of 28x28
 # shapes, both at 40 epochs, the lead is larger (``predict`` NMI +0.042 and
 # +0.072, ARI +0.059 and +0.105), and on the shapes it holds at 15 epochs
