@@ -28,6 +28,8 @@ Modes (default: ``fit`` and ``transform``):
   bare forward of the same rows (goal: at most 2x).
 - ``--layout``: ``fit`` and ``transform`` with ``channels_last=True`` against
   ``channels_last=False`` (what ``channels_last="auto"`` picks per device).
+- ``--batch-sizes A B``: whole ``fit`` calls at ``batch_size=A`` against
+  ``B``, same epochs (what ``batch_size="auto"`` costs on small images).
 - ``--compare-to PATH``: ``fit`` of the skcueco source tree at ``PATH`` (e.g.
   a ``git worktree`` of an older commit) against this one, each round in a
   fresh process per side.
@@ -93,6 +95,8 @@ def parse_args(argv=None):
                    help="calls per round and side (--latency)")
     p.add_argument("--queue", type=int, nargs=2, metavar=("A", "B"), default=None,
                    help="compare training steps with queues of A and B keys")
+    p.add_argument("--batch-sizes", type=int, nargs=2, metavar=("A", "B"), default=None,
+                   help="compare whole fit calls at batch sizes A and B")
     p.add_argument("--latency", action="store_true",
                    help="transform of 1 and 10 images against a bare forward")
     p.add_argument("--layout", action="store_true",
@@ -484,6 +488,15 @@ def main_layout(X, args, device):
     return fit_ratio, report("transform by memory format", results, "img/s", True)
 
 
+def main_batch_sizes(X, args, device):
+    """Whole ``fit`` calls at two batch sizes, same epochs, alternating order."""
+    a, b = args.batch_sizes
+    results = alternate({f"fit batch {a}": lambda: fit_rate(X, args, device, batch_size=a),
+                         f"fit batch {b}": lambda: fit_rate(X, args, device, batch_size=b)},
+                        args.rounds)
+    return report(f"fit by batch size ({a} against {b})", results, "img/s", True)
+
+
 def main_progress(X, args, device):
     """Cost of ``verbose=2`` (a per-batch bar that reads the loss about once a
     second) against ``verbose=0``, whole ``fit`` calls in alternating order;
@@ -550,6 +563,8 @@ def main(argv=None):
         return main_latency(X, args, device)
     if args.layout:
         return main_layout(X, args, device)
+    if args.batch_sizes:
+        return main_batch_sizes(X, args, device)
     if args.progress:
         return main_progress(X, args, device)
     return main_default(X, args, device, amp_dtype, channels_last)

@@ -34,9 +34,11 @@ def test_throughput_queue_and_latency_modes_print_ratios(capsys):
     extra = throughput.main(tiny + ["--queue", "32", "256", "--steps", "1"])
     ratios = throughput.main(tiny + ["--latency", "--repeats", "2"])
     progress = throughput.main(tiny + ["--progress", "--epochs", "1"])
+    batches = throughput.main(tiny + ["--batch-sizes", "8", "16", "--epochs", "1"])
     captured = capsys.readouterr()
     out = captured.out
     assert "queue 256 costs" in out and "latency, 10 image(s)" in out
     assert "fit verbose=2 (per-batch bar)" in out and "goal >= 0.98" in out
+    assert "fit by batch size (8 against 16)" in out and "fit batch 8" in out
     assert "img/s" not in captured.err  # the bar's own output is discarded
-    assert all(math.isfinite(r) and r > 0 for r in [extra, *ratios, progress])
+    assert all(math.isfinite(r) and r > 0 for r in [extra, *ratios, progress, batches])
