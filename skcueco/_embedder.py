@@ -117,8 +117,15 @@ class CueCoEmbedder(
         over each batch by Sinkhorn-Knopp (as SwAV), so that no centroid
         takes most of the data, or the most similar centroid (the paper's
         form, kept by :func:`~skcueco.recipes.recipe`). ``predict`` always
-        uses the most similar centroid. Balanced assignments suit data whose
-        groups are of comparable size; see ``docs/method_results.rst``.
+        uses the most similar centroid.
+    cluster_balance : float, default=1.0
+        How strictly ``cluster_assign="sinkhorn"`` balances the centroids'
+        shares of each batch, in ``[0, 1]``. 1: every centroid gets an equal
+        share (SwAV's equipartition). Below 1 the equal shares become a soft
+        penalty (unbalanced optimal transport), so groups of different sizes
+        keep more of their size while no centroid can take most of the data;
+        0 gives the most similar centroid, as ``"argmax"``. See
+        ``docs/method_results.rst`` for measurements on unbalanced data.
     overclustering : int, default=3
         Over-clustering: a second set of ``overclustering * n_clusters``
         centroids is trained alongside the ``n_clusters`` ones, and the
@@ -317,6 +324,7 @@ class CueCoEmbedder(
         ],
         "cluster_ramp": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
         "cluster_assign": [StrOptions({"argmax", "sinkhorn"})],
+        "cluster_balance": [Interval(numbers.Real, 0, 1, closed="both")],
         "overclustering": [Interval(numbers.Integral, 0, None, closed="left")],
         "refine_centroids": [Interval(numbers.Integral, 0, None, closed="left")],
         "cluster_update": [StrOptions({"online", "epoch"})],
@@ -357,6 +365,7 @@ class CueCoEmbedder(
         cluster_warmup="auto",
         cluster_ramp="auto",
         cluster_assign="sinkhorn",
+        cluster_balance=1.0,
         overclustering=3,
         refine_centroids=10,
         cluster_update="online",
@@ -393,6 +402,7 @@ class CueCoEmbedder(
         self.cluster_warmup = cluster_warmup
         self.cluster_ramp = cluster_ramp
         self.cluster_assign = cluster_assign
+        self.cluster_balance = cluster_balance
         self.overclustering = overclustering
         self.refine_centroids = refine_centroids
         self.cluster_update = cluster_update

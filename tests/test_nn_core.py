@@ -167,6 +167,40 @@ def test_sinkhorn_assign_keeps_clear_balanced_assignments_and_zero_iterations_is
     assert sinkhorn_assign(keys.bfloat16(), centres).dtype == torch.long
 
 
+def test_relaxed_sinkhorn_lets_unequal_groups_keep_their_size():
+    # groups of 60, 30 and 10 keys: the equipartition moves keys of the large
+    # group to the small ones; the relaxed step keeps more of them in place
+    centres = torch.eye(6)[:3]
+    truth = torch.arange(3).repeat_interleave(torch.tensor([60, 30, 10]))
+    g = torch.Generator().manual_seed(1)
+    torch.randn(100, 6, generator=g)  # the draws of two noisier levels before
+    torch.randn(100, 6, generator=g)
+    keys = F.normalize(centres[truth] + 0.3 * torch.randn(100, 6, generator=g), dim=1)
+    strict = sinkhorn_assign(keys, centres, balance=1.0)
+    relaxed = sinkhorn_assign(keys, centres, balance=0.5)
+    assert (relaxed == truth).sum() > (strict == truth).sum()
+    assert torch.bincount(relaxed, minlength=3)[0] > torch.bincount(strict, minlength=3)[0]
+    assert torch.equal(sinkhorn_assign(keys, centres), strict)  # 1.0 is the default
+
+
+def test_sinkhorn_balance_moves_between_equipartition_and_argmax():
+    # every key is closest to centroid 0: the largest share grows as balance falls
+    centroids = torch.eye(4)
+    g = torch.Generator().manual_seed(0)
+    keys = F.normalize(
+        torch.cat([torch.full((40, 1), 3.0), torch.rand(40, 3, generator=g)], dim=1), dim=1
+    )
+    largest = [torch.bincount(sinkhorn_assign(keys, centroids, balance=b), minlength=4).max()
+               for b in (1.0, 0.75, 0.5)]
+    assert largest[0] <= 20 and largest == sorted(largest) and largest[2] < 40
+    skewed = _unit(30, 4, seed=3)
+    assert torch.equal(sinkhorn_assign(skewed, centroids, balance=0.0),
+                       assign_clusters(skewed, centroids))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="balance"):
+            sinkhorn_assign(keys, centroids, balance=bad)
+
+
 # ------------------------------------------------------------------------------ queue
 
 

@@ -164,6 +164,24 @@ def test_default_training_assignments_are_balanced(digits):
     assert not np.array_equal(default.transform(X), argmax.transform(X))
 
 
+def test_cluster_balance_zero_trains_as_argmax_and_between_differs(digits):
+    X, _ = digits
+    free = _small(cluster_assign="sinkhorn", cluster_balance=0.0, cluster_warmup=1).fit(X)
+    argmax = _small(cluster_assign="argmax", cluster_warmup=1).fit(X)
+    half = _small(cluster_assign="sinkhorn", cluster_balance=0.5, cluster_warmup=1).fit(X)
+    strict = _small(cluster_assign="sinkhorn", cluster_balance=1.0, cluster_warmup=1).fit(X)
+    np.testing.assert_array_equal(free.transform(X), argmax.transform(X))
+    assert not np.array_equal(half.transform(X), strict.transform(X))
+    assert not np.array_equal(half.transform(X), argmax.transform(X))
+
+
+def test_cluster_balance_out_of_range_is_rejected(digits):
+    X, _ = digits
+    for bad in (-0.5, 1.01):
+        with pytest.raises(ValueError, match="cluster_balance"):
+            _small(cluster_balance=bad).fit(X)
+
+
 def test_recipes_keep_the_papers_unbalanced_assignment():
     from skcueco.recipes import recipe
 

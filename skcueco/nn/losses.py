@@ -7,6 +7,7 @@ division by a small temperature would amplify their rounding error.
 """
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -239,7 +240,7 @@ def assign_clusters(keys, centroids):
 
 @torch.no_grad()
 @_float32
-def sinkhorn_assign(keys, centroids, n_iter=3, epsilon=0.05):
+def sinkhorn_assign(keys, centroids, n_iter=3, epsilon=0.05, balance=1.0):
     """Balanced assignment of keys to centroids by Sinkhorn-Knopp (as SwAV).
 
     The soft assignment ``Q = diag(u) exp(S / epsilon) diag(v)`` of the
@@ -247,6 +248,13 @@ def sinkhorn_assign(keys, centroids, n_iter=3, epsilon=0.05):
     every centroid receives the same total mass ``n_samples / n_clusters``
     and every key a mass of 1; each key then goes to the centroid of its
     largest entry. No single centroid can take the whole batch.
+
+    ``balance`` below 1 relaxes the centroids' equal shares: the centroid
+    constraint becomes a Kullback-Leibler penalty (unbalanced optimal
+    transport, Chizat et al., 2018), whose Sinkhorn step raises the
+    centroid rescaling to the power ``balance``. Groups of different sizes
+    then keep more of their size, while a centroid that would take most of
+    the batch is still held back.
 
     Parameters
     ----------
@@ -258,11 +266,16 @@ def sinkhorn_assign(keys, centroids, n_iter=3, epsilon=0.05):
         Sinkhorn-Knopp iterations (each normalises columns, then rows).
     epsilon : float, default=0.05
         Entropic regularisation; smaller is closer to a hard equipartition.
+    balance : float, default=1.0
+        In ``[0, 1]``: 1 is the equipartition above; 0 leaves the centroids'
+        shares free, which gives :func:`assign_clusters`. With a penalty
+        weight ``tau`` on the centroid marginal, ``balance = tau / (tau +
+        epsilon)``.
 
     Returns
     -------
     labels : LongTensor of shape (n_samples,)
-        Balanced hard assignments; ``n_iter=0`` gives
+        Balanced hard assignments; ``n_iter=0`` or ``balance=0`` gives
         :func:`assign_clusters`.
 
     Notes
@@ -270,12 +283,15 @@ def sinkhorn_assign(keys, centroids, n_iter=3, epsilon=0.05):
     Computed in float32 in the log domain (row and column log-sum-exp), so
     a small ``epsilon`` does not overflow.
     """
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance must be in [0, 1], got {balance!r}.")
     log_q = keys.float() @ centroids.float().T / epsilon  # (N, K)
     n_samples, n_clusters = log_q.shape
+    log_share = math.log(n_samples / n_clusters)
     for _ in range(n_iter):
-        # every centroid (column) gets mass n_samples / n_clusters ...
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True)
-        log_q = log_q + torch.log(torch.tensor(n_samples / n_clusters, device=log_q.device))
+        # every centroid (column) gets mass n_samples / n_clusters (with
+        # balance < 1, only part of the way there: the KL-relaxed step) ...
+        log_q = log_q + balance * (log_share - torch.logsumexp(log_q, dim=0, keepdim=True))
         # ... and every key (row) mass 1
         log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
     return log_q.argmax(dim=1)

@@ -55,6 +55,11 @@ class CueCoModel(nn.Module):
         always uses the most similar centroid.
     sinkhorn_iterations : int, default=3
         Sinkhorn-Knopp iterations of ``cluster_assign="sinkhorn"``.
+    cluster_balance : float, default=1.0
+        How strictly ``cluster_assign="sinkhorn"`` balances the centroids'
+        shares of a batch, in ``[0, 1]``: 1 gives every centroid an equal
+        share, smaller values let groups keep more of their size
+        (``balance`` of :func:`~skcueco.nn.losses.sinkhorn_assign`).
     n_overclusters : int, default=0
         Size of a second, finer set of centroids (over-clustering). When it
         is ready, the clustering term is the mean of the term against the
@@ -88,6 +93,7 @@ class CueCoModel(nn.Module):
         cluster_momentum=0.9,
         cluster_assign="argmax",
         sinkhorn_iterations=3,
+        cluster_balance=1.0,
         n_overclusters=0,
         predictor=False,
         generator=None,
@@ -102,8 +108,11 @@ class CueCoModel(nn.Module):
             raise ValueError(
                 f"cluster_assign must be one of {ASSIGNMENTS}, got {cluster_assign!r}."
             )
+        if isinstance(cluster_balance, bool) or not 0.0 <= cluster_balance <= 1.0:
+            raise ValueError(f"cluster_balance must be in [0, 1], got {cluster_balance!r}.")
         self.cluster_assign = cluster_assign
         self.sinkhorn_iterations = sinkhorn_iterations
+        self.cluster_balance = float(cluster_balance)
         self.temperature = temperature
         self.cluster_loss = cluster_loss
         self.cluster_temperature = cluster_temperature
@@ -330,7 +339,8 @@ class CueCoModel(nn.Module):
         """
         centroids = self.centroids if centroids is None else centroids
         if self.cluster_assign == "sinkhorn":
-            return sinkhorn_assign(keys.float(), centroids, self.sinkhorn_iterations)
+            return sinkhorn_assign(keys.float(), centroids, self.sinkhorn_iterations,
+                                   balance=self.cluster_balance)
         return assign_clusters(keys.float(), centroids)
 
     # -- explicit state updates -----------------------------------------------

@@ -143,6 +143,7 @@ class CueCoConfig:
     cluster_momentum: float
     cluster_ramp: object
     cluster_assign: str
+    cluster_balance: float
     overclustering: int
     refine_centroids: int
     augmentation: object
@@ -256,6 +257,7 @@ def build_model(X, spec, config, seeds, *, device, preprocess=None, queue_size=N
             cluster_temperature=config.cluster_temperature,
             cluster_momentum=config.cluster_momentum,
             cluster_assign=config.cluster_assign,
+            cluster_balance=config.cluster_balance,
             n_overclusters=config.overclustering * config.n_clusters,
             generator=torch.Generator().manual_seed(seeds.model),
         )
