@@ -17,8 +17,11 @@ Data sets (75/25 stratified split, ``random_state=0``; fixed across seeds):
 ``digits`` (8x8 grayscale, scikit-learn), ``digits28`` (the same digits
 upsampled to 20x20 and centred in 28x28, MNIST's layout), ``shapes28`` (3000 synthetic 28x28
 grayscale shapes, 8 classes), ``shapes32rgb`` (the same in 32x32 RGB, which
-the default backbone reads with ResNet-18: slow on a CPU), and the tabular
-``wine`` and ``breast_cancer`` (scikit-learn; the MLP backbone).
+the default backbone reads with ResNet-18: slow on a CPU), ``digits_lt`` and
+``shapes28_lt`` (long-tailed: class ``c`` of ``C`` keeps a fraction
+``0.1 ** (c / (C - 1))`` of its images, so the largest class is 10 times the
+smallest, as CIFAR-10-LT at imbalance 10), and the tabular ``wine`` and
+``breast_cancer`` (scikit-learn; the MLP backbone).
 
 Methods: ``cueco`` (``CueCoEmbedder`` defaults, ``max_epochs=--epochs``),
 ``moco`` (the same with ``cluster_weight=0``), ``untrained`` (the same network
@@ -66,7 +69,9 @@ from skcueco._synthetic import make_shapes
 from skcueco.augment import ImageAugmentation
 from skcueco.evaluation import evaluate_embedder, evaluate_features
 
-DATASETS = ("digits", "digits28", "shapes28", "shapes32rgb", "wine", "breast_cancer")
+DATASETS = ("digits", "digits28", "shapes28", "shapes32rgb", "digits_lt", "shapes28_lt",
+            "wine", "breast_cancer")
+LT_IMBALANCE = 10  # largest class / smallest class of the long-tailed sets
 METHODS = ("cueco", "moco", "untrained", "pca", "pixels")
 TRAINED = {"cueco": {}, "moco": {"cluster_weight": 0.0}}
 
@@ -299,10 +304,16 @@ def load_dataset(name, quick=False):
     elif name == "digits28":
         X, y = load_digits(return_X_y=True)
         X, kind = centred_digits28(X.reshape(-1, 8, 8)), "images"
-    elif name in ("shapes28", "shapes32rgb"):
+    elif name == "digits_lt":
+        X, y = load_digits(return_X_y=True)
+        X, y = long_tailed(X.reshape(-1, 8, 8), y)
+        kind = "images"
+    elif name in ("shapes28", "shapes32rgb", "shapes28_lt"):
         n = QUICK_SHAPES if quick else N_SHAPES
-        size, channels = (28, 1) if name == "shapes28" else (32, 3)
+        size, channels = (32, 3) if name == "shapes32rgb" else (28, 1)
         X, y = make_shapes(n, image_size=size, n_channels=channels, random_state=0)
+        if name == "shapes28_lt":
+            X, y = long_tailed(X, y)
         kind = "images"
     elif name == "wine":
         X, y = load_wine(return_X_y=True)
@@ -319,6 +330,20 @@ def load_dataset(name, quick=False):
         X_train, y_train = _subset(X_train, y_train, QUICK_TRAIN)
         X_test, y_test = _subset(X_test, y_test, QUICK_TEST)
     return X_train, X_test, y_train, y_test, kind
+
+
+def long_tailed(X, y, imbalance=LT_IMBALANCE, random_state=0):
+    """A fixed subset in which class ``c`` of ``C`` keeps ``imbalance ** (-c / (C - 1))``
+    of its rows (at least one): class 0 whole, the last ``1 / imbalance`` of it."""
+    classes = np.unique(y)
+    rng = np.random.RandomState(random_state)
+    keep = []
+    for i, c in enumerate(classes):
+        rows = np.flatnonzero(y == c)
+        n = max(1, int(round(len(rows) * imbalance ** (-i / max(1, len(classes) - 1)))))
+        keep.append(rng.choice(rows, n, replace=False))
+    keep = np.sort(np.concatenate(keep))
+    return X[keep], y[keep]
 
 
 def centred_digits28(X):

@@ -467,3 +467,20 @@ def test_quality_benchmark_centred_digits_are_mnist_shaped():
         torch.from_numpy(X_train[:50, None, 4:24, 4:24]).float(), size=(8, 8), mode="area")
     corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(small[:, 0].numpy(), digits)]
     assert min(corr) > 0.8
+
+
+def test_quality_benchmark_long_tailed_sets_are_fixed_and_ten_to_one():
+    quality = _load_quality()
+    for name, n_classes in (("digits_lt", 10), ("shapes28_lt", 8)):
+        X_train, X_test, y_train, y_test, kind = quality.load_dataset(name)
+        again = quality.load_dataset(name)
+        np.testing.assert_array_equal(X_train, again[0])  # the same subset every call
+        counts = np.bincount(np.concatenate([y_train, y_test]), minlength=n_classes)
+        assert kind == "images" and counts.size == n_classes
+        assert (np.diff(counts) < 0).all()  # each class smaller than the one before
+        assert 9 <= counts[0] / counts[-1] <= 11
+    # class 0 is kept whole; a subset of the full set's rows, none repeated
+    X, y = np.arange(40).reshape(20, 2), np.repeat([0, 1], 10)
+    X_lt, y_lt = quality.long_tailed(X, y, imbalance=5)
+    assert np.bincount(y_lt).tolist() == [10, 2]
+    assert len(np.unique(X_lt[:, 0])) == len(X_lt) and set(X_lt[:, 0]) <= set(X[:, 0])
