@@ -112,15 +112,15 @@ plt.show()
 # ==============  =============  =============  =============  =============
 # method          linear probe   k-means NMI    predict NMI    predict ARI
 # ==============  =============  =============  =============  =============
-# CueCo           0.993 ± 0.002  0.903 ± 0.035  0.908 ± 0.008  0.883 ± 0.015
+# CueCo           0.994 ± 0.003  0.883 ± 0.037  0.912 ± 0.012  0.887 ± 0.019
 # MoCo v2         0.993 ± 0.002  0.906 ± 0.018  0.898 ± 0.050  0.861 ± 0.087
 # ==============  =============  =============  =============  =============
 #
 # On digits the clustering term leaves the probe where it is, and its
 # centroids cluster a little better than MoCo v2's refined ones (NMI
-# +0.010, ARI +0.022, with a much smaller spread). On digits centred in
+# +0.014, ARI +0.026, with a much smaller spread). On digits centred in
 # 28x28 frames, as MNIST lays them out, and on a generated set of 28x28
-# shapes, both at 40 epochs, the lead is larger (``predict`` NMI +0.042 and
-# +0.072, ARI +0.059 and +0.105), and on the shapes it holds at 15 epochs
-# (NMI 0.666 against 0.619). The documentation's method results page has
+# shapes, both at 40 epochs, the lead is larger (``predict`` NMI +0.040 and
+# +0.104, ARI +0.051 and +0.159), and on the shapes it holds at 15 epochs
+# (NMI 0.653 against 0.619). The documentation's method results page has
 # the details.

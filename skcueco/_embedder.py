@@ -118,14 +118,16 @@ class CueCoEmbedder(
         takes most of the data, or the most similar centroid (the paper's
         form, kept by :func:`~skcueco.recipes.recipe`). ``predict`` always
         uses the most similar centroid.
-    cluster_balance : float, default=1.0
+    cluster_balance : float, default=0.5
         How strictly ``cluster_assign="sinkhorn"`` balances the centroids'
         shares of each batch, in ``[0, 1]``. 1: every centroid gets an equal
         share (SwAV's equipartition). Below 1 the equal shares become a soft
-        penalty (unbalanced optimal transport), so groups of different sizes
-        keep more of their size while no centroid can take most of the data;
-        0 gives the most similar centroid, as ``"argmax"``. See
-        ``docs/method_results.rst`` for measurements on unbalanced data.
+        penalty (unbalanced optimal transport): each Sinkhorn step moves a
+        centroid's share only this fraction of the way to the equal share,
+        so groups of different sizes keep more of their size while a
+        centroid that would take most of the batch is still held back. 0
+        gives the most similar centroid, as ``"argmax"``. The default was
+        chosen on balanced and long-tailed data (docs/method_results.rst).
     overclustering : int, default=3
         Over-clustering: a second set of ``overclustering * n_clusters``
         centroids is trained alongside the ``n_clusters`` ones, and the
@@ -365,7 +367,7 @@ class CueCoEmbedder(
         cluster_warmup="auto",
         cluster_ramp="auto",
         cluster_assign="sinkhorn",
-        cluster_balance=1.0,
+        cluster_balance=0.5,
         overclustering=3,
         refine_centroids=10,
         cluster_update="online",

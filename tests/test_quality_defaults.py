@@ -158,7 +158,7 @@ def test_default_training_assignments_are_balanced(digits):
     # the estimator's default trains exactly as the explicit balanced setting
     X, _ = digits
     default = _small(cluster_warmup=1).fit(X)
-    balanced = _small(cluster_assign="sinkhorn", cluster_warmup=1).fit(X)
+    balanced = _small(cluster_assign="sinkhorn", cluster_balance=0.5, cluster_warmup=1).fit(X)
     argmax = _small(cluster_assign="argmax", cluster_warmup=1).fit(X)
     np.testing.assert_array_equal(default.transform(X), balanced.transform(X))
     assert not np.array_equal(default.transform(X), argmax.transform(X))
