@@ -1,0 +1,62 @@
+"""Model files and checkpoints written by an earlier version still work.
+
+The files under ``tests/fixtures/files_0.1.0`` were written by skcueco 0.1.0
+with ``make_fixtures.py`` beside them. Loading them must give bitwise the same
+embeddings and clusters as that version computed, and a checkpoint must resume
+to bitwise the same model as the run that wrote it.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from skcueco import CueCoEmbedder
+
+FILES = Path(__file__).parent / "fixtures" / "files_0.1.0"
+COMMON = dict(max_epochs=2, batch_size=32, n_clusters=4, random_state=0, amp=False,
+              hidden_dim=32, projection_dim=16)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, _ = load_digits(return_X_y=True)
+    return X[:120].astype(np.float32)
+
+
+def test_model_file_gives_the_same_embeddings_and_clusters(digits):
+    emb = CueCoEmbedder.load(FILES / "embedder_digits.pt")
+    np.testing.assert_array_equal(emb.transform(digits),
+                                  np.load(FILES / "embedder_digits_transform.npy"))
+    np.testing.assert_array_equal(emb.predict(digits),
+                                  np.load(FILES / "embedder_digits_predict.npy"))
+    assert emb.get_params()["n_clusters"] == 4
+    assert emb.cluster_centers_.shape == (4, 16)
+
+
+def test_model_file_keeps_its_training_state(digits):
+    emb = CueCoEmbedder.load(FILES / "embedder_digits.pt")
+    before = emb.transform(digits)
+    emb.partial_fit(digits)
+    assert emb.n_iter_ == 3
+    assert not np.array_equal(emb.transform(digits), before)
+
+
+def test_image_model_file_gives_the_same_embeddings():
+    images = np.load(FILES / "images.npy")
+    emb = CueCoEmbedder.load(FILES / "embedder_images.pt")
+    assert emb.image_shape_ == (1, 8, 8)
+    np.testing.assert_array_equal(emb.transform(images),
+                                  np.load(FILES / "embedder_images_transform.npy"))
+
+
+def test_checkpoint_resumes_to_the_same_model(digits, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        emb = CueCoEmbedder(**COMMON).fit(
+            digits, resume_from=FILES / "checkpoint_epoch-0001.pt")
+    assert emb.n_iter_ == 2
+    np.testing.assert_array_equal(emb.transform(digits),
+                                  np.load(FILES / "embedder_digits_transform.npy"))
