@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .training.distributed import get_world_size
+
 
 class Callback:
     """Base class: override the hooks you need; all default to doing nothing.
@@ -89,9 +91,9 @@ class ProgressBar(Callback):
 
     By default one bar counts the epochs and shows the last epoch's mean
     loss. With ``per_batch=True`` (for long epochs) the bar counts the steps
-    of the current epoch and shows the throughput, the time left in the epoch
-    and the running loss; it starts again at every epoch, labelled
-    ``desc epoch/max_epochs``.
+    of the current epoch out of the epoch's total, with the percentage done,
+    the time left in the epoch, the images per second and the running loss;
+    it starts again at every epoch, labelled ``desc epoch/max_epochs``.
 
     Reading a loss from a GPU waits for the GPU to finish its queued work, so
     in per-batch mode the loss is read only when the bar redraws, at most
@@ -110,18 +112,21 @@ class ProgressBar(Callback):
         reads of the loss).
     batch_size : int, default=None
         Images per step, to show images per second. Default: the trainer's
-        ``batch_size`` attribute if it has one; without either the bar shows
-        steps per second.
+        ``batch_size`` (the loader's) if it has one; without either the bar
+        shows steps per second only.
 
     See Also
     --------
-    skcueco.CueCoEmbedder : ``verbose=1`` adds a bar over epochs.
+    skcueco.CueCoEmbedder : ``verbose=1`` adds a bar over epochs,
+        ``verbose=2`` one over the steps of each epoch.
 
     Notes
     -----
     The number of steps per epoch is read from the trainer's
-    ``steps_per_epoch`` attribute when it has one; without it the per-batch
-    bar shows the steps done and the rate, but no time left.
+    ``steps_per_epoch`` attribute (the loader's length); without it the
+    per-batch bar shows the steps done and the rate, but no total,
+    percentage or time left. In distributed training the images per second
+    count the images of all processes.
     """
 
     def __init__(self, desc="CueCo", per_batch=False, mininterval=1.0, batch_size=None):
@@ -146,14 +151,26 @@ class ProgressBar(Callback):
             )
             return
         batch_size = self.batch_size or getattr(trainer, "batch_size", None)
+        # images of all processes per step
+        self._images_per_step = batch_size * get_world_size() if batch_size else None
         self._bar = tqdm(
             total=getattr(trainer, "steps_per_epoch", None),
-            desc=f"{self.desc} {trainer.epoch + 1}/{trainer.max_epochs}",
-            unit="img" if batch_size else "step", unit_scale=batch_size or False,
+            desc=self._epoch_desc(trainer, trainer.epoch), unit="step",
             mininterval=self.mininterval, disable=disable, dynamic_ncols=True,
         )
         self._loss_sum, self._n_summed = None, 0
         self._last_read = time.monotonic()
+
+    def _epoch_desc(self, trainer, epoch):
+        return f"{self.desc} {epoch + 1}/{trainer.max_epochs}"
+
+    def _postfix(self, loss, n_steps, seconds):
+        """``"123 img/s, loss=1.2345"``; the rate only when it is known."""
+        parts = []
+        if self._images_per_step and seconds > 0:
+            parts.append(f"{self._images_per_step * n_steps / seconds:.0f} img/s")
+        parts.append(f"loss={loss:.4f}")
+        return ", ".join(parts)
 
     def on_epoch_begin(self, trainer, epoch):
         """Restart the per-batch bar for a new epoch.
@@ -167,8 +184,8 @@ class ProgressBar(Callback):
         """
         if not self.per_batch:
             return
-        self._bar.set_description(f"{self.desc} {epoch + 1}/{trainer.max_epochs}",
-                                  refresh=False)
+        # ``set_description`` appends ": ", and tqdm adds another without a total
+        self._bar.set_description_str(self._epoch_desc(trainer, epoch), refresh=False)
         self._bar.reset(total=getattr(trainer, "steps_per_epoch", None))
         self._loss_sum, self._n_summed = None, 0
         self._last_read = time.monotonic()
@@ -194,13 +211,14 @@ class ProgressBar(Callback):
         now = time.monotonic()
         if now - self._last_read >= self.mininterval:
             mean = self._loss_sum.item() / self._n_summed  # the only host sync
-            self._bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
+            self._bar.set_postfix_str(
+                self._postfix(mean, self._n_summed, now - self._last_read), refresh=False)
             self._loss_sum, self._n_summed = None, 0
             self._last_read = now
         self._bar.update(1)
 
     def on_epoch_end(self, trainer, epoch, logs):
-        """Show the epoch's mean loss.
+        """Show the epoch's mean loss (and, per batch, its images per second).
 
         Parameters
         ----------
@@ -211,10 +229,13 @@ class ProgressBar(Callback):
         logs : dict of str to float
             The epoch's history record.
         """
-        self._bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
         if self.per_batch:
+            self._bar.set_postfix_str(
+                self._postfix(logs["loss"], self._bar.n, logs.get("seconds", 0.0)),
+                refresh=False)
             self._bar.refresh()
         else:
+            self._bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
             self._bar.update(1)
 
     def on_train_end(self, trainer):

@@ -61,14 +61,15 @@ def test_per_batch_reads_the_loss_at_most_once_per_interval(clock, host_reads, c
     run_epoch(bar, trainer, clock, epoch=0, n_steps=100, seconds_per_step=0.1)
     assert 9 <= len(host_reads) <= 10
     assert bar._bar.n == 100
-    assert bar._bar.postfix == "loss=2.0000"  # the mean of the steps since the last read
-    bar.on_epoch_end(trainer, 0, {"loss": 1.5})
+    # the mean of the steps since the last read; 10 steps of 32 images in 1 s
+    assert bar._bar.postfix == "320 img/s, loss=2.0000"
+    bar.on_epoch_end(trainer, 0, {"loss": 1.5, "seconds": 4.0})
     bar.on_train_end(trainer)
     err = capsys.readouterr().err
-    assert "CueCo 1/2" in err  # the epoch in the label
-    assert "img/s" in err  # images per second from the batch size
-    assert "3200/3200" in err  # 100 steps of 32 images
-    assert "loss=1.5000" in err  # the epoch's mean at the end of the epoch
+    assert "CueCo 1/2: " in err  # the epoch in the label
+    assert ": :" not in err
+    assert "100/100" in err and "100%" in err  # steps out of the epoch's total
+    assert "800 img/s, loss=1.5000" in err  # the epoch's: 3200 images in 4 s
 
 
 def test_per_batch_shows_the_mean_loss_since_the_last_read(clock, host_reads):
@@ -82,7 +83,7 @@ def test_per_batch_shows_the_mean_loss_since_the_last_read(clock, host_reads):
     clock.now += 1.0
     bar.on_batch_end(trainer, 4, {"loss": torch.tensor(6.0)})
     assert len(host_reads) == 1
-    assert bar._bar.postfix == "loss=3.0000"  # (1 + 2 + 3 + 6) / 4
+    assert bar._bar.postfix == "loss=3.0000"  # (1 + 2 + 3 + 6) / 4; no batch size, no img/s
     bar.on_train_end(trainer)
 
 
@@ -97,8 +98,9 @@ def test_per_batch_restarts_every_epoch_and_works_without_a_total(clock, host_re
     bar.on_epoch_end(trainer, 1, {"loss": 0.5})
     bar.on_train_end(trainer)
     err = capsys.readouterr().err
-    assert "run 2/2" in err
-    assert "step/s" in err
+    assert "run 2/2: " in err
+    assert ": :" not in err  # tqdm's own colon is not doubled without a total
+    assert "step/s" in err and "%" not in err
     assert len(host_reads) <= 6  # every second step at most, never every step
 
 
@@ -131,5 +133,36 @@ def test_batch_size_argument_wins_over_the_trainer(clock, capsys):
     bar = ProgressBar(per_batch=True, batch_size=10)
     bar.on_train_begin(trainer)
     run_epoch(bar, trainer, clock, epoch=0, n_steps=2, seconds_per_step=0.1)
+    bar.on_epoch_end(trainer, 0, {"loss": 1.0, "seconds": 0.2})
     bar.on_train_end(trainer)
-    assert "20/20" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2/2" in err
+    assert "100 img/s" in err  # 2 steps of 10 images in 0.2 s (not of 1000)
+
+
+def test_images_per_second_count_every_process(clock, capsys, monkeypatch):
+    monkeypatch.setattr(callbacks_module, "get_world_size", lambda: 4)
+    trainer = fake_trainer(steps_per_epoch=5, batch_size=8)
+    bar = ProgressBar(per_batch=True)
+    bar.on_train_begin(trainer)
+    run_epoch(bar, trainer, clock, epoch=0, n_steps=5, seconds_per_step=0.1)
+    bar.on_epoch_end(trainer, 0, {"loss": 1.0, "seconds": 2.0})
+    bar.on_train_end(trainer)
+    assert "80 img/s" in capsys.readouterr().err  # 5 steps of 4 x 8 images in 2 s
+
+
+def test_verbose_2_shows_each_epoch_out_of_its_steps(capsys):
+    from sklearn.datasets import load_digits
+
+    from skcueco import CueCoEmbedder
+
+    X = load_digits().data[:200]
+    CueCoEmbedder(max_epochs=2, batch_size=64, hidden_dim=64, projection_dim=32,
+                  queue_size=128, n_clusters=5, device="cpu", verbose=2,
+                  random_state=0).fit(X)
+    err = capsys.readouterr().err
+    # 200 rows in batches of 64, the last partial one dropped: 3 steps
+    assert "CueCo 1/2: 100%" in err and "CueCo 2/2: 100%" in err
+    assert "3/3 [" in err
+    assert ": :" not in err
+    assert "img/s" in err and "loss=" in err

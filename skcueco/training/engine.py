@@ -96,6 +96,12 @@ class Trainer:
         Whether the last ``fit`` was stopped by ``KeyboardInterrupt``.
     failed : bool
         Whether the last ``fit`` ended with an exception.
+    steps_per_epoch : int or None
+        Steps in one epoch of the running ``fit`` (the loader's length),
+        None for a loader without one.
+    batch_size : int or None
+        Samples per step of the running ``fit`` on this process (the
+        loader's batch size), None when the loader does not say.
     run_id : str
         Identifies a training run across checkpoints: drawn at random here,
         restored by :meth:`load_state_dict` (a resumed or continued run keeps
@@ -126,6 +132,7 @@ class Trainer:
         self.run_info = None
         self._epoch_start = None
         self.is_main_process = is_main_process()
+        self.steps_per_epoch = self.batch_size = None
         self.task = self.optimizer = self.scheduler = self.scaler = None
         self.embed = embed
 
@@ -184,6 +191,13 @@ class Trainer:
         way and raises :class:`NonFiniteLossError`.
         """
         self.task, self.optimizer, self.scheduler = task, optimizer, scheduler
+        try:
+            self.steps_per_epoch = len(loader)
+        except TypeError:  # an iterable without a length
+            self.steps_per_epoch = None
+        # a DataLoader fed by a BatchSampler holds its batch size in the sampler
+        self.batch_size = (getattr(loader, "batch_size", None)
+                           or getattr(getattr(loader, "sampler", None), "batch_size", None))
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
