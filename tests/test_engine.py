@@ -231,8 +231,11 @@ def test_empty_loader_raises():
 
 
 def test_resolve_amp():
+    from skcueco.training.device import cpu_has_native_bf16
+
     cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) is None
+    # "auto" on the CPU follows the processor (tests/test_cpu_amp.py)
+    assert resolve_amp("auto", cpu) is (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert resolve_amp(None, cpu) is None
     assert resolve_amp(False, cpu) is None
     assert resolve_amp("bf16", cpu) is torch.bfloat16

@@ -57,3 +57,29 @@ def device_available(device):
         mps = getattr(torch.backends, "mps", None)
         return mps is not None and mps.is_available()
     return False
+
+
+def cpu_has_native_bf16():
+    """Whether this processor computes bfloat16 in hardware, as PyTorch sees it.
+
+    True on x86 processors with AVX-512 BF16 or AMX-BF16 instructions, where
+    PyTorch's CPU kernels (oneDNN) run bf16 convolutions and matrix products
+    natively; there a bf16 autocast trains about 1.6-1.8 times as fast as
+    float32 (docs/training.rst). False elsewhere, including on processors
+    where PyTorch would emulate bf16 with float32 arithmetic, and when this
+    PyTorch cannot tell.
+
+    Returns
+    -------
+    native : bool
+    """
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        found = capabilities()
+        return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+    # older releases: the checks torch.cpu is built on (AMX tiles come with
+    # AMX-BF16 on every processor that has them)
+    cpu = getattr(torch._C, "_cpu", None)
+    checks = [getattr(cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)

@@ -42,7 +42,9 @@ def resolve_amp(amp, device):
     Parameters
     ----------
     amp : {"auto", "bf16", "fp16"} or bool or None
-        "auto": bf16 on CUDA devices that support it, off elsewhere.
+        "auto": bf16 on CUDA devices that support it and on processors that
+        compute bf16 natively (:func:`~skcueco.training.device.cpu_has_native_bf16`),
+        full precision elsewhere. An explicit value always wins.
     device : torch.device
 
     Returns
@@ -53,6 +55,11 @@ def resolve_amp(amp, device):
         return None
     if amp == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        # looked up at call time, so that it can be patched
+        from .device import cpu_has_native_bf16
+
+        if device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return None
     if amp in ("bf16", True):
