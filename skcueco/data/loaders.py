@@ -56,7 +56,9 @@ def make_loader(X, *, batch_size, shuffle, generator=None, drop_last=False,
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : ndarray or ImageSource of shape (n_samples, n_features)
+        An :class:`~skcueco.ImageSource` with ``cache="auto"`` keeps its
+        rows from now on, so that only the first epoch decodes images.
     batch_size : int
     shuffle : bool
         Reshuffle every epoch with ``generator``.
@@ -74,6 +76,10 @@ def make_loader(X, *, batch_size, shuffle, generator=None, drop_last=False,
     -------
     loader : torch.utils.data.DataLoader
     """
+    keep_decoded = getattr(X, "_keep_decoded", None)
+    if keep_decoded is not None:
+        # an ImageSource read every epoch keeps its rows once decoded
+        keep_decoded()
     dataset = ArrayBatches(X)
     if shard is not None:
         world_size, rank, seed = shard
