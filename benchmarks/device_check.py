@@ -57,7 +57,7 @@ def main(argv=None):
     probe = LogisticRegression(max_iter=3000).fit(est.transform(Xtr), ytr)
     print(f"digits 40 epochs on {est.device_}: fit {fit_s:.1f} s, probe accuracy "
           f"{probe.score(est.transform(Xte), yte):.4f}, clusters {np.bincount(est.predict(Xte))}")
-    on_gpu = [k for k, v in _tensors(est._train_state) if v.is_cuda]
+    on_gpu = [k for k, v in _tensors(est._trained.train_state) if v.is_cuda]
     print("training-state tensors left on the GPU after fit:", len(on_gpu))
 
     with tempfile.TemporaryDirectory() as d:

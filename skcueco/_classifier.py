@@ -22,7 +22,8 @@ from sklearn.utils.validation import (
     column_or_1d,
 )
 
-from ._embedder import CueCoEmbedder, restored_on_error
+from ._base import restored_on_error
+from ._embedder import CueCoEmbedder
 from ._persistence import TorchStateMixin
 from .data.sources import ImageSource
 from .data.validation import check_input, image_format
@@ -57,10 +58,28 @@ def _image_format(embedder):
     A fitted (or frozen) embedder decodes at its training size and mode; an
     unfitted one at its ``image_size`` (None for the default embedder).
     """
-    spec = getattr(embedder, "_input_spec", None)
-    if spec is not None:
-        return image_format(spec)
+    trained = getattr(embedder, "_trained", None)
+    if trained is not None:
+        return image_format(trained.spec)
     return {"image_size": getattr(embedder, "image_size", None)}
+
+
+def _frozen_features(embedder, X, augment_seed=None):
+    """The feature-extraction seam for heads trained on frozen embeddings.
+
+    Returns ``(rows, features, augment)``: the validated compact rows of
+    ``X``, their embeddings (as ``transform``), and, when ``augment_seed``
+    is given, ``augment(rows_batch)`` -> embeddings of fresh random views of
+    a batch of those rows, on the embedder's device (the training
+    augmentation, drawn from a generator seeded with ``augment_seed``);
+    otherwise None.
+    """
+    rows, spec = embedder._rows(X)
+    trained = embedder._trained
+    augment = None
+    if augment_seed is not None:
+        augment = trained.augmenter(spec, embedder.augmentation, augment_seed)
+    return rows, trained.embed(rows, spec), augment
 
 
 class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
@@ -275,8 +294,8 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
                      device=self.device_)
         if self.head == "propagation" and not labeled.all():
             seed = rng.randint(2**31 - 1)
-            rows, features, augment = self.embedder_._frozen_features(
-                self._embedder_input(X2d, spec),
+            rows, features, augment = _frozen_features(
+                self.embedder_, self._embedder_input(X2d, spec),
                 augment_seed=seed if self.head_augmentation else None)
             self.head_ = PropagationProbe(
                 n_neighbors=self.head_n_neighbors, alpha=self.head_alpha, seed=seed, **probe,
@@ -284,8 +303,8 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         elif self.head in _BUILTIN_HEADS:
             # "propagation" without unlabeled rows has nothing to propagate
             seed = rng.randint(2**31 - 1)
-            rows, features, augment = self.embedder_._frozen_features(
-                X_lab, augment_seed=seed if self.head_augmentation else None)
+            rows, features, augment = _frozen_features(
+                self.embedder_, X_lab, augment_seed=seed if self.head_augmentation else None)
             self.head_ = LinearProbe(seed=seed, **probe).fit(
                 features, y[labeled], rows=rows, augment=augment)
         elif semi_supervised:

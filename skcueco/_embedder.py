@@ -1,8 +1,7 @@
 """CueCoEmbedder: the scikit-learn transformer that trains CueCo."""
 
+import dataclasses
 import numbers
-import weakref
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -17,46 +16,16 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._persistence import (
-    RunRecord, TorchStateMixin, check_checkpoint_fits, load_embedder, read_checkpoint,
-    save_embedder,
-)
+from ._base import restored_on_error
+from ._persistence import TorchStateMixin, load_embedder, save_embedder, trained_from_pickle
 from .backbones import BACKBONE_NAMES
-from .callbacks import Callback, ProgressBar, _feature_scale
-from .data.loaders import INFERENCE_ROWS, encode
-from .data.preprocess import input_statistics, relayout
+from .callbacks import Callback, ProgressBar
+from .data.preprocess import input_statistics
 from .data.validation import check_input, image_format, spec_from_image_shape
-from .training.engine import NonFiniteLossError
-from .training.run import (
-    CueCoConfig, Seeds, fit_cueco, untrained_cueco, use_channels_last, view_augmentation,
-)
+from .training.checkpoint import RunRecord, check_checkpoint_fits, read_checkpoint
+from .training.run import CueCoConfig, Seeds, fit_cueco, untrained_cueco
 
-_PRIVATE_FITTED = ("_input_spec", "_preprocess", "_projector", "_n_features_out", "_train_state")
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
-
-
-@contextmanager
-def restored_on_error(estimator):
-    """A fit that fails leaves ``estimator`` exactly as it was.
-
-    A fitted model stays fitted with its previous weights and input
-    description (never a mix of the old model and the new input); an
-    unfitted estimator stays unfitted. Fitted attributes are only ever
-    replaced, never changed in place, so restoring the attribute dictionary
-    restores the model.
-    """
-    before = dict(vars(estimator))
-    try:
-        yield
-    except BaseException:
-        vars(estimator).clear()
-        vars(estimator).update(before)
-        raise
-
-
-# inference input conversions, per fitted ``_preprocess`` (see
-# ``CueCoEmbedder._inference_preprocess``)
-_INFERENCE_PREPROCESS = weakref.WeakKeyDictionary()
 
 
 class CueCoEmbedder(
@@ -533,7 +502,7 @@ class CueCoEmbedder(
 
     def _check_continuable(self, how):
         """Refuse to continue a fitted model that holds no training state."""
-        if getattr(self, "_train_state", None) is None:
+        if not hasattr(self, "_trained") or self._trained.train_state is None:
             raise ValueError(
                 f"This {type(self).__name__} holds no training state (it was loaded "
                 "from a file saved with training_state=False, or never trained), so "
@@ -548,19 +517,18 @@ class CueCoEmbedder(
     def _train(self, X, spec, *, mode, state=None):
         """Run :func:`~skcueco.training.run.fit_cueco` and publish its result."""
         previous = None
-        if mode != "fresh" and hasattr(self, "_train_state"):
-            previous = (self._train_state, self._preprocess)
+        if mode != "fresh" and hasattr(self, "_trained"):
+            previous = (self._trained.train_state, self._trained.preprocess)
         # the run record every checkpoint carries comes first
         callbacks = [RunRecord(self.get_params(deep=False), spec), *(self.callbacks or [])]
         if self.verbose:
             callbacks.append(ProgressBar(**({"per_batch": True} if self.verbose >= 2 else {})))
-        result = fit_cueco(
+        trained = fit_cueco(
             X, spec, CueCoConfig.from_params(self.get_params(deep=False)),
             self._seeds(), mode=mode, previous=previous, state=state,
             callbacks=callbacks, validate=lambda X_other: self._flatten_like_fit(X_other, spec),
         )
-        _check_finite_result(result, X)
-        self._publish(result, spec)
+        self._publish(trained)
         return self
 
     def _seeds(self):
@@ -589,39 +557,62 @@ class CueCoEmbedder(
             )
         return X, other
 
-    def _publish(self, result, spec):
-        """Set the fitted attributes from a :class:`~skcueco.training.run.FitResult`.
+    def _publish(self, trained, *, n_features_in=None, feature_names_in=None):
+        """Set every fitted attribute from a :class:`~skcueco.training.trained.Trained`.
 
-        Only the query backbone, its projector and the centroids stay on the
-        device; the key network, queue and optimiser state live on in
-        ``_train_state`` on the CPU (for ``warm_start`` and ``partial_fit``).
+        The one place fitted attributes are written: by ``fit``,
+        ``partial_fit``, ``warm_start``, ``resume_from`` and :meth:`load`
+        alike (``n_features_in`` and ``feature_names_in`` come from a model
+        file; ``fit`` sets them while validating its input). Only the query
+        backbone, its projector and the centroids stay on the device; the key
+        network, queue and optimiser state live on in the training state on
+        the CPU (for ``warm_start`` and ``partial_fit``).
         """
-        self.encoder_ = result.encoder
-        self._projector = result.projector
-        self._preprocess = result.preprocess
-        self.cluster_centers_ = result.centroids.numpy()
-        self.embedding_mean_, self.embedding_scale_ = standardisation(result.embedding_stats)
-        if result.queue_size is not None:
-            self.queue_size_ = result.queue_size
-            self.cluster_warmup_ = result.cluster_warmup
-            self.cluster_ramp_ = result.cluster_ramp
-        if result.batch_size is not None:
-            self.batch_size_ = result.batch_size
-        history = result.history
-        self.history_ = pd.DataFrame(history, columns=_HISTORY_COLUMNS if not history else None)
-        self.n_iter_ = len(history)
+        spec = trained.spec
+        self._trained = trained
+        self.encoder_ = trained.encoder
+        self.cluster_centers_ = trained.centroids.numpy()
+        self.embedding_mean_ = trained.embedding_mean
+        self.embedding_scale_ = trained.embedding_scale
+        resolved = trained.resolved
+        if "queue_size" in resolved:
+            self.queue_size_ = resolved["queue_size"]
+            self.cluster_warmup_ = resolved["cluster_warmup"]
+            self.cluster_ramp_ = resolved["cluster_ramp"]
+        if "batch_size" in resolved:
+            self.batch_size_ = resolved["batch_size"]
+        history = trained.history
+        self.history_ = pd.DataFrame(history, columns=_HISTORY_COLUMNS if not len(history) else None)
+        self.n_iter_ = len(self.history_)
         self.image_shape_ = tuple(spec.shape) if spec.kind == "image" else None
-        self._input_spec = spec
-        self.device_ = result.device
-        self._n_features_out = result.feature_dim
-        if result.train_state is not None:
-            self._train_state = result.train_state
+        self.device_ = trained.device
+        if n_features_in is not None:
+            self.n_features_in_ = n_features_in
+        if feature_names_in is not None:
+            self.feature_names_in_ = np.asarray(feature_names_in, dtype=object)
+
+    @property
+    def _n_features_out(self):
+        # read by ClassNamePrefixFeaturesOutMixin.get_feature_names_out
+        return self._trained.feature_dim
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "encoder_" in vars(self) and "_trained" not in vars(self):
+            # pickled by a version before the Trained object
+            vars(self)["_trained"] = trained_from_pickle(vars(self), self.get_params(deep=False))
+            for key in ("_projector", "_preprocess", "_input_spec", "_train_state"):
+                vars(self).pop(key, None)
+        trained = vars(self).get("_trained")
+        if trained is not None and trained.device != self.device_:
+            # unpickled onto another device (e.g. a GPU model on a CPU machine)
+            vars(self)["_trained"] = dataclasses.replace(trained, device=self.device_)
 
     def _fit_untrained(self, X):
         """Fitted attributes of the initial, untrained network (a baseline)."""
         X, spec = self._validate_fit_input(X)
         config = CueCoConfig.from_params(self.get_params(deep=False))
-        self._publish(untrained_cueco(X, spec, config, self._seeds()), spec)
+        self._publish(untrained_cueco(X, spec, config, self._seeds()))
         return self
 
     def _check_params_vs_input(self, X):
@@ -641,7 +632,16 @@ class CueCoEmbedder(
     # -- inference --------------------------------------------------------------
     def _validate_for_inference(self, X):
         check_is_fitted(self)
-        return self._flatten_like_fit(X, self._input_spec)
+        return self._flatten_like_fit(X, self._trained.spec)
+
+    def _rows(self, X):
+        """``(rows, spec)``: ``X`` validated for the fitted model's operations.
+
+        The seam through which the classifier and the inspection displays
+        reach the trained model (``_trained``): its ``embed``, ``project``,
+        ``predict`` and ``augmenter`` take these rows.
+        """
+        return self._validate_for_inference(X)
 
     def transform(self, X):
         """Embed ``X`` with the trained backbone.
@@ -657,66 +657,8 @@ class CueCoEmbedder(
             Backbone features standardised with ``embedding_mean_`` and
             ``embedding_scale_``; independent of batch composition.
         """
-        X, spec = self._validate_for_inference(X)
-        return self._transform(X, spec)
-
-    def _transform(self, X, spec):
-        preprocess = self._inference_preprocess(spec)
-        Z = encode(self.encoder_, preprocess, self.encoder_, X, INFERENCE_ROWS,
-                   self.device_, fixed_batch=self.device_.type == "cpu",
-                   check_key="transform").numpy()
-        Z -= self.embedding_mean_
-        Z /= self.embedding_scale_
-        return Z
-
-    def _inference_preprocess(self, spec):
-        # the layout training used, decided by the parameters alone (not by the
-        # weights' strides, which a saved and loaded model does not keep), so
-        # a loaded model runs the same kernels as the fitted one
-        channels_last = use_channels_last(self.channels_last, spec, self.device_,
-                                          backbone=self.backbone)
-        # built once per fitted model and layout (building a module costs as
-        # much as a tenth of embedding one small image); kept outside the
-        # estimator, whose attributes inference must not change
-        made = _INFERENCE_PREPROCESS.setdefault(self._preprocess, {})
-        key = (spec, channels_last)
-        if key not in made:
-            made[key] = relayout(self._preprocess_for(spec), spec,
-                                 output_channels_last=channels_last)
-        return made[key]
-
-    def _preprocess_for(self, spec):
-        if spec == self._input_spec:
-            return self._preprocess
-        return relayout(self._preprocess, spec)
-
-    def _frozen_features(self, X, augment_seed=None):
-        """The feature-extraction seam for heads trained on frozen embeddings.
-
-        Returns ``(rows, features, augment)``: the validated compact rows of
-        ``X``, their embeddings (as :meth:`transform`), and, when
-        ``augment_seed`` is given, ``augment(rows_batch)`` -> embeddings of
-        fresh random views of a batch of those rows, on ``device_`` (the
-        training augmentation, drawn from a generator seeded with
-        ``augment_seed``); otherwise None.
-        """
         rows, spec = self._validate_for_inference(X)
-        features = self._transform(rows, spec)
-        if augment_seed is None:
-            return rows, features, None
-        device = self.device_
-        aug = view_augmentation(self.augmentation, spec)
-        preprocess = self._preprocess_for(spec)
-        generator = torch.Generator(device=device).manual_seed(augment_seed)
-        # standardised as transform's output, on the device
-        mean = torch.from_numpy(self.embedding_mean_).to(device)
-        scale = torch.from_numpy(self.embedding_scale_).to(device)
-
-        @torch.no_grad()
-        def augment(batch):
-            h = self.encoder_(aug(preprocess(batch.to(device)), generator)).float()
-            return (h - mean) / scale
-        return rows, features, augment
+        return self._trained.embed(rows, spec)
 
     def predict(self, X):
         """Index of the nearest centroid for each sample.
@@ -731,25 +673,8 @@ class CueCoEmbedder(
         labels : ndarray of shape (n_samples,)
             Cluster index in ``[0, n_clusters)``.
         """
-        z = torch.from_numpy(self._project(X))
-        centers = torch.from_numpy(self.cluster_centers_)
-        return (z @ centers.T).argmax(dim=1).numpy()
-
-    def _project(self, X):
-        """Unit-norm projections ``(n_samples, projection_dim)`` of ``X``.
-
-        The space the centroids live in: cosine similarity to
-        ``cluster_centers_`` is a plain dot product with these rows.
-        """
-        X, spec = self._validate_for_inference(X)
-        preprocess = self._inference_preprocess(spec)
-
-        def project(x):
-            z = self._projector(self.encoder_(x)).float()
-            return torch.nn.functional.normalize(z, dim=1)
-
-        return encode(project, preprocess, (self.encoder_, self._projector), X, INFERENCE_ROWS, self.device_,
-                      fixed_batch=self.device_.type == "cpu", check_key="project").numpy()
+        rows, spec = self._validate_for_inference(X)
+        return self._trained.predict(rows, spec)
 
     def fit_predict(self, X, y=None):
         """Fit, then return the cluster index of each training sample.
@@ -826,7 +751,10 @@ class CueCoEmbedder(
             ``n_features_in_``, weights that do not fit the parameters,
             non-finite weights).
         """
-        return load_embedder(cls, path)
+        params, trained, n_features_in, feature_names_in = load_embedder(cls, path)
+        est = cls(**params)
+        est._publish(trained, n_features_in=n_features_in, feature_names_in=feature_names_in)
+        return est
 
     # -- tags -------------------------------------------------------------------
     def __sklearn_tags__(self):
@@ -834,34 +762,3 @@ class CueCoEmbedder(
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
-
-def standardisation(stats):
-    """``(mean, scale)`` float32 arrays from :func:`~skcueco.training.run.embedding_statistics`."""
-    std = stats["var"].clamp_min(0).sqrt().numpy()
-    return stats["mean"].numpy().astype(np.float32), _feature_scale(std)
-
-
-def _check_finite_result(result, X, n_probe=32):
-    """Refuse to publish a model that maps training samples to NaN or infinity.
-
-    The trainer checks the whole training state after every epoch, but finite
-    weights can still overflow float32 on the way through the network (e.g.
-    after a last step with a huge learning rate): one small batch of training
-    rows through the trained encoder and projector, in eval mode, shows it.
-    """
-    rows = X[:min(X.shape[0], n_probe)]
-
-    def features_and_projections(x):
-        h = result.encoder(x)
-        return torch.cat([h.float().flatten(1), result.projector(h).float()], dim=1)
-
-    modules = torch.nn.ModuleList([result.encoder, result.projector])
-    out = encode(features_and_projections, result.preprocess, modules, rows, len(rows),
-                 result.device)
-    if not (torch.isfinite(out).all() and torch.isfinite(result.centroids).all()):
-        raise NonFiniteLossError(
-            "Training diverged: the trained model maps training samples to NaN or "
-            "infinite embeddings (its weights grew beyond what float32 computes); "
-            "it was not kept. The learning rate is probably too high (try a "
-            "smaller `lr`)."
-        )

@@ -1,9 +1,11 @@
-"""Hooks into the training loop.
+"""Callbacks: hooks into the training loop.
 
 The hook names follow skorch (``on_train_begin``, ``on_epoch_begin``,
 ``on_batch_end``, ``on_epoch_end``, ``on_train_end``) so they map one to one
 onto other callback APIs. Every hook receives the running
-:class:`~skcueco.training.engine.Trainer`.
+:class:`~skcueco.training.engine.Trainer`. Subclass :class:`Callback` for
+your own; :class:`Checkpoint` lives with the rest of the checkpoint code in
+:mod:`skcueco.training.checkpoint` and is re-exported here.
 """
 
 import time
@@ -14,76 +16,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._tensorboard import TensorBoard
+from .training.checkpoint import Checkpoint
+from .training.hooks import Callback
 from .training.distributed import get_world_size
-
-
-class Callback:
-    """Base class: override the hooks you need; all default to doing nothing.
-
-    A callback can stop training by setting ``trainer.stop_training = True``.
-    """
-
-    def on_train_begin(self, trainer):
-        """Called once before the first epoch.
-
-        Parameters
-        ----------
-        trainer : skcueco.training.engine.Trainer
-            The running trainer.
-        """
-
-    def on_epoch_begin(self, trainer, epoch):
-        """Called before each epoch.
-
-        Parameters
-        ----------
-        trainer : skcueco.training.engine.Trainer
-            The running trainer.
-        epoch : int
-            Index of the epoch (0-based).
-        """
-
-    def on_batch_end(self, trainer, step, logs):
-        """Called after each optimiser step.
-
-        Parameters
-        ----------
-        trainer : skcueco.training.engine.Trainer
-            The running trainer.
-        step : int
-            Number of optimiser steps done so far, this one included.
-        logs : dict of str to torch.Tensor
-            The step's detached 0-d loss tensors (``"loss"`` and its terms),
-            on the training device: reading one (``.item()``) waits for the
-            device.
-        """
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        """Called after each epoch.
-
-        Parameters
-        ----------
-        trainer : skcueco.training.engine.Trainer
-            The running trainer.
-        epoch : int
-            Index of the epoch (0-based).
-        logs : dict of str to float
-            The epoch's record, already in ``trainer.history``: ``"epoch"``
-            (1-based), the mean of each loss term over the epoch's steps,
-            ``"lr"``, ``"seconds"`` and the task's values. Entries a callback
-            adds (as :class:`KNNMonitor` does) enter the history too.
-        """
-
-    def on_train_end(self, trainer):
-        """Called once after the last epoch, also when training stopped early.
-
-        It is called too when training ends on an interrupt or an error.
-
-        Parameters
-        ----------
-        trainer : skcueco.training.engine.Trainer
-            The running trainer.
-        """
+from .training.trained import feature_scale
 
 
 class ProgressBar(Callback):
@@ -306,176 +243,6 @@ class EarlyStopping(Callback):
             trainer.stop_training = True
 
 
-class Checkpoint(Callback):
-    """Save the full training state every few epochs, keeping the last few.
-
-    Files are named ``epoch-0005.pt`` in ``dirname``; pass one to
-    ``CueCoEmbedder.fit(X, resume_from=...)`` to continue training exactly
-    where it stopped (:meth:`latest` finds the newest). They hold only
-    tensors and plain values and are read with
-    ``torch.load(weights_only=True)``.
-
-    A folder belongs to one training run. Every file records its run's id,
-    with the library version, the parameters that define the model and a
-    description of the input, which ``resume_from`` checks. When training
-    starts, the ``epoch-*.pt`` files already in the folder must belong to
-    this same run (one resumed with ``resume_from``, or continued by
-    ``warm_start`` or ``partial_fit``): they are then rotated like the new
-    ones. If any belongs to another run, or is not a checkpoint, training is
-    refused with a ValueError before it starts, and nothing in the folder
-    is overwritten or deleted. Other files in the folder are never touched.
-
-    Writes are atomic (a temporary file, flushed to disk, then renamed): a
-    checkpoint is complete or absent, never damaged. ``KeyboardInterrupt``
-    during a write keeps the finished epoch in the model and removes the
-    temporary file. A write that fails (a full disk) raises an ``OSError``
-    naming the file and the checkpoints that remain.
-
-    Parameters
-    ----------
-    dirname : str or path-like
-        Directory, created if needed.
-    every : int, default=1
-        Save after every ``every``-th epoch (and after the last one).
-    keep_last : int, default=2
-        Number of this run's checkpoint files to keep; older ones are deleted.
-
-    Attributes
-    ----------
-    saved_ : list of pathlib.Path
-        This run's checkpoints on disk, oldest first.
-    """
-
-    def __init__(self, dirname, every=1, keep_last=2):
-        if every < 1 or keep_last < 1:
-            raise ValueError("every and keep_last must be >= 1.")
-        self.dirname = dirname
-        self.every = every
-        self.keep_last = keep_last
-
-    @staticmethod
-    def latest(dirname):
-        """The newest checkpoint of the run that owns ``dirname``.
-
-        Parameters
-        ----------
-        dirname : str or path-like
-            A folder written by a Checkpoint.
-
-        Returns
-        -------
-        path : pathlib.Path or None
-            The file of the highest epoch; None if the folder does not exist
-            or holds no ``epoch-*.pt`` file.
-
-        Raises
-        ------
-        ValueError
-            If the folder holds checkpoints of several runs, or
-            ``epoch-*.pt`` files that are not checkpoints: which one to
-            resume would be a guess.
-        """
-        found, strangers = _checkpoints_in(Path(dirname))
-        runs = sorted({run_id for _, _, run_id in found})
-        if strangers or len(runs) > 1:
-            raise ValueError(
-                f"{dirname!s} holds " + (
-                    f"files that are not skcueco checkpoints ({_names(strangers)})"
-                    if strangers else
-                    f"checkpoints of {len(runs)} different training runs "
-                    f"({_names(path for _, path, _ in found)})"
-                ) + "; a checkpoint folder belongs to one run, so the one to resume "
-                "is ambiguous. Move the other files away, or pass the file to "
-                "resume explicitly."
-            )
-        return max(found)[1] if found else None
-
-    def on_train_begin(self, trainer):
-        self._dir = Path(self.dirname)
-        self._dir.mkdir(parents=True, exist_ok=True)
-        self._failed = False
-        found, strangers = _checkpoints_in(self._dir)
-        others = [path for _, path, run_id in found if run_id != trainer.run_id]
-        if others or strangers:
-            what = []
-            if others:
-                what.append(f"checkpoints of another training run ({_names(others)})")
-            if strangers:
-                what.append(f"epoch-*.pt files that are not skcueco checkpoints "
-                            f"({_names(strangers)})")
-            raise ValueError(
-                f"The checkpoint folder {self._dir} holds " + " and ".join(what)
-                + "; a checkpoint folder belongs to one run, and Checkpoint never "
-                "overwrites or deletes files it did not write. Use an empty folder, "
-                "move those files away, or continue that run with "
-                "fit(X, resume_from=...)."
-            )
-        self.saved_ = [path for _, path, _ in sorted(found)]
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        last = trainer.epoch >= trainer.max_epochs or trainer.stop_training
-        if (epoch + 1) % self.every == 0 or last:
-            self._save(trainer, epoch)
-
-    def on_train_end(self, trainer):
-        # a stop requested after this callback ran (e.g. by EarlyStopping later
-        # in the list) still gets its final checkpoint; not after an interrupt,
-        # an error or a failed write
-        done = trainer.epoch
-        if (done and not trainer.interrupted and not getattr(trainer, "failed", False)
-                and not self._failed and self._path(done - 1) not in self.saved_):
-            self._save(trainer, done - 1)
-
-    def _path(self, epoch):
-        return self._dir / f"epoch-{epoch + 1:04d}.pt"
-
-    def _save(self, trainer, epoch):
-        if not trainer.is_main_process:
-            return
-        from ._persistence import atomic_save
-
-        path = self._path(epoch)
-        kept = [p.name for p in self.saved_ if p != path]
-        try:
-            atomic_save(trainer.state_dict(), path, kept=(
-                f"Training stopped after epoch {trainer.epoch}, which is not saved; "
-                + (f"this run's checkpoints in {self._dir} are intact (newest: "
-                   f"{kept[-1]}): resume from it with fit(X, resume_from=...) once "
-                   "there is room" if kept else
-                   f"no checkpoint of this run is in {self._dir}")
-            ))
-        except OSError:
-            self._failed = True
-            raise
-        if path in self.saved_:
-            self.saved_.remove(path)
-        self.saved_.append(path)
-        while len(self.saved_) > self.keep_last:
-            self.saved_.pop(0).unlink(missing_ok=True)
-
-
-def _checkpoints_in(folder):
-    """``([(epoch, path, run_id), ...], [paths that are not checkpoints])`` in ``folder``."""
-    from ._persistence import checkpoint_owner
-
-    found, strangers = [], []
-    if not folder.is_dir():
-        return found, strangers
-    for path in sorted(folder.glob("epoch-*.pt")):
-        epoch, run_id = checkpoint_owner(path)
-        if run_id is None:
-            strangers.append(path)
-        else:
-            found.append((epoch, path, run_id))
-    return found, strangers
-
-
-def _names(paths, limit=3):
-    names = [p.name for p in paths]
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 class KNNMonitor(Callback):
     """Weighted kNN accuracy of the current embeddings on labeled data.
 
@@ -515,22 +282,11 @@ class KNNMonitor(Callback):
             return
         bank = np.asarray(trainer.embed(self.X_train), dtype=np.float32)
         queries = np.asarray(trainer.embed(self.X_val), dtype=np.float32)
-        mean, scale = bank.mean(axis=0), _feature_scale(bank.std(axis=0))
+        mean, scale = bank.mean(axis=0), feature_scale(bank.std(axis=0))
         bank, queries = (bank - mean) / scale, (queries - mean) / scale
         logs["knn_accuracy"] = knn_accuracy(
             bank, self.y_train, queries, self.y_val, k=self.k, temperature=self.temperature
         )
-
-
-def _feature_scale(std):
-    """Standard deviations as float32 divisors; 1 for (nearly) constant features.
-
-    A feature whose standard deviation is negligible against the others'
-    (a dead unit) keeps a scale of 1, so its rounding noise is not blown up
-    to unit variance.
-    """
-    std = np.asarray(std, dtype=np.float64)
-    return np.where(std > 1e-4 * std.mean(), std, 1.0).astype(np.float32)
 
 
 @torch.no_grad()

@@ -45,7 +45,7 @@ def main():
     callbacks = [FailOnRank(args.fail_rank)] if args.fail_rank is not None else None
     est = CueCoEmbedder(batch_size=args.batch_size, callbacks=callbacks, **PARAMS).fit(data())
     rank = int(os.environ.get("RANK", "0"))
-    model = est._train_state["task"]["model"]
+    model = est._trained.train_state["task"]["model"]
     np.savez(
         os.path.join(args.out, f"rank{rank}.npz"),
         weights=np.concatenate([v.numpy().ravel() for v in est.encoder_.state_dict().values()]),
@@ -53,7 +53,7 @@ def main():
         queue=model["queue.keys"].numpy(),
         queue_ptr=model["queue.ptr"].numpy(),
         loss=est.history_["loss"].to_numpy(),
-        global_step=est._train_state["global_step"],
+        global_step=est._trained.train_state["global_step"],
         embedding=est.transform(data()[:10]),
     )
     est.save(os.path.join(args.out, "model.pt"))  # rank 0 only

@@ -15,13 +15,13 @@ from numpy.testing import assert_array_equal
 from sklearn.datasets import load_digits
 
 from skcueco import CueCoEmbedder
+from skcueco.training.trained import feature_scale
 from skcueco.callbacks import (
     Callback,
     Checkpoint,
     EarlyStopping,
     KNNMonitor,
     ProgressBar,
-    _feature_scale,
     knn_accuracy,
 )
 
@@ -153,7 +153,7 @@ def test_knn_monitor_last_value_is_that_of_the_final_model(knn_fit, digits):
     # the raw features of the final model, standardised on the bank
     bank, queries = (est.transform(Z) * est.embedding_scale_ + est.embedding_mean_
                      for Z in (X[:200], X[200:]))
-    mean, scale = bank.mean(axis=0), _feature_scale(bank.std(axis=0))
+    mean, scale = bank.mean(axis=0), feature_scale(bank.std(axis=0))
     expected = knn_accuracy((bank - mean) / scale, y[:200], (queries - mean) / scale,
                             y[200:], k=monitor.k, temperature=monitor.temperature)
     assert est.history_["knn_accuracy"].iloc[-1] == pytest.approx(expected)

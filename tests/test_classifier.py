@@ -302,7 +302,7 @@ def test_head_training_leaves_frozen_embedder_untouched(digits, head_augmentatio
     embedder = _embedder().fit(X)
     del fit_calls[:]
     encoder_state = _state(embedder.encoder_)
-    projector_state = _state(embedder._projector)
+    projector_state = _state(embedder._trained.projector)
     history, n_iter = embedder.history_, embedder.n_iter_
     centers = embedder.cluster_centers_.copy()
     Z = embedder.transform(X)
@@ -320,7 +320,7 @@ def test_head_training_leaves_frozen_embedder_untouched(digits, head_augmentatio
     for name, tensor in encoder_state.items():
         # batch-norm running statistics included
         assert torch.equal(after[name], tensor), name
-    for name, tensor in _state(embedder._projector).items():
+    for name, tensor in _state(embedder._trained.projector).items():
         assert torch.equal(projector_state[name], tensor), name
     assert_array_equal(embedder.transform(X), Z)
     assert clf.score(X, y) > 0.5

@@ -340,7 +340,7 @@ def test_predict(fitted_rgb, fast_params):
 
 def test_predict_is_nearest_center_of_projection(fitted_rgb):
     est, X = fitted_rgb
-    projector = copy.deepcopy(est._projector).eval()
+    projector = copy.deepcopy(est._trained.projector).eval()
     # the backbone features behind the standardised embeddings
     h = est.transform(X) * est.embedding_scale_ + est.embedding_mean_
     with torch.no_grad():
@@ -366,7 +366,7 @@ def test_transform_standardises_the_backbone_features(fitted_rgb):
     est, X = fitted_rgb
     encoder = copy.deepcopy(est.encoder_).eval()
     with torch.no_grad():
-        h = encoder(est._preprocess(torch.from_numpy(X.reshape(len(X), -1)))).numpy()
+        h = encoder(est._trained.preprocess(torch.from_numpy(X.reshape(len(X), -1)))).numpy()
     std = h.std(axis=0)
     live = std > 1e-3 * std.mean()
     assert live.sum() > h.shape[1] // 2
@@ -384,7 +384,7 @@ def test_encoder_stays_in_eval_mode(rgb_u8, fast_params):
     # encoder_ is documented as "in eval mode": using it directly must not
     # update its BatchNorm statistics, whatever was called before
     est = _fit(rgb_u8, fast_params)
-    modules = [*est.encoder_.modules(), *est._projector.modules()]
+    modules = [*est.encoder_.modules(), *est._trained.projector.modules()]
     assert not any(m.training for m in modules)
     Z = est.transform(rgb_u8)
     assert not any(m.training for m in modules), "transform left train mode on"
@@ -716,9 +716,9 @@ def test_embedding_statistics_pool_over_partial_fit_calls(make_images, fast_para
     # partial_fit pools its calls; fit starts over
     X = make_images((8, 8, 3))
     est = CueCoEmbedder(**fast_params()).partial_fit(X[:20]).partial_fit(X[20:])
-    assert est._train_state["embedding_stats"]["count"] == len(X)
+    assert est._trained.train_state["embedding_stats"]["count"] == len(X)
     est.fit(X[:30])
-    assert est._train_state["embedding_stats"]["count"] == 30
+    assert est._trained.train_state["embedding_stats"]["count"] == 30
 
 
 def test_augmented_features_for_heads_are_standardised_like_transform(fitted_rgb):
@@ -727,7 +727,8 @@ def test_augmented_features_for_heads_are_standardised_like_transform(fitted_rgb
     est, X = fitted_rgb
     est = copy.deepcopy(est)
     est.augmentation = "none"
-    rows, features, augment = est._frozen_features(X, augment_seed=0)
+    from skcueco._classifier import _frozen_features
+    rows, features, augment = _frozen_features(est, X, augment_seed=0)
     np.testing.assert_allclose(augment(torch.from_numpy(rows)).cpu().numpy(), features,
                                rtol=1e-4, atol=1e-4)
 

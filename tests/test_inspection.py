@@ -71,7 +71,7 @@ def fitted(request, gray_fit, rgb_fit):
 
 def expected_gallery(embedder, X, n_images):
     """Indices and sizes computed independently from the projections."""
-    S = embedder._project(X).astype(np.float64) @ embedder.cluster_centers_.T.astype(np.float64)
+    S = embedder._trained.project(*embedder._rows(X)).astype(np.float64) @ embedder.cluster_centers_.T.astype(np.float64)
     assigned = embedder.predict(X)
     indices = np.full((len(embedder.cluster_centers_), n_images), -1)
     for k in range(len(indices)):

@@ -62,7 +62,7 @@ def test_main_job_saves_a_pickle_on_request(tmp_path, capsys):
     assert "joblib.load" in capsys.readouterr().out
     loaded = joblib.load(model_path)
     assert loaded.n_iter_ == 2
-    assert hasattr(loaded, "_train_state")  # a pickle keeps what warm_start needs
+    assert loaded._trained.train_state is not None  # a pickle keeps what warm_start needs
 
 
 def test_one_epoch_is_singular_and_the_warmup_warning_is_one_line(tmp_path, capsys):

@@ -244,7 +244,7 @@ def test_ctrl_c_during_a_checkpoint_write_keeps_the_finished_epoch(tmp_path, dig
             est.fit(digits)
         report(json.dumps({
             "n_iter": est.n_iter_, "history": len(est.history_),
-            "state_epoch": est._train_state["epoch"],
+            "state_epoch": est._trained.train_state["epoch"],
             "files": sorted(os.listdir(folder)),
             "warnings": [str(w.message) for w in caught if "interrupted" in str(w.message)],
         }))
@@ -365,7 +365,7 @@ def test_a_divergence_seen_only_at_the_end_of_the_epoch_keeps_the_previous_model
     est = copy.deepcopy(fitted)
     Z, history = est.transform(digits), est.history_.copy()
     est.set_params(warm_start=True, max_epochs=1,
-                   callbacks=[CorruptAtStep(est._train_state["global_step"] + 1, "parameter")])
+                   callbacks=[CorruptAtStep(est._trained.train_state["global_step"] + 1, "parameter")])
     with pytest.raises(NonFiniteLossError, match="smaller `lr`"):
         est.fit(digits)
     assert_array_equal(est.transform(digits), Z)
@@ -376,8 +376,8 @@ def test_a_divergence_seen_only_at_the_end_of_the_epoch_keeps_the_previous_model
 def test_divergence_in_a_continuation_keeps_the_previous_model(fitted, digits, how):
     est = copy.deepcopy(fitted)
     Z, history = est.transform(digits), est.history_.copy()
-    train_state = copy.deepcopy(est._train_state)
-    est.set_params(callbacks=[CorruptAtStep(est._train_state["global_step"] + 3,
+    train_state = copy.deepcopy(est._trained.train_state)
+    est.set_params(callbacks=[CorruptAtStep(est._trained.train_state["global_step"] + 3,
                                             "parameter")])
     with pytest.raises(NonFiniteLossError):
         if how == "warm_start":
@@ -389,10 +389,10 @@ def test_divergence_in_a_continuation_keeps_the_previous_model(fitted, digits, h
     assert est.history_.equals(history)
     # the kept training state is untouched (the optimiser had not aliased it)
     for i, s in train_state["optimizer"]["state"].items():
-        assert torch.equal(est._train_state["optimizer"]["state"][i]["momentum_buffer"],
+        assert torch.equal(est._trained.train_state["optimizer"]["state"][i]["momentum_buffer"],
                            s["momentum_buffer"])
     for key, value in train_state["task"]["model"].items():
-        assert torch.equal(est._train_state["task"]["model"][key], value), key
+        assert torch.equal(est._trained.train_state["task"]["model"][key], value), key
 
 
 # -- 5. values beyond float32 -------------------------------------------------------

@@ -17,7 +17,7 @@ from skcueco.data.loaders import INFERENCE_ROWS, encode
 from skcueco.data.preprocess import Preprocess, relayout
 from skcueco.data.validation import InputSpec
 from skcueco.training.optim import LARS, make_optimizer
-from skcueco.training.run import use_channels_last
+from skcueco.training.trained import use_channels_last
 
 FAST = {"max_epochs": 1, "batch_size": 32, "hidden_dim": 32, "projection_dim": 8,
         "queue_size": 32, "n_clusters": 3, "random_state": 0, "device": "cpu"}
@@ -42,12 +42,12 @@ def vectors():
 @pytest.mark.parametrize("data", ["images", "vectors"])
 def test_transform_of_a_subset_is_bitwise_the_rows_of_the_whole(data, request):
     X, est = request.getfixturevalue(data)
-    Z, P = est.transform(X), est._project(X)
+    Z, P = est.transform(X), est._trained.project(*est._rows(X))
     for n in SUBSETS:
         for start in (0, 3):
             rows = slice(start, start + n)
             assert_array_equal(est.transform(X[rows]), Z[rows], err_msg=f"{n} rows")
-            assert_array_equal(est._project(X[rows]), P[rows], err_msg=f"{n} rows")
+            assert_array_equal(est._trained.project(*est._rows(X[rows])), P[rows], err_msg=f"{n} rows")
     assert_array_equal(est.predict(X[5:6]), est.predict(X)[5:6])
 
 
@@ -262,7 +262,7 @@ def test_inference_caches_keep_no_model_alive(images):
     est = copy.deepcopy(est)
     est.transform(X[:3])
     est.predict(X[:3])
-    refs = [weakref.ref(est.encoder_), weakref.ref(est._projector)]
+    refs = [weakref.ref(est.encoder_), weakref.ref(est._trained.projector)]
     del est
     gc.collect()
     assert all(r() is None for r in refs)

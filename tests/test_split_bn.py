@@ -95,8 +95,8 @@ def test_split_is_reproducible_and_differs_from_the_plain_keys(images):
     plain = _fit(images)
     assert not np.array_equal(a.transform(images), plain.transform(images))
     # the permutations' random state is part of the training state (resume)
-    assert "shuffle_rng" in a._train_state["task"]
-    assert "shuffle_rng" not in plain._train_state["task"]
+    assert "shuffle_rng" in a._trained.train_state["task"]
+    assert "shuffle_rng" not in plain._trained.train_state["task"]
 
 
 def test_unknown_batchnorm_mode_is_a_clear_error(images):

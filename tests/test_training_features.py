@@ -141,7 +141,7 @@ def test_resume_equals_uninterrupted_run(resumed, X):
     assert b.n_iter_ == 2
     assert c.n_iter_ == 3
     _assert_states_equal(_state(c.encoder_), _state(a.encoder_))
-    _assert_states_equal(_state(c._projector), _state(a._projector))
+    _assert_states_equal(_state(c._trained.projector), _state(a._trained.projector))
     assert_array_equal(c.cluster_centers_, a.cluster_centers_)
     assert_array_equal(c.transform(X), a.transform(X))
     assert_array_equal(c.predict(X), a.predict(X))
@@ -181,7 +181,7 @@ def test_warm_start_continues_training(X, ref):
     spy = AtTrainBegin()
     # the first fit of a warm_start estimator is a plain fit: reuse the reference
     est = copy.deepcopy(ref_est).set_params(warm_start=True)
-    first_state = copy.deepcopy(est._train_state)
+    first_state = copy.deepcopy(est._trained.train_state)
     first_Z = est.transform(X)
     assert (first_state["epoch"], first_state["global_step"]) == (3, 3 * STEPS_PER_EPOCH)
 
@@ -192,8 +192,8 @@ def test_warm_start_continues_training(X, ref):
     assert_array_equal(est.history_["epoch"], np.arange(1, 7))
     pd.testing.assert_frame_equal(est.history_.iloc[:3].drop(columns="seconds"),
                                   ref_est.history_.drop(columns="seconds"), check_exact=True)
-    assert est._train_state["epoch"] == 6
-    assert est._train_state["global_step"] == 6 * STEPS_PER_EPOCH
+    assert est._trained.train_state["epoch"] == 6
+    assert est._trained.train_state["global_step"] == 6 * STEPS_PER_EPOCH
     Z = est.transform(X)
     assert not np.array_equal(Z, first_Z)
     assert not np.array_equal(Z, ref_Z)
@@ -221,8 +221,8 @@ def test_warm_start_false_refits_from_scratch(X, ref, small):
     est.fit(X)
     assert est.n_iter_ == 3
     assert len(est.history_) == 3
-    assert est._train_state["epoch"] == 3
-    assert est._train_state["global_step"] == 3 * STEPS_PER_EPOCH
+    assert est._trained.train_state["epoch"] == 3
+    assert est._trained.train_state["global_step"] == 3 * STEPS_PER_EPOCH
     assert_array_equal(est.transform(X), ref_Z)
 
 
@@ -234,13 +234,13 @@ def test_partial_fit_adds_one_epoch_per_call(X):
     est = CueCoEmbedder(**PARAMS)
     est.partial_fit(X)
     assert est.n_iter_ == 1
-    assert est._train_state["global_step"] == 2
+    assert est._trained.train_state["global_step"] == 2
     Z1 = est.transform(X)
     est.partial_fit(X)
     assert est.n_iter_ == 2
     est.partial_fit(X)
     assert est.n_iter_ == 3
-    assert est._train_state["global_step"] == 3 * 2
+    assert est._trained.train_state["global_step"] == 3 * 2
     assert_array_equal(est.history_["epoch"], [1, 2, 3])
     lr = est.history_["lr"].to_numpy()
     assert np.all(lr == lr[0]) and lr[0] == pytest.approx(0.06 * 64 / 256)
@@ -311,7 +311,7 @@ def test_keyboard_interrupt_training_state_is_that_of_last_epoch(interrupted):
     an inconsistent state."""
     est, _, _, ckpt_dir = interrupted
     saved = torch.load(ckpt_dir / "epoch-0002.pt", weights_only=True)
-    state = est._train_state
+    state = est._trained.train_state
     assert state["epoch"] == 2
     _assert_states_equal(state["task"]["model"], saved["task"]["model"])
     assert state["global_step"] == saved["global_step"] == 2 * STEPS_PER_EPOCH
@@ -327,10 +327,10 @@ def test_keyboard_interrupt_training_state_is_that_of_last_epoch(interrupted):
 
 def test_training_state_on_cpu_and_no_key_network_kept(small):
     est, _, spy = small
-    tensors = list(_tensors(est._train_state))
+    tensors = list(_tensors(est._trained.train_state))
     assert tensors and all(t.device.type == "cpu" for t in tensors)
     # the key network lives on in the training state only
-    assert any(k.startswith("backbone_k.") for k in est._train_state["task"]["model"])
+    assert any(k.startswith("backbone_k.") for k in est._trained.train_state["task"]["model"])
     for name, value in vars(est).items():
         if isinstance(value, nn.Module):
             sub = [n for n, _ in value.named_modules()]
@@ -342,7 +342,7 @@ def test_training_state_on_cpu_and_no_key_network_kept(small):
 @needs_cuda
 def test_training_state_on_cpu_after_gpu_fit(X):
     est = CueCoEmbedder(**params(device="cuda", max_epochs=2)).fit(X)
-    tensors = list(_tensors(est._train_state))
+    tensors = list(_tensors(est._trained.train_state))
     assert tensors and all(t.device.type == "cpu" for t in tensors)
     assert est.device_.type == "cuda"
     assert next(est.encoder_.parameters()).device.type == "cuda"

@@ -158,7 +158,7 @@ class ClusterGalleryDisplay:
         centers = embedder.cluster_centers_
         clusters = _check_clusters(clusters, len(centers))
 
-        projections = embedder._project(images.data)
+        projections = embedder._trained.project(*embedder._rows(images.data))
         # the assignment exactly as `predict` computes it; the ranking in float64
         assigned = (torch.from_numpy(projections) @ torch.from_numpy(centers).T).argmax(
             dim=1).numpy()

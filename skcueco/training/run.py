@@ -3,7 +3,7 @@
 :func:`fit_cueco` is the single entry point behind ``fit``, ``warm_start``,
 ``partial_fit`` and ``resume_from``: it builds (or restores) the model, the
 optimiser, the schedules and the task, runs the
-:class:`~skcueco.training.engine.Trainer`, and returns a :class:`FitResult`.
+:class:`~skcueco.training.engine.Trainer`, and returns a :class:`~skcueco.training.trained.Trained`.
 No scikit-learn here: the estimator validates the input, resolves its
 parameters into a :class:`CueCoConfig` and :class:`Seeds`, and publishes the
 result.
@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from ..augment import make_augmentation
 from ..backbones import build_backbone
 from ..data.loaders import encode, make_loader
 from ..data.preprocess import Preprocess, input_statistics, relayout
@@ -28,6 +27,7 @@ from .engine import Trainer, copy_state
 from .optim import BASE_LR, make_optimizer, warmup_cosine
 from .parallel import TrainingEncoders, prepare_model, sync_buffers
 from .task import CueCoTask
+from .trained import Trained, standardisation, use_channels_last, view_augmentation
 
 # centroids without an assigned key for this many consecutive steps are re-seeded
 RESEED_AFTER_STEPS = 50
@@ -58,10 +58,19 @@ AUTO_RAMP_FRACTION = 0.1
 COLLAPSE_LOSS_RATIO = 0.995
 COLLAPSE_COSINE = 0.99
 COLLAPSE_CLUSTER_SHARE = 0.9
+# ... judged only from this many training samples per cluster on
+COLLAPSE_MIN_PER_CLUSTER = 50
 
 
 class TrainingCollapseWarning(UserWarning):
-    """Training ended collapsed: a chance-level loss, or one cluster holding nearly all data."""
+    """Training ended collapsed: a chance-level loss, or one cluster holding nearly all data.
+
+    Raised by ``fit`` only when the training set holds at least 50 samples
+    per cluster (``n_samples >= 50 * n_clusters``): with fewer, one epoch of
+    an untrained network, or chance alone, puts nearly all samples in one
+    cluster or all projections close together, and the signs mean nothing.
+    The warning points at the line that called ``fit``.
+    """
 
 
 def resolve_queue_size(setting, n_samples):
@@ -165,53 +174,6 @@ class CueCoConfig:
         return cls(**{f.name: params[f.name] for f in fields(cls)})
 
 
-@dataclass
-class FitResult:
-    """What a run produced; the key network and optimiser live on in ``train_state``."""
-
-    encoder: torch.nn.Module
-    projector: torch.nn.Module
-    preprocess: Preprocess
-    centroids: torch.Tensor
-    history: list
-    device: torch.device
-    feature_dim: int
-    train_state: dict = None
-    queue_size: int = None
-    cluster_warmup: int = None
-    cluster_ramp: int = None
-    batch_size: int = None
-    embedding_stats: dict = None
-
-
-def view_augmentation(augmentation, spec):
-    """The augmentation that makes the views of inputs described by ``spec``."""
-    image = spec.kind == "image"
-    return make_augmentation(
-        augmentation, input_kind=spec.kind,
-        n_channels=spec.shape[0] if image else None,
-        image_size=spec.shape[1:] if image else None,
-    )
-
-
-def use_channels_last(setting, spec, device, backbone=None):
-    """Whether image batches and weights use the channels-last layout.
-
-    ``"auto"``: on CUDA for images; on the CPU for images going to a built-in
-    convolutional backbone, whose oneDNN convolutions run faster channels-last
-    (``benchmarks/throughput.py --layout``). A custom module keeps the
-    default layout on the CPU: it may ``view`` its input, which a
-    channels-last tensor does not allow.
-    """
-    if spec.kind != "image":
-        return False
-    if setting == "auto":
-        if device.type == "cuda":
-            return True
-        return device.type == "cpu" and backbone in ("auto", "small_cnn", "resnet18", "resnet50")
-    return bool(setting)
-
-
 def _take_architecture(model, state):
     """Load the weights of ``state`` now, before an optimiser holds the parameters.
 
@@ -273,22 +235,30 @@ def _embedder(model, preprocess, spec, batch_size, device, validate):
     return embed
 
 
-def _result(model, preprocess, device, feature_dim, history, train_state=None, **resolved):
+def _trained(model, preprocess, spec, config, device, feature_dim, history, stats,
+             train_state=None, **resolved):
     model.eval()
-    return FitResult(
+    mean, scale = standardisation(stats)
+    return Trained(
         encoder=model.backbone_q.to(memory_format=torch.contiguous_format),
         projector=model.projector_q,
         preprocess=preprocess,
         centroids=model.centroids.detach().cpu().clone(),
-        history=history,
+        embedding_mean=mean,
+        embedding_scale=scale,
+        spec=spec,
         device=device,
         feature_dim=feature_dim,
+        channels_last=config.channels_last,
+        backbone=config.backbone if isinstance(config.backbone, str) else None,
+        history=history,
         train_state=train_state,
-        **resolved,
+        resolved=resolved,
     )
 
 
-def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine=1.0):
+def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine=1.0,
+                   n_samples=None):
     """Warn with :class:`TrainingCollapseWarning` when the run ended collapsed.
 
     Two signs. The last epoch's contrastive loss within 0.5 % of its chance
@@ -301,7 +271,19 @@ def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine
 
     A loss near chance alone is no sign: in the first epochs it rises
     towards (even past) chance while the queue fills with real keys.
+
+    Neither sign is judged on fewer than 50 training samples per cluster
+    (``n_samples``, the size of the training set; None: the length of
+    ``labels``, or no limit when ``labels`` is None too). The warning is
+    attributed to the first caller outside skcueco (and the scikit-learn,
+    PyTorch and joblib wrappers around ``fit``): the user's ``fit`` call.
     """
+    import sys
+
+    if n_samples is None and labels is not None:
+        n_samples = labels.numel()
+    if n_samples is not None and n_samples < COLLAPSE_MIN_PER_CLUSTER * max(n_clusters, 1):
+        return
     problems = []
     if history:
         chance = math.log(1 + n_queue) if n_queue else math.log(batch_size)
@@ -317,12 +299,21 @@ def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine
         share = torch.bincount(labels, minlength=n_clusters).max().item() / labels.numel()
         if share > COLLAPSE_CLUSTER_SHARE:
             problems.append(f"{share:.0%} of the training samples fall in one cluster")
-    if problems:
-        warnings.warn(
-            "Training looks collapsed: " + "; ".join(problems) + ". Try a smaller lr, "
-            "more epochs, a larger cluster_warmup or a smaller cluster_weight.",
-            TrainingCollapseWarning, stacklevel=4,
-        )
+    if not problems:
+        return
+    # stacklevel: 2 is this function's caller; skip the library's own frames
+    # (and the decorators and helpers of the libraries that wrap ``fit``)
+    internal = ("skcueco", "sklearn", "torch", "joblib", "contextlib", "functools")
+    stacklevel, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and (
+        frame.f_globals.get("__name__", "").partition(".")[0] in internal
+    ):
+        stacklevel, frame = stacklevel + 1, frame.f_back
+    warnings.warn(
+        "Training looks collapsed: " + "; ".join(problems) + ". Try a smaller lr, "
+        "more epochs, a larger cluster_warmup or a smaller cluster_weight.",
+        TrainingCollapseWarning, stacklevel=stacklevel,
+    )
 
 
 def embedding_statistics(features, previous=None):
@@ -400,13 +391,13 @@ def eval_pass(model, preprocess, X, batch_size, device, feature_dim, *, previous
 
 
 def untrained_cueco(X, spec, config, seeds):
-    """A :class:`FitResult` of the initial network (a baseline), k-means centroids."""
+    """A :class:`~skcueco.training.trained.Trained` of the initial network (a baseline), k-means centroids."""
     device = resolve_device(config.device)
     model, preprocess, feature_dim = build_model(X, spec, config, seeds, device=device)
     batch_size = resolve_batch_size(config.batch_size, X.shape[0])
     model.init_centroids(encode(model.encode_key, preprocess, model, X, batch_size, device))
     stats, _ = eval_pass(model, preprocess, X, batch_size, device, feature_dim, projections=False)
-    return _result(model, preprocess, device, feature_dim, [], embedding_stats=stats)
+    return _trained(model, preprocess, spec, config, device, feature_dim, [], stats)
 
 
 def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None,
@@ -437,7 +428,8 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
 
     Returns
     -------
-    result : FitResult
+    trained : Trained
+        Checked to map training rows to finite values.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -548,7 +540,7 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         # mean pairwise cosine of unit rows = squared norm of their mean
         mean_cosine = projections.mean(dim=0).pow(2).sum().item()
         check_collapse(trainer.history, model.queue.keys.shape[0], batch_size,
-                       labels, model.centroids.shape[0], mean_cosine)
+                       labels, model.centroids.shape[0], mean_cosine, projections.shape[0])
     if mode != "partial" and config.refine_centroids > 0:
         # k-means iterations on those projections; not part of the training
         # state, so a warm start continues the online centroids
@@ -567,6 +559,9 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         for key in ("mean", "var"):
             stats[key] = broadcast_(stats[key].to(device)).cpu()
     train_state["embedding_stats"] = stats
-    return _result(model, preprocess, device, feature_dim, trainer.history, train_state,
-                   queue_size=model.queue.keys.shape[0], cluster_warmup=cluster_warmup,
-                   cluster_ramp=cluster_ramp, batch_size=batch_size, embedding_stats=stats)
+    trained = _trained(model, preprocess, spec, config, device, feature_dim, trainer.history,
+                       stats, train_state, queue_size=model.queue.keys.shape[0],
+                       cluster_warmup=cluster_warmup, cluster_ramp=cluster_ramp,
+                       batch_size=batch_size)
+    trained.check_finite(X)
+    return trained
