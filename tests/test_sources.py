@@ -209,7 +209,7 @@ def test_nothing_is_decoded_at_construction(png_paths, monkeypatch):
     real_open = Image.open
 
     def spy(path, *args, **kwargs):
-        opened.append(str(path))
+        opened.append(str(getattr(path, "name", path)))  # a path, or the file opened
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(Image, "open", spy)
