@@ -112,15 +112,6 @@ def _exit_status_and_stderr(argv, capsys):
     return info.value.code, capsys.readouterr().err
 
 
-def test_main_job_requires_labels_with_data(tmp_path, capsys):
-    X, _ = _blobs_images()
-    np.save(tmp_path / "X.npy", X)
-    status, err = _exit_status_and_stderr(["--data", str(tmp_path / "X.npy"), *FAST], capsys)
-    assert status == 2
-    assert err.strip().endswith("error: --labels is required with --data "
-                                "(the probe needs labels)")
-
-
 def test_main_job_rejects_mismatched_labels(tmp_path, capsys):
     X, y = _blobs_images()
     status, err = _exit_status_and_stderr([*_write(tmp_path, X, y[:-3]), *FAST], capsys)

@@ -2,6 +2,8 @@
 
 Run ``python -m skcueco`` (or the ``skcueco`` console script). Without
 ``--data`` it uses scikit-learn's digits, which ship with scikit-learn.
+``--data`` without ``--labels`` fits on all of the data and reports what
+needs no labels: the training loss and the size of each cluster.
 
 The parser needs nothing but the standard library, so ``--help`` and
 argument errors answer at once; PyTorch and scikit-learn are imported only
@@ -140,8 +142,8 @@ def build_parser(prog=None):
     )
     parser.add_argument("--data", help="a .npy file of images or feature vectors "
                         "(default: scikit-learn's digits)")
-    parser.add_argument("--labels", help="a .npy file of labels for the probe "
-                        "(required with --data)")
+    parser.add_argument("--labels", help="a .npy file of labels for the probe; without "
+                        "it, --data is fitted whole and the cluster sizes are reported")
     parser.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
     parser.add_argument("--cluster-warmup", type=warmup_value, default=DEFAULT_CLUSTER_WARMUP,
                         metavar="N", help="epochs trained before the clustering term "
@@ -157,7 +159,7 @@ def build_parser(prog=None):
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:1 or mps (default: auto)")
     parser.add_argument("--test-size", type=float, default=0.25,
-                        help="held-out fraction for the probe (default: 0.25)")
+                        help="held-out fraction for the probe, with labels (default: 0.25)")
     parser.add_argument("--random-state", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--save", metavar="PATH",
                         help="write the fitted embedder here (see --save-format)")
@@ -171,6 +173,9 @@ def build_parser(prog=None):
 
 def check_args(args):
     """Problems that can be found before anything is imported or trained.
+
+    The options are checked in the order ``--help`` lists them, so the error
+    reported is the first one on the command line's list of options.
 
     Parameters
     ----------
@@ -186,15 +191,17 @@ def check_args(args):
     CLIError
         If an argument is invalid or a named file does not exist.
     """
-    if args.data is not None and args.labels is None:
-        raise CLIError("--labels is required with --data (the probe needs labels)")
     for option, path in (("--data", args.data), ("--labels", args.labels)):
         if path is not None and not os.path.isfile(path):
             raise CLIError(f"{option}: no such file: {path}")
+    if args.labels is not None and args.data is None:
+        raise CLIError("--labels needs --data (the digits come with their own labels)")
     if args.epochs < 1:
         raise CLIError(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size is not None and args.batch_size < 2:
         raise CLIError(f"--batch-size must be at least 2, got {args.batch_size}")
+    if args.n_clusters < 1:
+        raise CLIError(f"--n-clusters must be at least 1, got {args.n_clusters}")
     if not 0.0 < args.test_size < 1.0:
         raise CLIError(f"--test-size must be between 0 and 1, got {args.test_size}")
     if args.save is not None:
@@ -229,6 +236,54 @@ def check_device(name):
         raise CLIError(f"--device: {exc}") from None
 
 
+def read_npy(path, option):
+    """Read a numeric array from a .npy file, refusing anything else.
+
+    A file without the .npy header (a text or pickle file named ``.npy``)
+    and an array of Python objects are refused with a message naming the
+    file; nothing is ever unpickled.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    option : str
+        The command-line option that named it, e.g. ``"--data"``.
+
+    Returns
+    -------
+    array : ndarray
+
+    Raises
+    ------
+    CLIError
+        If the file cannot be read or is not a .npy file of numbers.
+    """
+    import numpy as np
+
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            try:
+                major, _ = fmt.read_magic(f)
+                read_header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+                _, _, dtype = read_header(f)
+            except ValueError:
+                raise CLIError(
+                    f"{option}: cannot read {path}: it is not a valid .npy file (it lacks "
+                    "the header that numpy.save writes)") from None
+        if dtype.hasobject:
+            raise CLIError(f"{option}: cannot read {path}: it holds Python objects (dtype "
+                           f"{dtype}), not numbers; save a numeric array with numpy.save")
+        return np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise CLIError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a damaged file: truncated data, an impossible header
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CLIError(f"{option}: cannot read {path}: it is not a valid .npy file "
+                       f"({reason})") from None
+
+
 def load_data(args):
     """The data, the labels and a name for them.
 
@@ -238,7 +293,9 @@ def load_data(args):
 
     Returns
     -------
-    X, y : ndarray
+    X : ndarray
+    y : ndarray or None
+        None when ``--data`` comes without ``--labels``.
     name : str
 
     Raises
@@ -246,20 +303,15 @@ def load_data(args):
     CLIError
         If a file cannot be read or the counts differ.
     """
-    import numpy as np
-
     if args.data is None:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         return digits.images, digits.target, "digits (scikit-learn)"
-    arrays = []
-    for option, path in (("--data", args.data), ("--labels", args.labels)):
-        try:
-            arrays.append(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise CLIError(f"{option}: cannot read {path} as a .npy array ({exc})") from None
-    X, y = arrays
+    X = read_npy(args.data, "--data")
+    if args.labels is None:
+        return X, None, args.data
+    y = read_npy(args.labels, "--labels")
     if len(X) != len(y):
         raise CLIError(f"{len(X)} samples in --data but {len(y)} labels in --labels")
     return X, y, args.data
@@ -288,7 +340,7 @@ def probe_accuracy(Z_train, y_train, Z_test, y_test):
 
 
 def run(args, notes=(), prog="skcueco"):
-    """Fit, probe and print the comparison table.
+    """Fit, then print the probe table (with labels) or the cluster sizes.
 
     Parameters
     ----------
@@ -303,7 +355,8 @@ def run(args, notes=(), prog="skcueco"):
     Returns
     -------
     rows : list of (str, float)
-        ``(features, probe accuracy)`` for each row of the table.
+        ``(features, probe accuracy)`` for each row of the table; without
+        labels, ``("cluster i", number of samples)`` for each cluster.
 
     Raises
     ------
@@ -313,17 +366,22 @@ def run(args, notes=(), prog="skcueco"):
     device = check_device(args.device)
     X, y, name = load_data(args)
 
-    import joblib
-    from sklearn.model_selection import train_test_split
-
     from .. import CueCoEmbedder
 
-    try:
-        X_train, X_test, y_train, y_test = train_test_split(
-            X, y, test_size=args.test_size, random_state=args.random_state, stratify=y
-        )
-    except ValueError as exc:
-        raise CLIError(f"cannot split the data for the probe: {exc}") from None
+    if y is None:
+        X_train = X
+        print(f"Data: {name}, {len(X)} samples without labels: no probe "
+              "(--labels adds one)")
+    else:
+        from sklearn.model_selection import train_test_split
+
+        try:
+            X_train, X_test, y_train, y_test = train_test_split(
+                X, y, test_size=args.test_size, random_state=args.random_state, stratify=y
+            )
+        except ValueError as exc:
+            raise CLIError(f"cannot split the data for the probe: {exc}") from None
+        print(f"Data: {name}, {len(X_train)} training and {len(X_test)} held-out samples")
     params = dict(
         DEMO_PARAMS, backbone=args.backbone, max_epochs=args.epochs,
         cluster_warmup=args.cluster_warmup,
@@ -333,7 +391,6 @@ def run(args, notes=(), prog="skcueco"):
     )
     for note in notes:
         print(f"{prog}: {note}", file=sys.stderr)
-    print(f"Data: {name}, {len(X_train)} training and {len(X_test)} held-out samples")
 
     start = time.perf_counter()
     try:
@@ -341,35 +398,98 @@ def run(args, notes=(), prog="skcueco"):
     except ValueError as exc:  # bad parameters or data, named by the estimator
         raise CLIError(str(exc).splitlines()[0]) from None
     fit_seconds = time.perf_counter() - start
-    untrained = CueCoEmbedder(**params)._fit_untrained(X_train)
 
-    flat_train = X_train.reshape(len(X_train), -1)
-    flat_test = X_test.reshape(len(X_test), -1)
-    rows = [
-        ("CueCo embeddings", probe_accuracy(
-            embedder.transform(X_train), y_train, embedder.transform(X_test), y_test)),
-        ("raw inputs", probe_accuracy(flat_train, y_train, flat_test, y_test)),
-        ("untrained network", probe_accuracy(
-            untrained.transform(X_train), y_train, untrained.transform(X_test), y_test)),
-    ]
     print()
-    print(f"{'features':<20} {'probe accuracy':>15}")
-    print(f"{'-' * 20} {'-' * 15}")
-    for label, acc in rows:
-        print(f"{label:<20} {acc:>15.4f}")
+    if y is None:
+        rows = _cluster_sizes(embedder, X_train)
+        print(f"{'cluster':<20} {'samples':>15}")
+        print(f"{'-' * 20} {'-' * 15}")
+        for label, count in rows:
+            print(f"{label:<20} {count:>15d}")
+        last = embedder.history_.iloc[-1]
+        print()
+        print(f"final training loss: {last['loss']:.4f} (contrastive {last['contrastive']:.4f}, "
+              f"clustering {last['clustering']:.4f})")
+    else:
+        untrained = CueCoEmbedder(**params)._fit_untrained(X_train)
+        flat_train = X_train.reshape(len(X_train), -1)
+        flat_test = X_test.reshape(len(X_test), -1)
+        rows = [
+            ("CueCo embeddings", probe_accuracy(
+                embedder.transform(X_train), y_train, embedder.transform(X_test), y_test)),
+            ("raw inputs", probe_accuracy(flat_train, y_train, flat_test, y_test)),
+            ("untrained network", probe_accuracy(
+                untrained.transform(X_train), y_train, untrained.transform(X_test), y_test)),
+        ]
+        print(f"{'features':<20} {'probe accuracy':>15}")
+        print(f"{'-' * 20} {'-' * 15}")
+        for label, acc in rows:
+            print(f"{label:<20} {acc:>15.4f}")
     print()
     print(f"fit time: {fit_seconds:.1f} s for {plural(embedder.n_iter_, 'epoch')} on "
           f"{embedder.device_} ({type(embedder.encoder_).__name__} backbone, "
           f"{len(embedder.get_feature_names_out())} features)")
     if args.save:
-        if args.save_format == "pickle":
-            joblib.dump(embedder, args.save)
-            how = "joblib.load"
-        else:
-            embedder.save(args.save)
-            how = "skcueco.CueCoEmbedder.load"
+        try:
+            if args.save_format == "pickle":
+                dump_pickle(embedder, args.save)
+                how = "joblib.load"
+            else:
+                embedder.save(args.save)
+                how = "skcueco.CueCoEmbedder.load"
+        except OSError as exc:
+            raise CLIError(f"--save: {exc}") from None
         print(f"saved the fitted embedder to {args.save} (read it back with {how})")
     return rows
+
+
+def dump_pickle(obj, path):
+    """``joblib.dump(obj, path)``, atomically.
+
+    The pickle goes to a temporary file in the same folder, is flushed and
+    ``fsync``-ed, then renamed over ``path``: ``path`` holds either its
+    previous content or the complete new file, whatever happens on the way.
+
+    Parameters
+    ----------
+    obj : object
+        What to pickle.
+    path : str or path-like
+        Destination file; its folder must exist.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be written; ``path`` is left as it was.
+    """
+    import uuid
+
+    import joblib
+
+    path = os.fspath(path)
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666)  # the umask applies, as for open()
+        with os.fdopen(fd, "wb") as file:
+            joblib.dump(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # never created, or already renamed
+        raise
+
+
+def _cluster_sizes(embedder, X):
+    import numpy as np
+
+    counts = np.bincount(embedder.predict(X), minlength=len(embedder.cluster_centers_))
+    return [(f"cluster {i}", int(n)) for i, n in enumerate(counts)]
 
 
 def main(argv=None):

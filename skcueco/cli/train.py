@@ -31,8 +31,10 @@ from pathlib import Path
 from .main import (
     DEFAULT_CLUSTER_WARMUP,
     CLIError,
+    dump_pickle,
     plural,
     prog_name,
+    read_npy,
     warmup_value,
     warmup_warning,
 )
@@ -123,6 +125,9 @@ def training_params(args):
 def check_args(args):
     """Problems that can be found before the data is read or training starts.
 
+    The options are checked in the order ``--help`` lists them, so the error
+    reported is the first one on the command line's list of options.
+
     Parameters
     ----------
     args : argparse.Namespace
@@ -137,8 +142,6 @@ def check_args(args):
     CLIError
         If an argument is invalid or a named file or folder does not exist.
     """
-    if args.resume and not args.checkpoint_dir:
-        raise CLIError("--resume needs --checkpoint-dir")
     for option in ("cifar10", "cifar100", "imagenet100"):
         root = getattr(args, option)
         if root is not None and not os.path.isdir(root):
@@ -153,6 +156,12 @@ def check_args(args):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise CLIError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be at least 0, got {args.workers}")
+    if args.resume and not args.checkpoint_dir:
+        raise CLIError("--resume needs --checkpoint-dir")
+    if not args.timeout > 0:
+        raise CLIError(f"--timeout must be above 0, got {args.timeout}")
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise CLIError(f"--out: no such folder: {folder}")
@@ -180,8 +189,6 @@ def load_data(args):
     CLIError
         If the data cannot be read.
     """
-    import numpy as np
-
     from ..data import datasets
 
     try:
@@ -194,9 +201,9 @@ def load_data(args):
         path = Path(args.data)
         if path.is_dir():
             return str(path)  # CueCoEmbedder reads folders of images lazily
-        return np.load(path, allow_pickle=False)
     except (OSError, RuntimeError, ValueError) as exc:
         raise CLIError(f"cannot read the training data: {str(exc).splitlines()[0]}") from None
+    return read_npy(args.data, "--data")  # a .npy file of numbers, never unpickled
 
 
 def main(argv=None):
@@ -223,8 +230,6 @@ def main(argv=None):
 
 
 def _train(args, prog, notes):
-    import joblib
-
     from .. import CueCoEmbedder
     from ..callbacks import Checkpoint
     from ..training.distributed import init_distributed, is_main_process, shutdown_distributed
@@ -253,11 +258,14 @@ def _train(args, prog, notes):
         embedder = CueCoEmbedder(**params).fit(X, resume_from=resume_from)
     except ValueError as exc:  # bad parameters, data or checkpoint, named by the library
         raise CLIError(str(exc).splitlines()[0]) from None
-    if args.save_format == "pickle":
-        if is_main_process():
-            joblib.dump(embedder, args.out)
-    else:
-        embedder.save(args.out)  # writes on rank 0 only
+    try:
+        if args.save_format == "pickle":
+            if is_main_process():
+                dump_pickle(embedder, args.out)
+        else:
+            embedder.save(args.out)  # writes on rank 0 only
+    except OSError as exc:
+        raise CLIError(f"--out: {exc}") from None
     if is_main_process():
         last = embedder.history_.iloc[-1]
         print(f"trained {plural(embedder.n_iter_, 'epoch')} on {embedder.device_}: final "
