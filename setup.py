@@ -38,9 +38,10 @@ setup(
     ],
     extras_require={
         # the tests build the documentation too (without running the gallery)
-        "test": ["pytest", "matplotlib", *DOCS],
+        "test": ["pytest", "matplotlib", "tensorboard", *DOCS],
         "docs": DOCS,
         "plot": ["matplotlib"],
+        "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["skcueco=skcueco.cli.main:main"]},
     classifiers=[

@@ -503,3 +503,7 @@ def write_projector(log_dir, subdir, name, features, labels=None, thumbnails=Non
         info.sprite.image_path = f"{subdir}/sprite.png"
         info.sprite.single_image_dim.extend([thumbnails.shape[3], thumbnails.shape[2]])
     _atomic_write_bytes(config_path, text_format.MessageToString(config).encode("utf-8"))
+
+
+# public as skcueco.callbacks.TensorBoard: documented and pickled under that name
+TensorBoard.__module__ = "skcueco.callbacks"

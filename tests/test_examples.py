@@ -19,7 +19,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
 
 # examples that run in a few seconds; every other one is marked slow
-FAST = {"plot_tabular_vectors.py", "plot_image_folder.py"}
+FAST = {"plot_tabular_vectors.py", "plot_image_folder.py", "plot_watch_training.py"}
 # examples that must print probe accuracies in which CueCo beats raw pixels
 PROBE_EXAMPLES = {"plot_digits_embedding.py"}
 

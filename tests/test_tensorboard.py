@@ -189,6 +189,15 @@ def test_per_step_scalars(per_step_run):
     assert not (log_dir / "projector_config.pbtxt").exists()  # no embedding_data
 
 
+def test_logging_leaves_training_unchanged(per_step_run, digits):
+    est, _, _ = per_step_run
+    X, y = digits
+    plain = CueCoEmbedder(**PARAMS, callbacks=[KNNMonitor(X[:200], y[:200], X[200:], y[200:])])
+    plain.fit(X)
+    columns = ["loss", "contrastive", "clustering", "lr", "knn_accuracy"]
+    np.testing.assert_array_equal(plain.history_[columns], est.history_[columns])
+
+
 def test_per_step_reads_the_device_once_per_epoch(monkeypatch, tmp_path):
     pytest.importorskip("tensorboard")
     reads = []
