@@ -2,6 +2,7 @@
 
 import dataclasses
 import numbers
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,8 @@ from .callbacks import Callback, ProgressBar
 from .data.preprocess import input_statistics
 from .data.validation import check_input, image_format, spec_from_image_shape
 from .training.checkpoint import RunRecord, check_checkpoint_fits, read_checkpoint
-from .training.run import CueCoConfig, Seeds, fit_cueco, untrained_cueco
+from .training.run import Seeds, fit_cueco, untrained_cueco
+from .training.specs import RunSpec, Start
 
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
 
@@ -81,22 +83,22 @@ class CueCoEmbedder(
         linearly to ``cluster_weight`` (0: full weight at once). ``"auto"``:
         10 % of ``max_epochs`` (rounded down). The value used is
         ``cluster_ramp_``.
-    cluster_assign : {"sinkhorn", "argmax"}, default="sinkhorn"
-        How training keys are assigned to centroids: balanced assignments
-        over each batch by Sinkhorn-Knopp (as SwAV), so that no centroid
-        takes most of the data, or the most similar centroid (the paper's
-        form, kept by :func:`~skcueco.recipes.recipe`). ``predict`` always
-        uses the most similar centroid.
+    cluster_assign : {"sinkhorn", "argmax"}, default="deprecated"
+        Deprecated: use ``cluster_balance`` (``"argmax"`` is
+        ``cluster_balance=0``; ``"sinkhorn"`` is any balance above 0). Setting
+        it warns with a FutureWarning; it will be removed in a future version.
     cluster_balance : float, default=0.5
-        How strictly ``cluster_assign="sinkhorn"`` balances the centroids'
-        shares of each batch, in ``[0, 1]``. 1: every centroid gets an equal
-        share (SwAV's equipartition). Below 1 the equal shares become a soft
-        penalty (unbalanced optimal transport): each Sinkhorn step moves a
-        centroid's share only this fraction of the way to the equal share,
-        so groups of different sizes keep more of their size while a
-        centroid that would take most of the batch is still held back. 0
-        gives the most similar centroid, as ``"argmax"``. The default was
-        chosen on balanced and long-tailed data (docs/method_results.rst).
+        How strictly training keys are assigned to centroids in equal shares
+        of each batch, in ``[0, 1]``. 0: each key goes to its most similar
+        centroid (the paper's form, kept by :func:`~skcueco.recipes.recipe`).
+        1: every centroid gets an equal share, by Sinkhorn-Knopp (SwAV's
+        equipartition). Between, the equal shares are a soft penalty
+        (unbalanced optimal transport): each Sinkhorn step moves a centroid's
+        share only this fraction of the way to the equal share, so groups of
+        different sizes keep more of their size while a centroid that would
+        take most of the batch is still held back. ``predict`` always uses
+        the most similar centroid. docs/method_results.rst has the
+        measurements behind the default.
     overclustering : int, default=3
         Over-clustering: a second set of ``overclustering * n_clusters``
         centroids is trained alongside the ``n_clusters`` ones, and the
@@ -294,7 +296,7 @@ class CueCoEmbedder(
             StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")
         ],
         "cluster_ramp": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
-        "cluster_assign": [StrOptions({"argmax", "sinkhorn"})],
+        "cluster_assign": [StrOptions({"argmax", "sinkhorn", "deprecated"})],
         "cluster_balance": [Interval(numbers.Real, 0, 1, closed="both")],
         "overclustering": [Interval(numbers.Integral, 0, None, closed="left")],
         "refine_centroids": [Interval(numbers.Integral, 0, None, closed="left")],
@@ -335,7 +337,7 @@ class CueCoEmbedder(
         cluster_weight=1.0,
         cluster_warmup="auto",
         cluster_ramp="auto",
-        cluster_assign="sinkhorn",
+        cluster_assign="deprecated",
         cluster_balance=0.5,
         overclustering=3,
         refine_centroids=10,
@@ -449,18 +451,19 @@ class CueCoEmbedder(
             state = read_checkpoint(resume_from)
             with restored_on_error(self):
                 X, spec = self._validate_fit_input(X)
-                check_checkpoint_fits(state, resume_from, self.get_params(deep=False),
+                check_checkpoint_fits(state, resume_from, self._run_spec().record(),
                                       spec, *input_statistics(X, spec))
-                return self._train(X, spec, mode="fresh", state=state)
+                return self._train(X, spec, Start.from_checkpoint(state))
         if self.warm_start and self.__sklearn_is_fitted__():
             self._check_continuable("warm_start")
             # bad input must not cost the model trained so far: validate first
             X, spec = self._validate_for_inference(X)
             with restored_on_error(self):
-                return self._train(X, spec, mode="continue")
+                return self._train(X, spec, Start.warm(self._trained.train_state,
+                                                       self._trained.preprocess))
         with restored_on_error(self):
             X, spec = self._validate_fit_input(X)
-            return self._train(X, spec, mode="fresh")
+            return self._train(X, spec, Start.fresh())
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -495,10 +498,11 @@ class CueCoEmbedder(
             self._check_continuable("partial_fit")
             X, spec = self._validate_for_inference(X)
             with restored_on_error(self):
-                return self._train(X, spec, mode="partial")
+                return self._train(X, spec, Start.partial(self._trained.train_state,
+                                                          self._trained.preprocess))
         with restored_on_error(self):
             X, spec = self._validate_fit_input(X)
-            return self._train(X, spec, mode="partial")
+            return self._train(X, spec, Start.partial())
 
     def _check_continuable(self, how):
         """Refuse to continue a fitted model that holds no training state."""
@@ -514,22 +518,31 @@ class CueCoEmbedder(
     def __sklearn_is_fitted__(self):
         return hasattr(self, "encoder_")
 
-    def _train(self, X, spec, *, mode, state=None):
+    def _train(self, X, spec, start):
         """Run :func:`~skcueco.training.run.fit_cueco` and publish its result."""
-        previous = None
-        if mode != "fresh" and hasattr(self, "_trained"):
-            previous = (self._trained.train_state, self._trained.preprocess)
+        run = self._run_spec()
         # the run record every checkpoint carries comes first
-        callbacks = [RunRecord(self.get_params(deep=False), spec), *(self.callbacks or [])]
+        callbacks = [RunRecord(run.record(), spec), *(self.callbacks or [])]
         if self.verbose:
             callbacks.append(ProgressBar(**({"per_batch": True} if self.verbose >= 2 else {})))
         trained = fit_cueco(
-            X, spec, CueCoConfig.from_params(self.get_params(deep=False)),
-            self._seeds(), mode=mode, previous=previous, state=state,
-            callbacks=callbacks, validate=lambda X_other: self._flatten_like_fit(X_other, spec),
+            X, spec, run, self._seeds(), start, callbacks=callbacks,
+            validate=lambda X_other: self._flatten_like_fit(X_other, spec),
         )
         self._publish(trained)
         return self
+
+    def _run_spec(self):
+        """The parameters as the grouped settings training reads."""
+        params = self.get_params(deep=False)
+        if params["cluster_assign"] != "deprecated":
+            warnings.warn(
+                "cluster_assign is deprecated and will be removed in a future "
+                "version: use cluster_balance=0 for the arg-max assignment "
+                "(cluster_assign='argmax'), a cluster_balance above 0 for balanced "
+                "ones ('sinkhorn').", FutureWarning, stacklevel=4,
+            )
+        return RunSpec.from_params(params)
 
     def _seeds(self):
         rng = check_random_state(self.random_state)
@@ -611,8 +624,7 @@ class CueCoEmbedder(
     def _fit_untrained(self, X):
         """Fitted attributes of the initial, untrained network (a baseline)."""
         X, spec = self._validate_fit_input(X)
-        config = CueCoConfig.from_params(self.get_params(deep=False))
-        self._publish(untrained_cueco(X, spec, config, self._seeds()))
+        self._publish(untrained_cueco(X, spec, self._run_spec(), self._seeds()))
         return self
 
     def _check_params_vs_input(self, X):

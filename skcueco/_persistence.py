@@ -261,6 +261,10 @@ def _estimator_from_meta(cls, meta, path):
         for name in ("image_shape", "image_size"):
             if isinstance(params.get(name), list):
                 params[name] = tuple(params[name])
+        if params.get("cluster_assign") in ("argmax", "sinkhorn"):
+            # written before cluster_assign was deprecated: "argmax" is balance 0
+            if params.pop("cluster_assign") == "argmax":
+                params["cluster_balance"] = 0.0
         unknown = sorted(set(params) - set(cls._parameter_constraints))
         if unknown:
             raise ValueError(f"unknown parameters {unknown}")

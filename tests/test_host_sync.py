@@ -83,9 +83,9 @@ def test_the_probe_sees_a_read_in_a_step(step_reads):
 
 
 @pytest.mark.parametrize("params", [
-    dict(cluster_assign="argmax", cluster_update="online"),
-    dict(cluster_assign="sinkhorn", cluster_update="online"),
-    dict(cluster_assign="argmax", cluster_update="epoch"),
+    dict(cluster_balance=0.0, cluster_update="online"),
+    dict(cluster_update="online"),
+    dict(cluster_balance=0.0, cluster_update="epoch"),
     dict(cluster_weight=0.0),
 ], ids=["argmax-online", "sinkhorn-online", "argmax-epoch", "moco"])
 def test_no_host_read_between_the_steps_of_an_epoch(step_reads, params):

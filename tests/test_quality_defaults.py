@@ -148,9 +148,9 @@ def test_refinement_is_reproducible(digits):
     "ignore::skcueco.training.run.TrainingCollapseWarning")
 def test_sinkhorn_assignments_train_and_are_reproducible(digits):
     X, _ = digits
-    a = _small(cluster_assign="sinkhorn", cluster_warmup=1).fit(X)
-    b = _small(cluster_assign="sinkhorn", cluster_warmup=1).fit(X)
-    argmax = _small(cluster_assign="argmax", cluster_warmup=1).fit(X)
+    a = _small(cluster_warmup=1).fit(X)
+    b = _small(cluster_warmup=1).fit(X)
+    argmax = _small(cluster_balance=0.0, cluster_warmup=1).fit(X)
     np.testing.assert_array_equal(a.transform(X), b.transform(X))
     assert not np.array_equal(a.transform(X), argmax.transform(X))
     assert np.isfinite(a.history_["clustering"]).all()
@@ -162,8 +162,8 @@ def test_default_training_assignments_are_balanced(digits):
     # the estimator's default trains exactly as the explicit balanced setting
     X, _ = digits
     default = _small(cluster_warmup=1).fit(X)
-    balanced = _small(cluster_assign="sinkhorn", cluster_balance=0.5, cluster_warmup=1).fit(X)
-    argmax = _small(cluster_assign="argmax", cluster_warmup=1).fit(X)
+    balanced = _small(cluster_balance=0.5, cluster_warmup=1).fit(X)
+    argmax = _small(cluster_balance=0.0, cluster_warmup=1).fit(X)
     np.testing.assert_array_equal(default.transform(X), balanced.transform(X))
     assert not np.array_equal(default.transform(X), argmax.transform(X))
 
@@ -172,13 +172,24 @@ def test_default_training_assignments_are_balanced(digits):
     "ignore::skcueco.training.run.TrainingCollapseWarning")
 def test_cluster_balance_zero_trains_as_argmax_and_between_differs(digits):
     X, _ = digits
-    free = _small(cluster_assign="sinkhorn", cluster_balance=0.0, cluster_warmup=1).fit(X)
-    argmax = _small(cluster_assign="argmax", cluster_warmup=1).fit(X)
-    half = _small(cluster_assign="sinkhorn", cluster_balance=0.5, cluster_warmup=1).fit(X)
-    strict = _small(cluster_assign="sinkhorn", cluster_balance=1.0, cluster_warmup=1).fit(X)
+    free = _small(cluster_balance=0.0, cluster_warmup=1).fit(X)
+    with pytest.warns(FutureWarning, match="cluster_assign is deprecated.*cluster_balance=0"):
+        argmax = _small(cluster_assign="argmax", cluster_warmup=1).fit(X)
+    half = _small(cluster_balance=0.5, cluster_warmup=1).fit(X)
+    strict = _small(cluster_balance=1.0, cluster_warmup=1).fit(X)
     np.testing.assert_array_equal(free.transform(X), argmax.transform(X))
     assert not np.array_equal(half.transform(X), strict.transform(X))
     assert not np.array_equal(half.transform(X), argmax.transform(X))
+
+
+@pytest.mark.filterwarnings(  # a short run: its online centroids have not separated
+    "ignore::skcueco.training.run.TrainingCollapseWarning")
+def test_deprecated_cluster_assign_sinkhorn_keeps_the_balance(digits):
+    X, _ = digits
+    default = _small(cluster_warmup=1).fit(X)
+    with pytest.warns(FutureWarning, match="cluster_assign"):
+        sinkhorn = _small(cluster_assign="sinkhorn", cluster_warmup=1).fit(X)
+    np.testing.assert_array_equal(default.transform(X), sinkhorn.transform(X))
 
 
 def test_cluster_balance_out_of_range_is_rejected(digits):
@@ -192,7 +203,7 @@ def test_recipes_keep_the_papers_unbalanced_assignment():
     from skcueco.recipes import recipe
 
     for name in ("cifar10", "cifar100", "imagenet100"):
-        assert recipe(name)["cluster_assign"] == "argmax"
+        assert recipe(name)["cluster_balance"] == 0.0
 
 
 # ------------------------------------------------------------------- collapse

@@ -10,7 +10,6 @@ one run (docs/reliability.rst). This module is the one that knows the layout
 of a checkpoint.
 """
 
-import numbers
 import os
 import uuid
 from pathlib import Path
@@ -121,46 +120,42 @@ def _fsync_folder(folder):
         os.close(fd)
 
 
+# -- the layout of a training state ------------------------------------------------
+# (written by Trainer.state_dict; read here and nowhere else)
+def epoch(state):
+    """Number of finished epochs a training state holds."""
+    return int(state["epoch"])
+
+
+def global_step(state):
+    """Number of optimiser steps a training state holds."""
+    return int(state["global_step"])
+
+
+def model_state(state):
+    """The model's ``state_dict`` inside a training state."""
+    return state["task"]["model"]
+
+
+def queue_size(state):
+    """Length of the key queue of a training state."""
+    return model_state(state)["queue.keys"].shape[0]
+
+
+def embedding_stats(state):
+    """Feature statistics kept with a fitted model's training state, or None."""
+    return state.get("embedding_stats")
+
+
 # -- checkpoint run records ----------------------------------------------------------
-# the estimator parameters that do not define a run: a checkpoint is resumed
-# only by a run whose other parameters are equal. max_epochs may grow; the
-# input shape is checked on the data itself; the random streams are restored
-# from the checkpoint; the rest says where and how fast the run computes
-NOT_RUN_PARAMS = frozenset({
-    "max_epochs", "image_shape", "image_size", "random_state", "warm_start",
-    "device", "amp", "num_workers", "channels_last", "compile", "distributed_bn",
-    "callbacks", "verbose", "refine_centroids",
-})
-
-
-def run_params(params):
-    """The parameters of ``params`` that define a training run, as plain data."""
-    return {name: _plain(value) for name, value in sorted(params.items())
-            if name not in NOT_RUN_PARAMS}
-
-
-def _plain(value):
-    """``value`` as plain data for a record (modules and callables by name)."""
-    if value is None or isinstance(value, (str, bool)):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.nn.Module):
-        return f"<module {type(value).__qualname__}>"
-    return f"<{getattr(value, '__qualname__', type(value).__qualname__)}>"
-
-
-def run_record(params, spec, preprocess):
+def run_record(settings, spec, preprocess):
     """Plain data that identifies what a checkpoint's run trains.
 
     Parameters
     ----------
-    params : dict
-        The estimator's ``get_params(deep=False)``.
+    settings : dict
+        The settings that define the run
+        (:meth:`~skcueco.training.specs.RunSpec.record`).
     spec : InputSpec
         The input description.
     preprocess : Preprocess
@@ -169,12 +164,12 @@ def run_record(params, spec, preprocess):
     Returns
     -------
     record : dict
-        ``version``, ``params`` (see :func:`run_params`) and ``input``
+        ``version``, ``params`` (``settings``) and ``input``
         (``kind``, ``shape``, ``offset``, ``scale``).
     """
     return {
         "version": __version__,
-        "params": run_params(params),
+        "params": dict(settings),
         "input": {
             "kind": spec.kind,
             "shape": [int(s) for s in spec.shape],
@@ -191,18 +186,19 @@ class RunRecord(Callback):
 
     Parameters
     ----------
-    params : dict
-        The estimator's ``get_params(deep=False)``.
+    settings : dict
+        The settings that define the run
+        (:meth:`~skcueco.training.specs.RunSpec.record`).
     spec : InputSpec
         The input description of the training data.
     """
 
-    def __init__(self, params, spec):
-        self.params = params
+    def __init__(self, settings, spec):
+        self.settings = settings
         self.spec = spec
 
     def on_train_begin(self, trainer):
-        trainer.run_info = run_record(self.params, self.spec, trainer.task.preprocess)
+        trainer.run_info = run_record(self.settings, self.spec, trainer.task.preprocess)
 
 
 def _version_tuple(version):
@@ -270,7 +266,7 @@ def read_checkpoint(path):
     return state
 
 
-def check_checkpoint_fits(state, path, params, spec, offset, scale):
+def check_checkpoint_fits(state, path, settings, spec, offset, scale):
     """Refuse a checkpoint whose run differs from the one asked to resume it.
 
     Parameters
@@ -279,8 +275,9 @@ def check_checkpoint_fits(state, path, params, spec, offset, scale):
         From :func:`read_checkpoint`.
     path : str or path-like
         The checkpoint's file, for messages.
-    params : dict
-        The estimator's ``get_params(deep=False)``.
+    settings : dict
+        The settings that define the run asked to resume it
+        (:meth:`~skcueco.training.specs.RunSpec.record`).
     spec : InputSpec
         The input description of the data to resume on.
     offset, scale : float or ndarray
@@ -289,13 +286,16 @@ def check_checkpoint_fits(state, path, params, spec, offset, scale):
     Raises
     ------
     ValueError
-        Naming each difference: a parameter of :func:`run_params`, the kind
+        Naming each difference: a setting, the kind
         or shape of the input, or its value range.
     """
     run = state["run"]
     problems = []
-    saved_params = run["params"]
-    for name, here in run_params(params).items():
+    saved_params = dict(run["params"])
+    if saved_params.get("cluster_assign") == "argmax":
+        # written before cluster_assign was deprecated: "argmax" is balance 0
+        saved_params["cluster_balance"] = 0.0
+    for name, here in settings.items():
         # a parameter the writing version did not have is not compared
         if name in saved_params and saved_params[name] != here:
             problems.append(f"{name}={saved_params[name]!r} in the checkpoint, {here!r} here")

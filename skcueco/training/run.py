@@ -4,14 +4,15 @@
 ``partial_fit`` and ``resume_from``: it builds (or restores) the model, the
 optimiser, the schedules and the task, runs the
 :class:`~skcueco.training.engine.Trainer`, and returns a :class:`~skcueco.training.trained.Trained`.
-No scikit-learn here: the estimator validates the input, resolves its
-parameters into a :class:`CueCoConfig` and :class:`Seeds`, and publishes the
-result.
+No scikit-learn here: the estimator validates the input, groups its
+parameters into a :class:`~skcueco.training.specs.RunSpec`, says how the run
+starts (:class:`~skcueco.training.specs.Start`), draws the :class:`Seeds`,
+and publishes the result.
 """
 
 import math
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +24,16 @@ from ..nn.losses import assign_clusters
 from ..nn.model import CueCoModel
 from .device import resolve_device
 from .distributed import broadcast_, get_rank, get_world_size, init_distributed
+from . import checkpoint
 from .engine import Trainer, copy_state
 from .optim import BASE_LR, make_optimizer, warmup_cosine
 from .parallel import TrainingEncoders, prepare_model, sync_buffers
+from .specs import Start
 from .task import CueCoTask
 from .trained import Trained, standardisation, use_channels_last, view_augmentation
 
 # centroids without an assigned key for this many consecutive steps are re-seeded
 RESEED_AFTER_STEPS = 50
-MODES = ("fresh", "continue", "partial")
 
 # size-aware defaults (docs/method_results.rst has the measurements behind them)
 AUTO_QUEUE_FRACTION = 4
@@ -133,47 +135,6 @@ class Seeds:
     """Shuffling, and the distributed sampler under ``torchrun``."""
 
 
-@dataclass(frozen=True)
-class CueCoConfig:
-    """The estimator parameters that define a training run (docs/method.rst)."""
-
-    backbone: object
-    projection_dim: int
-    hidden_dim: int
-    queue_size: int
-    temperature: float
-    key_momentum: float
-    n_clusters: int
-    cluster_weight: float
-    cluster_warmup: int
-    cluster_update: str
-    cluster_loss: str
-    cluster_temperature: float
-    cluster_momentum: float
-    cluster_ramp: object
-    cluster_assign: str
-    cluster_balance: float
-    overclustering: int
-    refine_centroids: int
-    augmentation: object
-    batch_size: object
-    max_epochs: int
-    lr: object
-    weight_decay: float
-    optimizer: str
-    amp: object
-    num_workers: int
-    channels_last: object
-    compile: object
-    distributed_bn: str
-    device: object
-
-    @classmethod
-    def from_params(cls, params):
-        """The fields of ``params`` (e.g. ``get_params()``) this class knows."""
-        return cls(**{f.name: params[f.name] for f in fields(cls)})
-
-
 def _take_architecture(model, state):
     """Load the weights of ``state`` now, before an optimiser holds the parameters.
 
@@ -186,12 +147,12 @@ def _take_architecture(model, state):
     if state is None or "task" not in state:
         return
     try:
-        model.load_state_dict(state["task"]["model"])
+        model.load_state_dict(checkpoint.model_state(state))
     except (KeyError, RuntimeError, TypeError):
         pass
 
 
-def build_model(X, spec, config, seeds, *, device, preprocess=None, queue_size=None):
+def build_model(X, spec, run, seeds, *, device, preprocess=None, queue_size=None):
     """The initialised model and input conversion for ``X``.
 
     ``preprocess`` and ``queue_size`` of an earlier fit are passed when its
@@ -200,27 +161,29 @@ def build_model(X, spec, config, seeds, *, device, preprocess=None, queue_size=N
     if preprocess is None:
         preprocess = Preprocess(spec, *input_statistics(X, spec))
     if queue_size is None:
-        queue_size = resolve_queue_size(config.queue_size, X.shape[0])
+        queue_size = resolve_queue_size(run.model.queue_size, X.shape[0])
     # weights are drawn from torch's global generator inside a fork that is
     # restored on exit, so the caller's global random state is untouched
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeds.weights)
         backbone, feature_dim = build_backbone(
-            config.backbone, input_kind=spec.kind, input_shape=spec.shape
+            run.model.backbone, input_kind=spec.kind, input_shape=spec.shape
         )
+        settings, clustering = run.model, run.clustering
         model = CueCoModel(
             backbone, feature_dim,
-            projection_dim=config.projection_dim,
-            hidden_dim=config.hidden_dim,
+            projection_dim=settings.projection_dim,
+            hidden_dim=settings.hidden_dim,
             queue_size=queue_size,
-            n_clusters=config.n_clusters,
-            temperature=config.temperature,
-            cluster_loss=config.cluster_loss,
-            cluster_temperature=config.cluster_temperature,
-            cluster_momentum=config.cluster_momentum,
-            cluster_assign=config.cluster_assign,
-            cluster_balance=config.cluster_balance,
-            n_overclusters=config.overclustering * config.n_clusters,
+            n_clusters=clustering.n_clusters,
+            temperature=settings.temperature,
+            cluster_loss=clustering.loss,
+            cluster_temperature=clustering.temperature,
+            cluster_momentum=clustering.momentum,
+            # balance 0 is the arg-max assignment
+            cluster_assign="sinkhorn" if clustering.balance > 0 else "argmax",
+            cluster_balance=clustering.balance,
+            n_overclusters=clustering.overclustering * clustering.n_clusters,
             generator=torch.Generator().manual_seed(seeds.model),
         )
     return model.to(device), preprocess.to(device), feature_dim
@@ -235,7 +198,7 @@ def _embedder(model, preprocess, spec, batch_size, device, validate):
     return embed
 
 
-def _trained(model, preprocess, spec, config, device, feature_dim, history, stats,
+def _trained(model, preprocess, spec, run, device, feature_dim, history, stats,
              train_state=None, **resolved):
     model.eval()
     mean, scale = standardisation(stats)
@@ -249,8 +212,8 @@ def _trained(model, preprocess, spec, config, device, feature_dim, history, stat
         spec=spec,
         device=device,
         feature_dim=feature_dim,
-        channels_last=config.channels_last,
-        backbone=config.backbone if isinstance(config.backbone, str) else None,
+        channels_last=run.runtime.channels_last,
+        backbone=run.model.backbone if isinstance(run.model.backbone, str) else None,
         history=history,
         train_state=train_state,
         resolved=resolved,
@@ -390,18 +353,17 @@ def eval_pass(model, preprocess, X, batch_size, device, feature_dim, *, previous
     return stats, torch.cat(parts).to(device) if projections else None
 
 
-def untrained_cueco(X, spec, config, seeds):
+def untrained_cueco(X, spec, run, seeds):
     """A :class:`~skcueco.training.trained.Trained` of the initial network (a baseline), k-means centroids."""
-    device = resolve_device(config.device)
-    model, preprocess, feature_dim = build_model(X, spec, config, seeds, device=device)
-    batch_size = resolve_batch_size(config.batch_size, X.shape[0])
+    device = resolve_device(run.runtime.device)
+    model, preprocess, feature_dim = build_model(X, spec, run, seeds, device=device)
+    batch_size = resolve_batch_size(run.optim.batch_size, X.shape[0])
     model.init_centroids(encode(model.encode_key, preprocess, model, X, batch_size, device))
     stats, _ = eval_pass(model, preprocess, X, batch_size, device, feature_dim, projections=False)
-    return _trained(model, preprocess, spec, config, device, feature_dim, [], stats)
+    return _trained(model, preprocess, spec, run, device, feature_dim, [], stats)
 
 
-def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None,
-              callbacks=(), validate=None):
+def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validate=None):
     """Train CueCo on the compact rows ``X``.
 
     Parameters
@@ -410,18 +372,15 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         Validated compact rows.
     spec : InputSpec
         What the rows hold.
-    config : CueCoConfig
+    run : RunSpec
+        The settings.
     seeds : Seeds
-    mode : {"fresh", "continue", "partial"}, default="fresh"
-        ``"fresh"``: a new run of ``max_epochs`` (resuming ``state``
-        exactly when given). ``"continue"``: ``max_epochs`` more epochs from
-        ``previous`` on a new cosine cycle without warm-up. ``"partial"``:
-        one epoch at constant learning rate and key momentum, from
-        ``previous`` when given.
-    previous : tuple of (dict, Preprocess), default=None
-        The training state and input conversion of an earlier fit.
-    state : dict, default=None
-        A checkpoint (``Trainer.state_dict``) of this same run to resume.
+        The seeds of the run's random streams.
+    start : Start, default=Start.fresh()
+        A new run of ``max_epochs``; a checkpoint of this same run resumed
+        exactly; ``max_epochs`` more epochs from an earlier fit on a new
+        cosine cycle without warm-up (``warm_start``); or one epoch at
+        constant learning rate and key momentum (``partial_fit``).
     callbacks : list of Callback, default=()
     validate : callable, default=None
         ``validate(X) -> (X2d, spec)`` for monitors' extra data.
@@ -431,24 +390,22 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
     trained : Trained
         Checked to map training rows to finite values.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     distributed = init_distributed()
     world, rank = get_world_size(), get_rank()
-    device = resolve_device(config.device)
+    optim, clustering, runtime = run.optim, run.clustering, run.runtime
+    device = resolve_device(runtime.device)
     # "auto" sizes each process's batch from its shard of the data
-    n_rows = max(1, X.shape[0] // world) if config.batch_size == "auto" else X.shape[0]
-    batch_size = resolve_batch_size(config.batch_size, n_rows, partial=mode == "partial")
-    prev_state, prev_preprocess = previous if previous is not None else (None, None)
+    n_rows = max(1, X.shape[0] // world) if optim.batch_size == "auto" else X.shape[0]
+    batch_size = resolve_batch_size(optim.batch_size, n_rows, partial=start.one_epoch)
     model, preprocess, feature_dim = build_model(
-        X, spec, config, seeds, device=device, preprocess=prev_preprocess,
-        queue_size=None if prev_state is None else prev_state["task"]["model"]["queue.keys"].shape[0],
+        X, spec, run, seeds, device=device, preprocess=start.preprocess,
+        queue_size=start.queue_size(),
     )
-    _take_architecture(model, prev_state if prev_state is not None else state)
+    _take_architecture(model, start.state)
     loader_generator = torch.Generator().manual_seed(seeds.loader)
     loader = make_loader(
         X, batch_size=batch_size, shuffle=True, drop_last=True,
-        generator=loader_generator, num_workers=config.num_workers,
+        generator=loader_generator, num_workers=runtime.num_workers,
         pin_memory=device.type == "cuda",
         shard=(world, rank, seeds.loader) if distributed else None,
     )
@@ -458,65 +415,63 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
             f"Each of the {world} processes gets fewer than batch_size={batch_size} "
             "samples: use a smaller batch_size or fewer processes."
         )
-    done_epochs = 0 if prev_state is None else prev_state["epoch"]
-    n_epochs = 1 if mode == "partial" else config.max_epochs
+    n_epochs = 1 if start.one_epoch else optim.max_epochs
     # the learning rate follows the global batch, summed over processes
-    lr = config.lr
+    lr = optim.lr
     if lr == "auto":
-        lr = BASE_LR[config.optimizer] * batch_size * world / 256
-    channels_last = use_channels_last(config.channels_last, spec, device,
-                                      backbone=config.backbone)
+        lr = BASE_LR[optim.optimizer] * batch_size * world / 256
+    channels_last = use_channels_last(runtime.channels_last, spec, device,
+                                      backbone=run.model.backbone)
     model = prepare_model(
         model, device=device, channels_last=channels_last,
-        sync_bn=distributed and config.distributed_bn == "sync",
+        sync_bn=distributed and runtime.distributed_bn == "sync",
     )
     encoders = TrainingEncoders(
-        model, compile=config.compile, distributed=distributed,
-        shuffle_bn=config.distributed_bn in ("shuffle", "split"),
-        split_bn=KEY_BN_SPLITS if config.distributed_bn == "split" else 0, seed=seeds.model,
+        model, compile=runtime.compile, distributed=distributed,
+        shuffle_bn=runtime.distributed_bn in ("shuffle", "split"),
+        split_bn=KEY_BN_SPLITS if runtime.distributed_bn == "split" else 0, seed=seeds.model,
     )
     optimizer = make_optimizer(
-        config.optimizer, model.query_parameters(), lr=lr, weight_decay=config.weight_decay
+        optim.optimizer, model.query_parameters(), lr=lr, weight_decay=optim.weight_decay
     )
     scheduler = None
-    if mode != "partial":
-        warmup = 0 if prev_state is not None else steps * min(10, n_epochs // 10)
+    if not start.one_epoch:
+        warmup = 0 if start.continues else steps * min(10, n_epochs // 10)
         scheduler = warmup_cosine(optimizer, steps * n_epochs, warmup)
     cluster_warmup = resolve_epochs_fraction(
-        config.cluster_warmup, config.max_epochs, AUTO_WARMUP_FRACTION)
+        clustering.warmup, optim.max_epochs, AUTO_WARMUP_FRACTION)
     cluster_ramp = resolve_epochs_fraction(
-        config.cluster_ramp, config.max_epochs, AUTO_RAMP_FRACTION)
+        clustering.ramp, optim.max_epochs, AUTO_RAMP_FRACTION)
     task = CueCoTask(
-        model, preprocess, view_augmentation(config.augmentation, spec),
+        model, preprocess, view_augmentation(run.model.augmentation, spec),
         # each process draws its own views
         torch.Generator(device=device).manual_seed(seeds.augmentation + rank),
         total_steps=steps * n_epochs,
-        key_momentum=config.key_momentum,
-        final_momentum=config.key_momentum if mode == "partial" else 1.0,
-        cluster_weight=config.cluster_weight,
+        key_momentum=run.model.key_momentum,
+        final_momentum=run.model.key_momentum if start.one_epoch else 1.0,
+        cluster_weight=clustering.weight,
         cluster_warmup=cluster_warmup,
         cluster_ramp=cluster_ramp,
-        cluster_update=config.cluster_update,
+        cluster_update=clustering.update,
         key_features=lambda: encode(model.encode_key, preprocess, model, X, batch_size, device),
         reseed_after=RESEED_AFTER_STEPS,
         loader_generator=loader_generator,
         channels_last=channels_last,
         sampler=loader.sampler.sampler if distributed else None,
         encoders=encoders,
-        step_offset=0 if prev_state is None else prev_state["global_step"],
+        step_offset=start.step_offset(),
     )
     trainer = Trainer(
-        device=device, max_epochs=done_epochs + n_epochs, callbacks=callbacks,
-        amp=config.amp,
+        device=device, max_epochs=start.done_epochs() + n_epochs, callbacks=callbacks,
+        amp=runtime.amp,
         embed=_embedder(model, preprocess, spec, batch_size, device, validate)
         if validate is not None else None,
     )
-    if prev_state is not None:
-        # continue: weights, optimiser state, queue, centroids and random
-        # streams come back; the schedule is this run's
-        trainer.fit(task, loader, optimizer, scheduler, state=prev_state, restore_schedule=False)
-    else:
-        trainer.fit(task, loader, optimizer, scheduler, state=state)
+    # resume: the checkpoint's run goes on exactly, its schedule included;
+    # continue: weights, optimiser state, queue, centroids and random streams
+    # come back, the schedule is this run's
+    trainer.fit(task, loader, optimizer, scheduler, state=start.state,
+                restore_schedule=not start.continues)
     if distributed:
         # BatchNorm statistics drift apart per process: rank 0's win, so
         # every process ends with the same fitted estimator
@@ -527,8 +482,7 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         # the warm-up lasted the whole run: centroids still serve `predict`
         # (the training state keeps them unset, for a warm start to set them)
         task.init_centroids()
-    previous_stats = None if prev_state is None else prev_state.get("embedding_stats")
-    if mode != "partial":
+    if not start.one_epoch:
         # one pass in eval mode over the training set: the statistics that
         # standardise `transform`, and the projections `predict` uses
         stats, projections = eval_pass(model, preprocess, X, batch_size, device, feature_dim)
@@ -541,25 +495,25 @@ def fit_cueco(X, spec, config, seeds, *, mode="fresh", previous=None, state=None
         mean_cosine = projections.mean(dim=0).pow(2).sum().item()
         check_collapse(trainer.history, model.queue.keys.shape[0], batch_size,
                        labels, model.centroids.shape[0], mean_cosine, projections.shape[0])
-    if mode != "partial" and config.refine_centroids > 0:
+    if not start.one_epoch and clustering.refine > 0:
         # k-means iterations on those projections; not part of the training
         # state, so a warm start continues the online centroids
-        model.refine_centroids(projections, config.refine_centroids)
+        model.refine_centroids(projections, clustering.refine)
         if distributed:
             # every process ends with rank 0's centroids
             broadcast_(model.centroids)
-    if mode == "partial":
+    if start.one_epoch:
         # partial_fit stays about one epoch's work: one eval pass over this
         # call's rows, pooled with the statistics of the calls before it
         stats, _ = eval_pass(model, preprocess, X, batch_size, device, feature_dim,
-                             previous=previous_stats, projections=False)
+                             previous=start.embedding_stats(), projections=False)
     if distributed:
         # every process ends with rank 0's statistics (a GPU's reductions
         # may round differently from process to process)
         for key in ("mean", "var"):
             stats[key] = broadcast_(stats[key].to(device)).cpu()
     train_state["embedding_stats"] = stats
-    trained = _trained(model, preprocess, spec, config, device, feature_dim, trainer.history,
+    trained = _trained(model, preprocess, spec, run, device, feature_dim, trainer.history,
                        stats, train_state, queue_size=model.queue.keys.shape[0],
                        cluster_warmup=cluster_warmup, cluster_ramp=cluster_ramp,
                        batch_size=batch_size)
