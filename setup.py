@@ -12,7 +12,7 @@ with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
     LONG_DESCRIPTION = f.read()
 
 DOCS = ["sphinx>=7", "numpydoc>=1.6", "sphinx-gallery>=0.16", "pydata-sphinx-theme",
-        "matplotlib"]
+        "matplotlib", "sphinx-mathjax-offline"]
 
 setup(
     name="skcueco",

@@ -10,7 +10,8 @@ repository root:
   (or ``-D plot_gallery=0``) builds it without running them: the gallery
   shows the code and the text but no figures, in seconds.
 
-The build needs no network. ``SKCUECO_DOCS_INTERSPHINX=1`` links to the
+The build needs no network, and neither do the pages it writes: MathJax is
+copied into the site. ``SKCUECO_DOCS_INTERSPHINX=1`` links to the
 scikit-learn, NumPy, PyTorch, pandas and Python documentation, which fetches
 their inventories.
 """
@@ -43,6 +44,19 @@ extensions = [
     "numpydoc",
     "sphinx_gallery.gen_gallery",
 ]
+
+# -- maths ----------------------------------------------------------------------
+# MathJax renders the maths; sphinx-mathjax-offline (in the docs extras) ships
+# MathJax 3 and copies it into the site's _static/mathjax, so the pages show
+# their maths without network, opened from disk too. Without it Sphinx loads
+# MathJax from a CDN, and offline the maths stays LaTeX source.
+try:
+    importlib.import_module("sphinx-mathjax-offline")
+except ImportError:
+    print('docs: sphinx-mathjax-offline is not installed (pip install -e ".[docs]"); '
+          "the maths will load MathJax from the network", file=sys.stderr)
+else:
+    extensions.append("sphinx-mathjax-offline")
 
 if os.environ.get("SKCUECO_DOCS_INTERSPHINX") == "1":
     extensions.append("sphinx.ext.intersphinx")
@@ -109,7 +123,9 @@ sphinx_gallery_conf = {
     "plot_gallery": str(EXECUTE_GALLERY),
     "within_subsection_order": "FileNameSortKey",
     "min_reported_time": 0,  # show every example's run time
-    "write_computation_times": True,
+    # the per-example run times only: the summary pages of all run times
+    # (sg_execution_times) load their table scripts from a CDN
+    "write_computation_times": False,
     "download_all_examples": False,
     "image_scrapers": ("matplotlib",),
     "reset_modules": ("matplotlib",),
@@ -133,6 +149,18 @@ html_theme_options = {
 }
 html_sidebars = {"index": [], "getting_started": [], "changelog": []}
 html_show_sourcelink = False
+
+
+def _tag_a_gallery_not_run(app, config):
+    # examples/GALLERY_HEADER.rst says when the examples were not run: with
+    # SKCUECO_DOCS_EXECUTE=0 or -D plot_gallery=0 (read here, after -D applies)
+    if str(config.plot_gallery).lower() in ("0", "false"):
+        app.tags.add("gallery_not_run")
+
+
+def setup(app):
+    """Hook the configuration's own steps into the build."""
+    app.connect("config-inited", _tag_a_gallery_not_run)
 
 
 def _write_cli_help():
