@@ -44,6 +44,15 @@ class CueCoEmbedder(
     cosine similarities and distances between embeddings weigh every feature
     alike.
 
+    The parameters come in groups, in this order: the networks and the
+    contrastive term (``backbone`` to ``key_momentum``); the clusters
+    (``n_clusters`` to ``cluster_momentum``); the input and its views
+    (``augmentation``, ``image_shape``, ``image_size``); the optimisation
+    (``batch_size`` to ``optimizer``); and how and where the run computes
+    (``amp`` to ``verbose``), which never changes what is learned beyond
+    floating-point rounding. docs/method_results.rst has the measurements
+    behind each default.
+
     Parameters
     ----------
     backbone : {"auto", "small_cnn", "mlp", "resnet18", "resnet50"} or torch.nn.Module, \
@@ -57,7 +66,8 @@ class CueCoEmbedder(
     projection_dim : int, default=128
         Dimension of the normalised projections the losses compare.
     hidden_dim : int, default=2048
-        Hidden width of the projection head.
+        Hidden width of the projection head (used in training; ``predict``
+        reads the projections too).
     queue_size : int or "auto", default="auto"
         Number of negative keys remembered; 0 uses the other images of the
         batch as negatives. ``"auto"``: a quarter of the training samples, at
@@ -75,11 +85,11 @@ class CueCoEmbedder(
     cluster_weight : float, default=1.0
         Weight ``lambda`` of the clustering term. 0 gives symmetric MoCo v2.
     cluster_warmup : int or "auto", default="auto"
-        Epochs trained with the clustering term off, before the centroids are
+        Only used when ``cluster_weight > 0``. Epochs trained with the clustering term off, before the centroids are
         initialised by spherical k-means. ``"auto"``: 15 % of ``max_epochs``
         (rounded down). The value used is ``cluster_warmup_``.
     cluster_ramp : int or "auto", default="auto"
-        Epochs after the warm-up over which the clustering weight rises
+        Only used when ``cluster_weight > 0``. Epochs after the warm-up over which the clustering weight rises
         linearly to ``cluster_weight`` (0: full weight at once). ``"auto"``:
         10 % of ``max_epochs`` (rounded down). The value used is
         ``cluster_ramp_``.
@@ -117,18 +127,18 @@ class CueCoEmbedder(
         ended collapsed: a contrastive loss at its chance value, or more than
         90 % of the training set in one trained centroid.
     cluster_update : {"online", "epoch"}, default="online"
-        ``"online"``: moving-average update of the centroids after every step.
+        Only used when ``cluster_weight > 0``. ``"online"``: moving-average update of the centroids after every step.
         ``"epoch"``: k-means on the whole training set before every epoch.
     cluster_loss : {"proto", "pull"}, default="proto"
         ``"proto"``: cross-entropy of the softmax over all centroids with
         the assigned one as the target, which also pushes each query away
         from the other centroids. ``"pull"``: squared distance to the
-        assigned centroid, the paper's form (docs/method_results.rst
-        compares them).
+        assigned centroid, the paper's form.
     cluster_temperature : float, default=0.1
-        Temperature of ``cluster_loss="proto"``.
+        Only used when ``cluster_loss="proto"``. Temperature of its softmax.
     cluster_momentum : float, default=0.9
-        Momentum of the online centroid update.
+        Only used when ``cluster_update="online"``. Momentum of the
+        centroid update.
     augmentation : {"auto", "rgb", "grayscale", "vector", "none"} or callable, \
             default="auto"
         How the two views are made. ``"auto"`` chooses from the input: the RGB
@@ -136,13 +146,13 @@ class CueCoEmbedder(
         feature masking for vectors. A callable receives a float batch and
         returns a batch of the same shape.
     image_shape : "auto", None or tuple of int, default="auto"
-        How to read 2-D input. ``(H, W)`` or ``(H, W, C)`` reads each row as an
+        Only used for 2-D array input. How to read it. ``(H, W)`` or ``(H, W, C)`` reads each row as an
         image flattened in that order. ``None`` reads rows as plain vectors.
         ``"auto"`` reads rows of ``s*s`` or ``3*s*s`` values (``s >= 8``) as
         square grayscale or channels-last RGB images, others as vectors.
-        Ignored for 3-D and 4-D input.
     image_size : int, tuple of (int, int) or None, default=None
-        ``(height, width)`` that images read from files, folders, PIL images
+        Only used for images read from files, folders, PIL images or a
+        torch Dataset. ``(height, width)`` that images read from files, folders, PIL images
         or a torch Dataset are fitted to (scaled to cover it, aspect ratio
         kept, then centre-cropped); an int means a square. None: the size of
         the first image. New images in ``transform`` are fitted to the
@@ -153,7 +163,7 @@ class CueCoEmbedder(
         global batch ``batch_size * world_size``. ``"auto"``: 256 when an
         epoch then has at least 30 steps (7,680 training images or more),
         else 128 (3,840 or more), else 64: small data sets need more steps
-        per epoch (docs/method_results.rst). One ``partial_fit`` call uses
+        per epoch. One ``partial_fit`` call uses
         256 rows at most. The value used is ``batch_size_``.
     max_epochs : int, default=100
         Number of passes over the data.
@@ -168,7 +178,8 @@ class CueCoEmbedder(
         Mixed precision. ``"auto"``: bf16 autocast on CUDA GPUs that support
         it, full precision elsewhere. ``"fp16"`` uses a gradient scaler.
     num_workers : int, default=0
-        Loader worker processes gathering batches (useful on a GPU).
+        Loader worker processes gathering batches (useful on a GPU, and for
+        images read from files).
     channels_last : "auto" or bool, default="auto"
         Channels-last memory format for image batches and convolutional
         weights, in training and inference; ``"auto"`` turns it on for
@@ -186,7 +197,7 @@ class CueCoEmbedder(
         fitted ``encoder_`` stays a plain module). A string names the
         ``torch.compile`` backend (e.g. ``"inductor"``, ``"cudagraphs"``).
     distributed_bn : {"shuffle", "sync", "split"}, default="shuffle"
-        BatchNorm of the networks. Under ``torchrun`` (several processes):
+        Only used for backbones with BatchNorm. BatchNorm of the networks. Under ``torchrun`` (several processes):
         ``"shuffle"``, MoCo's shuffled BatchNorm for the key network, which
         keeps a batch's statistics from revealing which key matches which
         query (any backend, CPUs included); ``"sync"``, SyncBatchNorm in both
