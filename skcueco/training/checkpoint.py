@@ -6,12 +6,20 @@ the complete new one, never a partial write. A checkpoint carries a run record
 (library version, the parameters that define the model, the input
 description) that ``fit(resume_from=...)`` checks against the run it is asked
 to continue, and the id of the run that wrote it, by which a folder belongs to
-one run (docs/reliability.rst). This module is the one that knows the layout
-of a checkpoint.
+one run (docs/reliability.rst). A run that writes in a folder holds its lock
+file, so that two runs never write one folder at the same time. This module
+is the one that knows the layout of a checkpoint.
 """
 
+import hashlib
+import json
 import os
+import re
+import socket
+import threading
+import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +30,9 @@ from .hooks import Callback
 
 
 # -- atomic writes ------------------------------------------------------------------
+_SAFE_TAG = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 class _WriteRecorder:
     """A binary file wrapper that remembers what a ``write`` raised.
 
@@ -45,11 +56,12 @@ class _WriteRecorder:
         return self._file.flush()
 
 
-def atomic_save(obj, path, *, kept=None):
+def atomic_save(obj, path, *, kept=None, tag=None):
     """``torch.save(obj, path)`` so that ``path`` is never left half-written.
 
     The data goes to a temporary file in the same folder
-    (``.NAME.<random>.tmp``), is flushed and ``fsync``-ed, then renamed over
+    (``.NAME.<random>.tmp``, or ``.NAME.<tag>.<random>.tmp``), is flushed and
+    ``fsync``-ed, then renamed over
     ``path`` with :func:`os.replace`, which is atomic: at any moment ``path``
     holds either its previous content or the complete new file. On any error,
     ``KeyboardInterrupt`` included, the temporary file is removed. Only a
@@ -64,16 +76,26 @@ def atomic_save(obj, path, *, kept=None):
         Destination file; its folder must exist.
     kept : str, default=None
         A sentence saying what was kept, appended to the error message.
+    tag : str, default=None
+        Letters, digits, ``-`` or ``_`` (at most 64) put in the temporary
+        file's name, by which the writer recognises a temporary file left by
+        one of its own writes that was killed (:class:`Checkpoint` uses its
+        run's id).
 
     Raises
     ------
+    ValueError
+        If ``tag`` holds other characters.
     OSError
         If the file cannot be written (full disk, file size limit, missing
         folder, permissions); the message names ``path`` and the cause, and
         ``path`` is left as it was.
     """
     path = Path(os.fspath(path))
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    if tag is not None and not _SAFE_TAG.fullmatch(str(tag)):
+        raise ValueError(f"tag={tag!r} must be 1 to 64 letters, digits, '-' or '_'.")
+    middle = f"{tag}.{uuid.uuid4().hex[:12]}" if tag else uuid.uuid4().hex[:12]
+    tmp = path.parent / f".{path.name}.{middle}.tmp"
     recorder = None
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -361,6 +383,254 @@ def checkpoint_owner(path):
         return None, None
 
 
+# -- one run writes in a folder at a time ------------------------------------------
+LOCK_NAME = ".skcueco-checkpoint.lock"
+
+# the locks this process holds: token -> the thread whose fit took it
+_HELD = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _run_tag(run_id):
+    """The tag of a run's temporary checkpoint files: its id, or a digest of it."""
+    run_id = str(run_id)
+    if _SAFE_TAG.fullmatch(run_id):
+        return run_id
+    return hashlib.sha256(run_id.encode()).hexdigest()[:32]
+
+
+# ``.epoch-0003.pt.<tag>.<random>.tmp``; no tag: an untagged write
+_TEMP_FILE = re.compile(r"\.(epoch-\d+\.pt)\.(?:([A-Za-z0-9_-]{1,64})\.)?[0-9a-f]{12}\.tmp")
+
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as file:
+            return file.read(65536)
+    except FileNotFoundError:
+        return None
+
+
+def _boot_id():
+    return (_read_bytes("/proc/sys/kernel/random/boot_id") or b"").decode().strip() or None
+
+
+def _process_start(pid):
+    """When process ``pid`` started (clock ticks since boot, Linux), or None."""
+    stat = _read_bytes(f"/proc/{int(pid)}/stat")
+    if not stat:
+        return None
+    try:
+        return int(stat.rsplit(b")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid):
+    if os.name == "nt":
+        return True  # os.kill would end it: assumed alive
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True
+
+
+class FolderLock:
+    """The lock file by which one run at a time writes in a checkpoint folder.
+
+    :meth:`acquire` creates ``.skcueco-checkpoint.lock`` in the folder with
+    ``O_CREAT | O_EXCL`` (atomic: of two processes, one creates it), holding
+    the run id, process id, host name and start time as JSON. A lock whose
+    holder is gone is taken over with a warning: a process of this host
+    that no longer runs (or a process id since reused by another process),
+    a machine restarted since, or, in this process, a fit of the same
+    thread that ended without releasing it. A lock of a live process, or of
+    another host (whose processes cannot be seen from here), refuses the
+    run.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        The checkpoint folder; it must exist.
+    run_id : str
+        Id of the run that writes in it.
+    """
+
+    def __init__(self, folder, run_id):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.run_id = str(run_id)
+        self._raw = None
+
+    def acquire(self):
+        """Take the lock, or raise a ValueError naming the folder and its holder."""
+        token = uuid.uuid4().hex
+        record = {
+            "run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token,
+            "boot_id": _boot_id(), "process_start": _process_start(os.getpid()),
+        }
+        raw = (json.dumps(record, indent=1) + "\n").encode()
+        deadline = time.monotonic() + 5.0
+        while True:
+            if time.monotonic() > deadline:
+                raise ValueError(
+                    f"The checkpoint folder {self.folder} is contested: its lock file "
+                    f"{self.path} keeps changing, other processes are taking it."
+                )
+            if self._create(raw):
+                with _HELD_GUARD:
+                    _HELD[token] = threading.current_thread()
+                self._raw, self.token = raw, token
+                return
+            found = _read_bytes(self.path)
+            if found is None:
+                continue  # released in between: try again
+            holder = _parse_lock(found)
+            if holder is None and self._age() < 2.0 and time.monotonic() < deadline:
+                time.sleep(0.02)  # being written by the process that created it
+                continue
+            why = _why_stale(holder)
+            if why is None:
+                raise ValueError(self._in_use(holder))
+            if self._remove_if_unchanged(found):
+                warnings.warn(
+                    f"The checkpoint folder {self.folder} was locked by "
+                    f"{_describe_holder(holder)}, {why}; this run took the lock over.",
+                    RuntimeWarning, stacklevel=2,
+                )
+
+    def check(self):
+        """Raise a ValueError unless the lock file is still this run's."""
+        found = _read_bytes(self.path)
+        if found == self._raw:
+            return
+        if found is None and self._create(self._raw):
+            warnings.warn(
+                f"The lock file {self.path} of this run's checkpoint folder was "
+                "removed while the run was writing in it; it was put back.",
+                RuntimeWarning, stacklevel=2,
+            )
+            return
+        holder = _parse_lock(found) if found else None
+        raise ValueError(
+            f"The checkpoint folder {self.folder} is no longer this run's: its lock "
+            f"file {self.path} now names {_describe_holder(holder)}; nothing was "
+            "written, so as not to overwrite that run's checkpoints."
+        )
+
+    def release(self):
+        """Remove the lock file if it is still this run's (repeating is harmless)."""
+        if self._raw is None:
+            return
+        with _HELD_GUARD:
+            _HELD.pop(self.token, None)
+        if _read_bytes(self.path) == self._raw:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        self._raw = None
+
+    def _create(self, raw):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as file:
+            file.write(raw)
+            file.flush()
+            os.fsync(file.fileno())
+        return True
+
+    def _age(self):
+        try:
+            return time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def _remove_if_unchanged(self, raw):
+        """Remove the lock file if it still holds ``raw``; True if removed.
+
+        Two processes may judge the same lock stale at once: the file is
+        first renamed aside (atomic, one of them succeeds) and removed only
+        if it is the one judged; a lock taken in between is put back.
+        """
+        aside = self.folder / f"{LOCK_NAME}.{uuid.uuid4().hex[:12]}.old"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        if _read_bytes(aside) == raw:
+            os.unlink(aside)
+            return True
+        try:
+            os.link(aside, self.path)  # fails rather than replace a newer lock
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links here
+            if not self.path.exists():
+                os.rename(aside, self.path)
+        aside.unlink(missing_ok=True)
+        return False
+
+    def _in_use(self, holder):
+        return (
+            f"The checkpoint folder {self.folder} is in use by "
+            f"{_describe_holder(holder)}: two runs writing in one folder would "
+            "overwrite each other's checkpoints. Use another folder, or wait until "
+            f"that run ends. If it no longer runs, delete {self.path}."
+        )
+
+
+def _parse_lock(raw):
+    try:
+        holder = json.loads(raw)
+        int(holder["pid"]), str(holder["host"]), str(holder["run_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _describe_holder(holder):
+    if holder is None:
+        return "a damaged lock file"
+    return (f"training run {holder['run_id']} (process {holder['pid']} on "
+            f"{holder['host']}, started {holder.get('started', 'at an unknown time')})")
+
+
+def _why_stale(holder):
+    """Why the lock of ``holder`` is stale, or None if its holder may still run."""
+    if holder is None:
+        return "which is damaged"
+    if holder["host"] != socket.gethostname():
+        return None  # another machine's processes cannot be seen from here
+    boot = _boot_id()
+    if holder.get("boot_id") and boot and holder["boot_id"] != boot:
+        return "which was taken before this machine restarted"
+    pid = int(holder["pid"])
+    if pid == os.getpid():
+        with _HELD_GUARD:
+            thread = _HELD.get(holder.get("token"))
+        if thread is None:
+            return f"whose process id {pid} is now this process's"
+        if thread is threading.current_thread() or not thread.is_alive():
+            with _HELD_GUARD:
+                _HELD.pop(holder.get("token"), None)
+            return "left by a fit of this process that ended without releasing it"
+        return None
+    if not _pid_alive(pid):
+        return f"whose process {pid} no longer runs"
+    started = holder.get("process_start")
+    if started is not None and _process_start(pid) not in (None, started):
+        return f"whose process {pid} no longer runs (the id is now another process's)"
+    return None
+
+
 class Checkpoint(Callback):
     """Save the full training state every few epochs, keeping the last few.
 
@@ -380,11 +650,25 @@ class Checkpoint(Callback):
     refused with a ValueError before it starts, and nothing in the folder
     is overwritten or deleted. Other files in the folder are never touched.
 
+    While it trains, the run holds the folder's lock file
+    (``.skcueco-checkpoint.lock``: run id, process id, host, start time),
+    created atomically when training starts and removed when it ends, on an
+    error or an interrupt too. A second run started on the folder meanwhile,
+    even at the same moment, is refused with a ValueError naming the folder
+    and the run that holds it. The lock of a process that no longer runs
+    (killed, or the machine restarted) is taken over with a warning; a
+    lock of another machine is never taken over. Before each write the run
+    checks that the lock is still its own.
+
     Writes are atomic (a temporary file, flushed to disk, then renamed): a
     checkpoint is complete or absent, never damaged. ``KeyboardInterrupt``
     during a write keeps the finished epoch in the model and removes the
     temporary file. A write that fails (a full disk) raises an ``OSError``
-    naming the file and the checkpoints that remain.
+    naming the file and the checkpoints that remain. A process killed while
+    it writes leaves a temporary file named after its run
+    (``.epoch-0003.pt.<run id>.<random>.tmp``); the run removes its own
+    when it resumes, and a warning names those of other runs, which are
+    left alone.
 
     Parameters
     ----------
@@ -449,6 +733,17 @@ class Checkpoint(Callback):
         self._dir = Path(self.dirname)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._failed = False
+        self._lock = None
+        if trainer.is_main_process:
+            self._lock = FolderLock(self._dir, trainer.run_id)
+            self._lock.acquire()
+        try:
+            self._check_folder(trainer)
+        except BaseException:
+            self._release()  # on_train_end is not called when this fails
+            raise
+
+    def _check_folder(self, trainer):
         found, strangers = _checkpoints_in(self._dir)
         others = [path for _, path, run_id in found if run_id != trainer.run_id]
         if others or strangers:
@@ -466,6 +761,27 @@ class Checkpoint(Callback):
                 "fit(X, resume_from=...)."
             )
         self.saved_ = [path for _, path, _ in sorted(found)]
+        if self._lock is not None:
+            self._remove_stale_temp_files(trainer.run_id)
+
+    def _remove_stale_temp_files(self, run_id):
+        # this run holds the lock: no live process writes its temporary files
+        mine, tag, others = [], _run_tag(run_id), []
+        for path in sorted(self._dir.iterdir()):
+            match = _TEMP_FILE.fullmatch(path.name)
+            if match is None:
+                continue
+            (mine if match.group(2) == tag else others).append(path)
+        for path in mine:
+            path.unlink(missing_ok=True)
+        if others:
+            warnings.warn(
+                f"The checkpoint folder {self._dir} holds temporary files of "
+                f"checkpoint writes of other runs that did not finish "
+                f"({_names(others)}); they were left as they are. Delete them if "
+                "no other process writes in this folder.",
+                RuntimeWarning, stacklevel=3,
+            )
 
     def on_epoch_end(self, trainer, epoch, logs):
         last = trainer.epoch >= trainer.max_epochs or trainer.stop_training
@@ -477,9 +793,17 @@ class Checkpoint(Callback):
         # in the list) still gets its final checkpoint; not after an interrupt,
         # an error or a failed write
         done = trainer.epoch
-        if (done and not trainer.interrupted and not getattr(trainer, "failed", False)
-                and not self._failed and self._path(done - 1) not in self.saved_):
-            self._save(trainer, done - 1)
+        try:
+            if (done and not trainer.interrupted and not getattr(trainer, "failed", False)
+                    and not self._failed and self._path(done - 1) not in self.saved_):
+                self._save(trainer, done - 1)
+        finally:
+            self._release()
+
+    def _release(self):
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
 
     def _path(self, epoch):
         return self._dir / f"epoch-{epoch + 1:04d}.pt"
@@ -489,8 +813,15 @@ class Checkpoint(Callback):
             return
         path = self._path(epoch)
         kept = [p.name for p in self.saved_ if p != path]
+        if self._lock is not None:
+            try:
+                self._lock.check()
+            except ValueError:
+                self._failed = True
+                self._release()  # leaves the file: it is another run's now
+                raise
         try:
-            atomic_save(trainer.state_dict(), path, kept=(
+            atomic_save(trainer.state_dict(), path, tag=_run_tag(trainer.run_id), kept=(
                 f"Training stopped after epoch {trainer.epoch}, which is not saved; "
                 + (f"this run's checkpoints in {self._dir} are intact (newest: "
                    f"{kept[-1]}): resume from it with fit(X, resume_from=...) once "
