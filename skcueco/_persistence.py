@@ -14,6 +14,7 @@ business of :mod:`skcueco.training.checkpoint`.
 
 import io
 import json
+import math
 import numbers
 import os
 import uuid
@@ -189,6 +190,8 @@ def load_embedder(cls, path):
         warnings.warn(f"device={est.device!r} is not available here; loading "
                       "onto the CPU.", UserWarning)
         device = torch.device("cpu")
+    # nothing is built for real before the metadata fits the stored tensors
+    _check_weight_shapes(est, spec, payload, path)
     try:
         with torch.random.fork_rng(devices=[]):
             encoder, feature_dim = build_backbone(
@@ -254,6 +257,65 @@ def load_embedder(cls, path):
     return est.get_params(deep=False), trained, meta["n_features_in"], meta["feature_names_in"]
 
 
+def _check_weight_shapes(est, spec, payload, path):
+    """Refuse metadata whose networks do not have the stored tensors' shapes.
+
+    The backbone and projector the metadata describes are built on the
+    ``meta`` device, which allocates no memory, and loaded with the stored
+    tensors (a no-op copy that checks every name and shape, old layouts
+    included). Metadata claiming a huge network thus costs nothing.
+    """
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            encoder, feature_dim = build_backbone(
+                est.backbone, input_kind=spec.kind, input_shape=spec.shape)
+            projector = ProjectionHead(feature_dim, est.hidden_dim, est.projection_dim)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{path!s} holds metadata that cannot work; refusing to load it: {exc}"
+        ) from exc
+    described = {
+        "encoder": f"backbone={est.backbone!r} on {spec.kind} input of shape "
+                   f"{list(spec.shape)}",
+        "projector": f"hidden_dim={est.hidden_dim}, projection_dim={est.projection_dim} "
+                     f"on {feature_dim} features",
+    }
+    for name, module in (("encoder", encoder), ("projector", projector)):
+        stored = payload.get(name)
+        if not isinstance(stored, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in stored.items()):
+            raise ValueError(f"{path!s} cannot be loaded: its {name} weights are not a "
+                             "mapping of names to tensors.")
+        try:
+            with warnings.catch_warnings():
+                # copying into meta tensors is a no-op that checks the shapes
+                warnings.simplefilter("ignore", UserWarning)
+                module.load_state_dict(stored)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{path!s} holds metadata that does not fit its weights; refusing to "
+                f"load it: {_first_misfit(module, stored, name, described[name]) or exc}"
+            ) from exc
+
+
+def _first_misfit(module, stored, name, described):
+    """The first tensor of ``module`` (on the meta device) that ``stored`` does not fit."""
+    expected = {key: tuple(t.shape) for key, t in module.state_dict().items()}
+    for key, shape in expected.items():
+        if key in stored and tuple(stored[key].shape) != shape:
+            return (f"its metadata ({described}) gives the {name} tensor {key!r} the "
+                    f"shape {shape}, the file holds one of shape {tuple(stored[key].shape)}")
+    missing = [key for key in expected if key not in stored]
+    if missing:
+        return (f"its metadata ({described}) calls for the {name} tensor "
+                f"{missing[0]!r}, which the file does not hold")
+    unexpected = [key for key in stored if key not in expected]
+    if unexpected:
+        return (f"the file holds the {name} tensor {unexpected[0]!r}, which its "
+                f"metadata ({described}) has no place for")
+    return None
+
+
 def _estimator_from_meta(cls, meta, path):
     """An unfitted ``cls`` and the InputSpec of a model file, checked up front."""
     try:
@@ -297,7 +359,7 @@ def _check_spec(spec, n_features, feature_names):
         raise ValueError(f"the input shape {list(spec.shape)} is not a valid {spec.kind} shape")
     if not isinstance(spec.channels_last, bool):
         raise ValueError(f"channels_last={spec.channels_last!r} is not a bool")
-    size = int(np.prod(spec.shape))
+    size = math.prod(spec.shape)  # Python ints: no overflow
     if size != n_features:
         raise ValueError(
             f"the input shape {list(spec.shape)} holds {size} values per sample, "
