@@ -24,7 +24,8 @@ from sklearn.datasets import load_digits
 
 from skcueco import CueCoEmbedder
 from skcueco.callbacks import Callback, Checkpoint
-from skcueco.training.checkpoint import LOCK_NAME, atomic_save, checkpoint_owner
+from skcueco.training.checkpoint import atomic_save, checkpoint_owner
+from skcueco.training.folder_lock import LOCK_NAME
 
 FAST = dict(max_epochs=1, batch_size=32, hidden_dim=32, projection_dim=16, queue_size=64,
             n_clusters=3, cluster_warmup=0, device="cpu", random_state=0)
