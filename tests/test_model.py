@@ -174,6 +174,41 @@ def test_training_step_returns_keys_of_each_view():
     assert k1.dtype == torch.float32
 
 
+class _Recording:
+    """Encoders that record their calls; ``flip`` negates the queries."""
+
+    def __init__(self, model, flip=False):
+        self.model, self.flip, self.calls = model, flip, []
+
+    def encode_query(self, x):
+        self.calls.append(("query", x))
+        z = self.model.encode_query(x)
+        return -z if self.flip else z
+
+    def encode_key(self, x):
+        self.calls.append(("key", x))
+        return self.model.encode_key(x)
+
+
+def test_training_step_encodes_with_the_given_encoders_keys_first():
+    model = _ready_model()
+    v1, v2 = _views()
+    own = model.training_step(v1, v2, 1.0)
+    recording = _Recording(model)
+    given = model.training_step(v1, v2, 1.0, encoders=recording)
+    assert [(kind, x is v) for (kind, x), v in zip(recording.calls, (v1, v2, v1, v2))] == [
+        ("key", True), ("key", True), ("query", True), ("query", True)]
+    assert torch.equal(given[0], own[0])
+    assert all(torch.equal(a, b) for a, b in zip(given[2], own[2]))
+    # the given encoders are what the loss sees
+    flipped, _, _ = model.training_step(v1, v2, 1.0, encoders=_Recording(model, flip=True))
+    z1, z2 = model.encode_query(v1), model.encode_query(v2)
+    k1, k2 = model.encode_key(v1), model.encode_key(v2)
+    expected, _, _ = model.loss(-z1, -z2, k1, k2, 1.0)
+    torch.testing.assert_close(flipped, expected, rtol=0, atol=0)
+    assert not torch.allclose(flipped, own[0])
+
+
 @pytest.mark.parametrize("lam", [0.3, 2.0])
 def test_pull_clustering_term_matches_hand_formula(lam):
     model = _ready_model(cluster_loss="pull")
@@ -320,147 +355,13 @@ def test_enqueue_with_zero_queue_is_noop():
 
 
 # ----------------------------------------------------------------------------- centroids
-
-
-def _blobs(n_per=40, n_blobs=3, noise=0.05, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # orthonormal centres: well separated (cos 0)
-    centres = torch.linalg.qr(torch.randn(PROJ_DIM, PROJ_DIM, generator=g))[0][:n_blobs]
-    keys = centres.repeat_interleave(n_per, 0)
-    keys = F.normalize(keys + noise * torch.randn(keys.shape, generator=g), dim=1)
-    perm = torch.randperm(keys.shape[0], generator=g)
-    labels = torch.arange(n_blobs).repeat_interleave(n_per)
-    return keys[perm], labels[perm], centres
-
-
-def _check_covers(centroids, centres, min_cos=0.95):
-    sims = centroids @ centres.T  # (K, n_blobs)
-    best = sims.argmax(1)
-    assert torch.all(sims.max(1).values > min_cos), sims
-    assert set(best.tolist()) == set(range(centres.shape[0]))
-
-
-def test_init_and_update_centroids_find_blobs():
-    keys, _, centres = _blobs()
-    model = _model(n_clusters=3)
-    model.init_centroids(keys)
-    assert bool(model.centroids_ready)
-    _check_covers(model.centroids, centres)
-    for i in range(20):
-        batch = keys[(i * 16) % keys.shape[0]:][:16]
-        model.update_centroids(batch)
-        torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
-    _check_covers(model.centroids, centres)
-
-
-def test_update_centroids_pulls_perturbed_centroids_to_blobs():
-    keys, _, centres = _blobs()
-    model = _model(n_clusters=3, cluster_momentum=0.9)
-    start = F.normalize(centres + 0.5 * _unit(3, PROJ_DIM, seed=7), dim=1)
-    model.centroids.copy_(start)
-    assert (model.centroids @ centres.T).diag().min() < 0.95  # really perturbed
-    for _ in range(60):
-        model.update_centroids(keys)
-        torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
-    assert (model.centroids @ centres.T).diag().min() > 0.95
-
-
-def test_update_centroids_formula_and_empty_cluster_unchanged():
-    keys, labels, centres = _blobs(n_blobs=2)
-    model = _model(n_clusters=3, cluster_momentum=0.8)
-    far = F.normalize(-(centres[0] + centres[1]), dim=0)  # negative cos with every key
-    start = torch.stack([centres[0], centres[1], far])
-    model.centroids.copy_(start)
-    a = (keys @ start.T).argmax(1)
-    assert set(a.tolist()) == {0, 1}
-    expected = start.clone()
-    for k in (0, 1):
-        mean = keys[a == k].mean(0)
-        expected[k] = F.normalize(0.8 * start[k] + 0.2 * mean, dim=0)
-
-    model.update_centroids(keys)
-    torch.testing.assert_close(model.centroids, expected)
-    assert torch.equal(model.centroids[2], far)  # unassigned: untouched
-    assert model.empty_steps.tolist() == [0, 0, 1]
-    model.update_centroids(keys)
-    assert model.empty_steps.tolist() == [0, 0, 2]
-
-
-def _model_with_dead_centroid():
-    keys, _, centres = _blobs(n_blobs=2)
-    model = _model(n_clusters=3, queue_size=16)
-    model.enqueue(keys[:16])
-    far = F.normalize(-(centres[0] + centres[1]), dim=0)
-    model.centroids.copy_(torch.stack([centres[0], centres[1], far]))
-    return model, keys, far
-
-
-def test_reseed_dead_centroid_moves_it_onto_a_queue_key():
-    model, keys, far = _model_with_dead_centroid()
-    n = 4
-    for _ in range(n - 1):
-        model.update_centroids(keys)
-    assert model.reseed_dead_centroids(n) == 0  # not dead long enough yet
-    assert torch.equal(model.centroids[2], far)
-
-    model.update_centroids(keys)
-    assert int(model.empty_steps[2]) == n
-    alive = model.centroids[:2].clone()
-    assert model.reseed_dead_centroids(n) == 1
-    # moved onto exactly one of the queued keys
-    match = (model.queue.keys == model.centroids[2]).all(dim=1)
-    assert match.any()
-    assert torch.equal(model.centroids[:2], alive)
-    assert model.empty_steps.tolist() == [0, 0, 0]
-    torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
-
-
-def test_reseeded_centroid_gets_assignments():
-    model, keys, _ = _model_with_dead_centroid()
-    for _ in range(3):
-        model.update_centroids(keys)
-    model.reseed_dead_centroids(3)
-    # sitting on a queued key, the centroid wins at least that key
-    a = (model.queue.keys @ model.centroids.T).argmax(1)
-    assert (a == 2).any()
-
-
-def test_reseed_more_dead_centroids_than_queue_entries():
-    # Every centroid dead and fewer queue entries than centroids: re-seeding
-    # must not crash, and must report how many centroids it actually moved.
-    model = _model(n_clusters=6, queue_size=4)
-    model.enqueue(_unit(4, PROJ_DIM, seed=2))
-    model.empty_steps.fill_(10)
-    before = model.centroids.clone()
-    n = model.reseed_dead_centroids(5)
-    moved = int((model.centroids != before).any(dim=1).sum())
-    assert n == moved
-    assert 1 <= n <= 6
-
-
-def test_reseed_with_no_queue_does_nothing():
-    model = _model(n_clusters=3, queue_size=0)
-    model.centroids.copy_(_unit(3, PROJ_DIM))
-    before = model.centroids.clone()
-    model.empty_steps.fill_(10)
-    assert model.reseed_dead_centroids(5) == 0
-    assert torch.equal(model.centroids, before)
-
-
-def test_init_centroids_resets_state():
-    keys, _, _ = _blobs()
-    model = _model(n_clusters=3)
-    model.empty_steps.fill_(7)
-    assert not bool(model.centroids_ready)
-    model.init_centroids(keys)
-    assert bool(model.centroids_ready)
-    assert model.empty_steps.tolist() == [0, 0, 0]
-    torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
+# (the bank itself: tests/test_centroids.py)
 
 
 def test_cluster_assign_must_be_known():
     with pytest.raises(ValueError, match="cluster_assign"):
         _model(cluster_assign="greedy")
+
 
 
 def test_sinkhorn_pull_targets_are_the_balanced_assignments():
@@ -474,71 +375,6 @@ def test_sinkhorn_pull_targets_are_the_balanced_assignments():
     _, parts, _ = model.loss(z1, z2, k1, k2, cluster_weight=1.0)
     assert parts["clustering"].item() == pytest.approx(expected.item(), rel=1e-5)
 
-
-def test_sinkhorn_update_moves_every_centroid_when_argmax_moves_one():
-    keys, _, centres = _blobs(n_blobs=3)
-    # centroid 0 sits between the blobs and wins every key under argmax
-    start = torch.stack([
-        F.normalize(centres.sum(0), dim=0),
-        F.normalize(-centres[0] + 0.1 * centres[1], dim=0),
-        F.normalize(-centres[1] + 0.1 * centres[2], dim=0),
-    ])
-    counts = {}
-    for assign in ("argmax", "sinkhorn"):
-        model = _model(n_clusters=3, cluster_assign=assign)
-        model.centroids.copy_(start)
-        model.update_centroids(keys)
-        counts[assign] = model.empty_steps.tolist()
-    assert counts["argmax"] == [0, 1, 1]  # two centroids got no key
-    assert counts["sinkhorn"] == [0, 0, 0]
-
-
-def test_refine_centroids_reaches_the_blobs_from_poor_centroids():
-    keys, labels, centres = _blobs()
-    model = _model(n_clusters=3)
-    start = F.normalize(centres + 0.7 * _unit(3, PROJ_DIM, seed=7), dim=1)
-    model.centroids.copy_(start)
-    assert (model.centroids @ centres.T).diag().min() < 0.9  # really off
-    before = (keys @ model.centroids.T).max(1).values.sum()
-    out = model.refine_centroids(keys, n_iter=10)
-    assert (model.centroids @ centres.T).diag().min() > 0.99
-    assert (keys @ model.centroids.T).max(1).values.sum() > before  # k-means objective
-    assert torch.equal(out, (keys @ model.centroids.T).argmax(1))
-    assert torch.equal(out, labels)
-    torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
-
-
-def test_refine_centroids_zero_iterations_keeps_centroids():
-    keys, _, _ = _blobs()
-    model = _model(n_clusters=3)
-    start = _unit(3, PROJ_DIM, seed=9)
-    model.centroids.copy_(start)
-    labels = model.refine_centroids(keys, n_iter=0, restarts=0)
-    assert torch.equal(model.centroids, start)
-    assert torch.equal(labels, (keys @ start.T).argmax(1))
-
-
-def test_refine_centroids_restart_escapes_a_local_optimum():
-    keys, labels, centres = _blobs()
-    q = torch.linalg.qr(torch.randn(PROJ_DIM, PROJ_DIM, generator=torch.Generator().manual_seed(0)))[0]
-    side = q[3]  # orthogonal to the three blob centres
-    # two centroids split blob 0, one sits between blobs 1 and 2: Lloyd stays there
-    stuck = torch.stack([
-        F.normalize(centres[0] + 0.3 * side, dim=0),
-        F.normalize(centres[0] - 0.3 * side, dim=0),
-        F.normalize(centres[1] + centres[2], dim=0),
-    ])
-
-    def score(model):
-        return (keys @ model.centroids.T).max(1).values.sum()
-
-    alone, restarted = _model(n_clusters=3), _model(n_clusters=3)
-    for model, restarts in ((alone, 0), (restarted, 1)):
-        model.centroids.copy_(stuck)
-        model.refine_centroids(keys, n_iter=20, restarts=restarts)
-    assert (alone.centroids @ centres.T).max(0).values.min() < 0.9  # still stuck
-    assert score(restarted) > score(alone)
-    _check_covers(restarted.centroids, centres, min_cos=0.99)
 
 
 # ----------------------------------------------------------------------------- inference

@@ -55,21 +55,21 @@ def test_model_rejects_a_bad_overcluster_count(bad):
 
 def test_init_centroids_also_initialises_the_finer_set():
     model = _model()
-    assert model.wants_overclusters
+    assert model.bank.wants_overclusters
     model.init_centroids(_keys())
-    assert not model.wants_overclusters
-    assert bool(model.overclusters_ready)
-    assert model.overclusters.shape == (9, PROJ_DIM)
+    assert not model.bank.wants_overclusters
+    assert bool(model.bank.overclusters_ready)
+    assert model.bank.overclusters.shape == (9, PROJ_DIM)
     # unit-norm k-means centroids, not the zeros the buffer started with
-    torch.testing.assert_close(model.overclusters.norm(dim=1), torch.ones(9))
+    torch.testing.assert_close(model.bank.overclusters.norm(dim=1), torch.ones(9))
 
 
 def test_too_few_keys_leave_the_finer_set_out():
     model = _model(n_overclusters=50)
     model.init_centroids(_keys(n=40))
     assert bool(model.centroids_ready)
-    assert not bool(model.overclusters_ready)
-    assert torch.count_nonzero(model.overclusters) == 0
+    assert not bool(model.bank.overclusters_ready)
+    assert torch.count_nonzero(model.bank.overclusters) == 0
     # the clustering term is then the term against the K centroids alone
     z, k = _keys(n=8, seed=2), _keys(n=8, seed=3)
     alone = proto_nce(z, model.centroids, sinkhorn_assign(k, model.centroids), 0.1)
@@ -81,7 +81,7 @@ def test_cluster_term_is_the_mean_over_the_two_sets():
     model.init_centroids(_keys())
     z, k = _keys(n=8, seed=2), _keys(n=8, seed=3)
     coarse = proto_nce(z, model.centroids, sinkhorn_assign(k, model.centroids), 0.1)
-    fine = proto_nce(z, model.overclusters, sinkhorn_assign(k, model.overclusters), 0.1)
+    fine = proto_nce(z, model.bank.overclusters, sinkhorn_assign(k, model.bank.overclusters), 0.1)
     torch.testing.assert_close(model._cluster_term(z, k), 0.5 * (coarse + fine))
     assert not torch.allclose(coarse, fine)
 
@@ -89,14 +89,14 @@ def test_cluster_term_is_the_mean_over_the_two_sets():
 def test_update_moves_both_sets_and_prediction_reads_the_coarse_one():
     model = _model()
     model.init_centroids(_keys())
-    coarse, fine = model.centroids.clone(), model.overclusters.clone()
-    model.update_centroids(_keys(n=32, seed=4))
+    coarse, fine = model.centroids.clone(), model.bank.overclusters.clone()
+    model.bank.update(_keys(n=32, seed=4))
     assert not torch.equal(model.centroids, coarse)
-    assert not torch.equal(model.overclusters, fine)
-    fine = model.overclusters.clone()
+    assert not torch.equal(model.bank.overclusters, fine)
+    fine = model.bank.overclusters.clone()
     model.refine_centroids(_keys(n=40, seed=5), n_iter=5)
     # refinement is for predict: the finer set stays as training left it
-    torch.testing.assert_close(model.overclusters, fine, rtol=0, atol=0)
+    torch.testing.assert_close(model.bank.overclusters, fine, rtol=0, atol=0)
     x = torch.randn(6, N_FEATURES)
     model.eval()
     assert model.predict_clusters(x).max() < 3
@@ -106,13 +106,13 @@ def test_dead_centroids_of_the_finer_set_are_reseeded():
     model = _model()
     model.init_centroids(_keys())
     model.enqueue(_keys(n=16, seed=6))
-    model.overcluster_empty_steps[2] = 100
-    before = model.overclusters[2].clone()
-    assert model.reseed_dead_centroids(50) == 1
-    assert not torch.equal(model.overclusters[2], before)
-    assert model.overcluster_empty_steps[2] == 0
+    model.bank.overcluster_empty_steps[2] = 100
+    before = model.bank.overclusters[2].clone()
+    assert model.bank.reseed(model.queue.keys, 50) == 1
+    assert not torch.equal(model.bank.overclusters[2], before)
+    assert model.bank.overcluster_empty_steps[2] == 0
     # the new centroid is one of the queue's keys
-    assert (model.queue.keys @ model.overclusters[2]).max() > 1 - 1e-5
+    assert (model.queue.keys @ model.bank.overclusters[2]).max() > 1 - 1e-5
 
 
 def test_states_without_the_finer_set_load_and_initialise_it_later():
@@ -121,14 +121,14 @@ def test_states_without_the_finer_set_load_and_initialise_it_later():
     old = {k: v for k, v in model.state_dict().items() if "overcluster" not in k}
     fresh = _model(seed=1)
     fresh.load_state_dict(old)  # strict: the missing set is not an error
-    assert bool(fresh.centroids_ready) and fresh.wants_overclusters
+    assert bool(fresh.centroids_ready) and fresh.bank.wants_overclusters
     torch.testing.assert_close(fresh.centroids, model.centroids, rtol=0, atol=0)
     # not ready: the clustering term uses the K centroids alone until then
     z, k = _keys(n=8, seed=2), _keys(n=8, seed=3)
     alone = proto_nce(z, fresh.centroids, sinkhorn_assign(k, fresh.centroids), 0.1)
     torch.testing.assert_close(fresh._cluster_term(z, k), alone)
-    assert fresh.init_overclusters(_keys())
-    assert not fresh.wants_overclusters
+    assert fresh.bank.initialise_overclusters(_keys())
+    assert not fresh.bank.wants_overclusters
 
 
 def test_a_state_with_the_set_turns_it_on_when_loaded():
@@ -162,7 +162,7 @@ def test_default_trains_like_explicit_three_and_unlike_none(digits):
 
 def test_training_state_holds_the_finer_set(digits):
     est = _small(overclustering=2).fit(digits)
-    model = est._train_state["task"]["model"]
+    model = est._trained.train_state["task"]["model"]
     assert model["overclusters"].shape == (8, 16)
     assert bool(model["overclusters_ready"])
     assert torch.isfinite(model["overclusters"]).all()
@@ -170,11 +170,11 @@ def test_training_state_holds_the_finer_set(digits):
 
 def test_warm_start_from_a_state_without_the_set_initialises_it(digits):
     est = _small().fit(digits)
-    model = est._train_state["task"]["model"]
+    model = est._trained.train_state["task"]["model"]
     for key in [k for k in model if "overcluster" in k]:
         del model[key]
     est.set_params(warm_start=True, max_epochs=1).fit(digits)
-    model = est._train_state["task"]["model"]
+    model = est._trained.train_state["task"]["model"]
     assert bool(model["overclusters_ready"])
     assert model["overclusters"].shape == (12, 16)
     torch.testing.assert_close(model["overclusters"].norm(dim=1), torch.ones(12))
@@ -184,7 +184,7 @@ def test_warm_start_from_a_state_without_the_set_initialises_it(digits):
 def test_small_training_sets_leave_the_set_out(digits):
     # 4 centroids x 3 = 12 > 10 samples: the fit trains the 4 centroids alone
     est = _small(max_epochs=2, batch_size=8).fit(digits[:10])
-    assert not bool(est._train_state["task"]["model"]["overclusters_ready"])
+    assert not bool(est._trained.train_state["task"]["model"]["overclusters_ready"])
     assert np.isfinite(est.transform(digits[:10])).all()
 
 

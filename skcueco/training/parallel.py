@@ -1,10 +1,11 @@
 """How the model runs during training: SyncBN, channels-last, compile, DDP, shuffle-BN.
 
 None of this changes the method (:mod:`skcueco.nn.model`); it changes how the
-query and key projections are computed. :class:`TrainingEncoders` hands the
-training step an ``encode_query`` and an ``encode_key`` with the same results
-as the model's own, run through ``torch.compile``, DistributedDataParallel or
-MoCo's shuffled BatchNorm as asked.
+query and key projections are computed. :class:`TrainingEncoders` is what
+the training step encodes with (``CueCoModel.training_step(...,
+encoders=...)``): an ``encode_query`` and an ``encode_key`` with the same
+results as the model's own, run through ``torch.compile``,
+DistributedDataParallel or MoCo's shuffled BatchNorm as asked.
 """
 
 import torch

@@ -91,14 +91,14 @@ class CueCoTask:
 
     @property
     def centroids_ready(self):
-        return bool(self.model.centroids_ready)
+        return bool(self.model.bank.centroids_ready)
 
     def uses_clusters(self, epoch):
         return self.cluster_weight > 0 and epoch >= self.cluster_warmup
 
     def init_centroids(self):
         # every process must hold the same centroids: rank 0's k-means wins
-        self.model.init_centroids(self.key_features(), broadcast=broadcast_)
+        self.model.bank.initialise(self.key_features(), broadcast=broadcast_)
 
     def on_epoch_begin(self, epoch):
         if self.sampler is not None:
@@ -107,8 +107,8 @@ class CueCoTask:
         if self.uses_clusters(epoch):
             if self.cluster_update == "epoch" or not self.centroids_ready:
                 self.init_centroids()
-            elif self.model.wants_overclusters and not self._overclusters_tried:
-                self.model.init_overclusters(self.key_features(), broadcast=broadcast_)
+            elif self.model.bank.wants_overclusters and not self._overclusters_tried:
+                self.model.bank.initialise_overclusters(self.key_features(), broadcast=broadcast_)
             self._overclusters_tried = True
         self.current_weight = self.weight_at(epoch)
 
@@ -126,11 +126,8 @@ class CueCoTask:
         if self.channels_last:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
-        enc = self.encoders
         loss, parts, self._keys = self.model.training_step(
-            v1, v2, self.current_weight,
-            encode_query=enc and enc.encode_query, encode_key=enc and enc.encode_key,
-        )
+            v1, v2, self.current_weight, encoders=self.encoders)
         return loss, parts
 
     def after_optimizer_step(self, step):
@@ -139,13 +136,14 @@ class CueCoTask:
         self._keys = None
         if self.current_weight > 0 and self.cluster_update == "online":
             # the keys of all processes move the centroids, identically everywhere
-            self.model.update_centroids(keys, all_reduce=all_reduce_)
+            self.model.bank.update(keys, all_reduce=all_reduce_)
         # every rank's queue receives the keys of all ranks
         self.model.enqueue(all_gather_cat(keys))
 
     def on_epoch_end(self, epoch):
         if self.current_weight > 0 and self.cluster_update == "online":
-            self.n_reseeded += self.model.reseed_dead_centroids(self.reseed_after)
+            # dead centroids move onto random keys of the queue
+            self.n_reseeded += self.model.bank.reseed(self.model.queue.keys, self.reseed_after)
         return {"cluster_weight": self.current_weight}
 
     # -- state ------------------------------------------------------------------
