@@ -17,7 +17,8 @@ __all__ = [
     "ASSIGNMENTS",
 ]
 
-# how keys are assigned to centroids (``CueCoModel(cluster_assign=...)``)
+# how keys are assigned to centroids (``CueCoModel(cluster_assign=...)``;
+# "argmax" is ``cluster_balance=0``)
 ASSIGNMENTS = ("argmax", "sinkhorn")
 
 # Elements of one (queries x negatives) block of the chunked log-sum-exp:
@@ -276,12 +277,16 @@ def sinkhorn_assign(keys, centroids, n_iter=3, epsilon=0.05, balance=1.0):
     -------
     labels : LongTensor of shape (n_samples,)
         Balanced hard assignments; ``n_iter=0`` or ``balance=0`` gives
-        :func:`assign_clusters`.
+        :func:`assign_clusters`, but for near ties (below).
 
     Notes
     -----
     Computed in float32 in the log domain (row and column log-sum-exp), so
-    a small ``epsilon`` does not overflow.
+    a small ``epsilon`` does not overflow. The division by ``epsilon`` can
+    round two similarities one float32 step apart to the same value, and
+    the tie goes to the lower index: with ``balance=0`` such a key may then
+    differ from :func:`assign_clusters`, which is why the training code
+    calls :func:`assign_clusters` itself for the arg-max.
     """
     if not 0.0 <= balance <= 1.0:
         raise ValueError(f"balance must be in [0, 1], got {balance!r}.")
