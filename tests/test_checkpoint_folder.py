@@ -259,10 +259,16 @@ def test_a_lock_that_may_be_live_refuses_the_run(tmp_path, digits, holder):
 
 
 @POSIX
-def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, digits):
+@pytest.mark.parametrize("holder", ["dead process", "damaged"])
+def test_a_stale_lock_is_taken_over(tmp_path, digits, holder):
     folder = tmp_path / "ckpt"
     record = _write_lock(folder)
-    with pytest.warns(RuntimeWarning, match=f"process {record['pid']} no longer runs"):
+    expected = f"process {record['pid']} no longer runs"
+    if holder == "damaged":  # its writer died before it wrote the record
+        (folder / LOCK_NAME).write_text('{"run_id": "')
+        os.utime(folder / LOCK_NAME, (time.time() - 60, time.time() - 60))
+        expected = "damaged"
+    with pytest.warns(RuntimeWarning, match=expected):
         est = CueCoEmbedder(**_params(callbacks=[Checkpoint(folder)])).fit(digits)
     assert est.n_iter_ == 1
     assert _names(folder) == ["epoch-0001.pt"]  # released at the end

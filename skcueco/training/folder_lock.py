@@ -207,12 +207,14 @@ class FolderLock:
 
 
 def _parse_lock(raw):
+    """The holder a lock file names, or None for a damaged one."""
     try:
         holder = json.loads(raw)
-        int(holder["pid"]), str(holder["host"]), str(holder["run_id"])
+        valid = (isinstance(holder["pid"], int) and 0 < holder["pid"] < 2 ** 31
+                 and isinstance(holder["host"], str) and isinstance(holder["run_id"], str))
     except (ValueError, KeyError, TypeError):
         return None
-    return holder if isinstance(holder, dict) else None
+    return holder if valid else None
 
 
 def _describe_holder(holder):
@@ -234,12 +236,12 @@ def _why_stale(holder):
     pid = int(holder["pid"])
     if pid == os.getpid():
         with _HELD_GUARD:
-            thread = _HELD.get(holder.get("token"))
+            thread = _HELD.get(str(holder.get("token")))
         if thread is None:
             return f"whose process id {pid} is now this process's"
         if thread is threading.current_thread() or not thread.is_alive():
             with _HELD_GUARD:
-                _HELD.pop(holder.get("token"), None)
+                _HELD.pop(str(holder.get("token")), None)
             return "left by a fit of this process that ended without releasing it"
         return None
     if not _pid_alive(pid):
