@@ -38,10 +38,14 @@ setup(
     ],
     extras_require={
         # the tests build the documentation too (without running the gallery)
-        "test": ["pytest", "matplotlib", "tensorboard", *DOCS],
+        "test": ["pytest", "matplotlib", "tensorboard", "onnx", "onnxscript", "onnxruntime",
+                 *DOCS],
         "docs": DOCS,
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],
+        # CueCoEmbedder.export(format="onnx"): PyTorch's exporter (torch.onnx.export,
+        # dynamo=True) needs onnx and onnxscript; onnxruntime runs the file
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={"console_scripts": ["skcueco=skcueco.cli.main:main"]},
     classifiers=[

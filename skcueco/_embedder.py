@@ -779,6 +779,78 @@ class CueCoEmbedder(
         est._publish(trained, n_features_in=n_features_in, feature_names_in=feature_names_in)
         return est
 
+    def export(self, path, format="onnx", *, input_layout=None, input_dtype="float32"):
+        """Write the fitted model as one graph that runs without skcueco.
+
+        The graph takes a batch of images (or feature vectors) as they are
+        stored and returns two outputs: ``"embeddings"``, what
+        :meth:`transform` returns, and ``"clusters"``, what :meth:`predict`
+        returns. The input conversion (dividing uint8 by 255, the training
+        value range), the backbone in eval mode, the standardisation, the
+        projector and the cluster lookup of :meth:`predict` are inside; the
+        batch size is free. The write is
+        atomic: ``path`` holds either its previous content or the whole
+        new file. docs/serving.rst shows how to run it.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file (``.onnx`` or ``.pt`` by convention).
+        format : {"onnx", "torchscript"}, default="onnx"
+            ``"onnx"``: run by onnxruntime and other ONNX runtimes; needs
+            ``onnx`` and ``onnxscript`` (``pip install "skcueco[onnx]"``).
+            ``"torchscript"``: read by ``torch.jit.load``, from Python or
+            C++ (LibTorch), without skcueco.
+        input_layout : {"NHWC", "NCHW", "NHW", "flat"}, default=None
+            The shape of the graph's input. ``"NHWC"``: ``(n, height, width,
+            channels)``; ``"NCHW"``: ``(n, channels, height, width)``;
+            ``"NHW"``: ``(n, height, width)``, grayscale models only;
+            ``"flat"``: ``(n, n_features_in_)`` rows as :meth:`fit` reads
+            2-D input (the only layout of a model of feature vectors).
+            None: ``"flat"`` for feature vectors, else ``"NCHW"`` if the
+            model was trained on channels-first images and ``"NHWC"``
+            otherwise.
+        input_dtype : {"float32", "uint8", "float64"}, default="float32"
+            The dtype of the graph's input. Values are read as
+            :meth:`transform` reads them, whatever the dtype: the input
+            conversion was fixed by the training data (a model trained on
+            uint8 images divides by 255 a float input too).
+
+        Raises
+        ------
+        NotFittedError
+            If the estimator is not fitted.
+        ValueError
+            If ``format``, ``input_layout`` or ``input_dtype`` is not one of
+            their values or does not suit the model, or if the model cannot
+            be exported; the message names the part that cannot (e.g. a
+            custom backbone with Python control flow on tensor values).
+            ``path`` is then left as it was.
+        ImportError
+            If ``format="onnx"`` and ``onnx`` or ``onnxscript`` is missing.
+        OSError
+            If the file cannot be written; ``path`` is left as it was and no
+            temporary file remains.
+
+        See Also
+        --------
+        save : The model with its settings and, optionally, its training
+            state, read back by :meth:`load`.
+
+        Notes
+        -----
+        The outputs match :meth:`transform` and :meth:`predict` to rounding
+        (about 1e-5 on the embeddings), not bitwise: a runtime picks its own
+        kernels, and the output of a sample may change in the last bits with
+        the size of its batch. A point equally close to two centroids may
+        then change cluster.
+        """
+        check_is_fitted(self)
+        from ._export import export_embedder
+
+        export_embedder(self._trained, path, format=format, input_layout=input_layout,
+                        input_dtype=input_dtype, owner=type(self).__name__)
+
     # -- tags -------------------------------------------------------------------
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

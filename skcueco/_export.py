@@ -1,0 +1,342 @@
+"""A fitted model as one graph for other runtimes: ONNX and TorchScript.
+
+:func:`export_embedder` builds one module from images (or feature vectors)
+as the user stores them to the embeddings ``transform`` returns and the
+clusters ``predict`` returns: the input conversion, the backbone in eval
+mode, the standardisation, the projector and the cluster lookup of
+``predict`` (the most similar centroid, or prototype of a cluster). The
+module is captured once with :func:`torch.export.export` (batch dimension
+dynamic), which refuses Python control flow that depends on tensor values
+instead of silently freezing one branch; the captured program is converted
+to ONNX by PyTorch's exporter (``torch.onnx.export(dynamo=True)``, which
+needs ``onnxscript``), or traced to TorchScript. The file is written
+atomically (:func:`write_bytes_atomically`).
+"""
+
+import copy
+import importlib.util
+import io
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.preprocess import relayout
+from .data.validation import InputSpec
+
+EXPORT_FORMATS = ("onnx", "torchscript")
+INPUT_LAYOUTS = ("NHWC", "NCHW", "NHW", "flat")
+INPUT_DTYPES = ("uint8", "float32", "float64")
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("embeddings", "clusters")
+# the batch the graph is captured with: 0 and 1 are specialised by torch.export
+_EXAMPLE_ROWS = 2
+
+
+class InferenceGraph(nn.Module):
+    """Input batch as stored to ``(embeddings, clusters)``, in one forward.
+
+    Parameters
+    ----------
+    preprocess : Preprocess
+        Flattened rows to the backbone's input (the trained conversion, in
+        the exported layout).
+    encoder, projector : torch.nn.Module
+        Copies of the trained query backbone and projector, in eval mode.
+    mean, scale : ndarray of shape (n_features_out,)
+        The standardisation of the backbone features.
+    prototypes : Tensor of shape (n_prototypes, projection_dim)
+        Unit rows: a projection goes to the cluster of the most similar one.
+    owners : Tensor of shape (n_prototypes,)
+        The cluster of each prototype (int64).
+    """
+
+    def __init__(self, preprocess, encoder, projector, mean, scale, prototypes, owners):
+        super().__init__()
+        self.preprocess = preprocess
+        self.encoder = encoder
+        self.projector = projector
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).clone())
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).clone())
+        self.register_buffer("prototypes", prototypes.detach().float().clone())
+        self.register_buffer("owners", owners.detach().long().clone())
+
+    def forward(self, x):
+        """Embeddings and cluster indices of a batch.
+
+        Parameters
+        ----------
+        x : Tensor of shape (n_samples, ...)
+            Images or vectors in the exported layout and dtype.
+
+        Returns
+        -------
+        embeddings : Tensor of shape (n_samples, n_features_out), float32
+            What ``transform`` returns.
+        clusters : Tensor of shape (n_samples,), int64
+            What ``predict`` returns.
+        """
+        h = self.encoder(self.preprocess(x.flatten(1))).float()  # (N, F)
+        embeddings = (h - self.mean) / self.scale
+        z = F.normalize(self.projector(h).float(), dim=1)  # (N, D)
+        clusters = self.owners[(z @ self.prototypes.T).argmax(dim=1)]  # (N,)
+        return embeddings, clusters
+
+
+def input_spec(spec, input_layout):
+    """The layout of the exported input: ``(InputSpec, per-sample shape)``.
+
+    Parameters
+    ----------
+    spec : InputSpec
+        What the model was trained on.
+    input_layout : {"NHWC", "NCHW", "NHW", "flat"} or None
+        None: ``"flat"`` for vectors, else the layout of the training array
+        (``"NHWC"`` or ``"NCHW"``).
+
+    Returns
+    -------
+    rows_spec : InputSpec
+        How a flattened input row is read.
+    sample_shape : tuple of int
+        The shape of one sample of the exported input.
+
+    Raises
+    ------
+    ValueError
+        If ``input_layout`` is unknown or does not suit the model.
+    """
+    if input_layout is None:
+        input_layout = "flat" if spec.kind == "vector" else (
+            "NHWC" if spec.channels_last else "NCHW")
+    if input_layout not in INPUT_LAYOUTS:
+        raise ValueError(
+            f"input_layout must be one of {list(INPUT_LAYOUTS)} or None, got "
+            f"{input_layout!r}.")
+    if input_layout == "flat":
+        return spec, (int(np.prod(spec.shape)),)
+    if spec.kind == "vector":
+        raise ValueError(
+            f"input_layout={input_layout!r} describes images, but this model is "
+            f"trained on feature vectors of {spec.shape[0]} values: use "
+            "input_layout='flat' (or None).")
+    c, h, w = spec.shape
+    if input_layout == "NHW":
+        if c != 1:
+            raise ValueError(
+                f"input_layout='NHW' holds one channel, but this model is trained on "
+                f"images of {c} channels: use 'NHWC' or 'NCHW'.")
+        return InputSpec("image", spec.shape, True), (h, w)
+    if input_layout == "NHWC":
+        return InputSpec("image", spec.shape, True), (h, w, c)
+    return InputSpec("image", spec.shape, False), (c, h, w)
+
+
+def inference_graph(trained, rows_spec):
+    """An :class:`InferenceGraph` of CPU float32 copies of the trained model.
+
+    The fitted model is left as it is (its device, weights and modes).
+    """
+    def frozen(module):
+        module = copy.deepcopy(module).to("cpu").float().eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+
+    preprocess = relayout(trained.preprocess, rows_spec, output_channels_last=False)
+    # what ``Trained.assign`` reads: the centroids are the prototypes of
+    # their own clusters unless the model keeps several per cluster
+    prototypes = getattr(trained, "prototypes", None)
+    if prototypes is None:
+        prototypes = trained.centroids
+        owners = torch.arange(prototypes.shape[0])
+    else:
+        owners = trained.prototype_owners
+    return InferenceGraph(frozen(preprocess), frozen(trained.encoder),
+                          frozen(trained.projector), trained.embedding_mean,
+                          trained.embedding_scale, prototypes.cpu(), owners.cpu()).eval()
+
+
+def _example(sample_shape, dtype):
+    """A batch of ``_EXAMPLE_ROWS`` inputs to capture the graph with."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (_EXAMPLE_ROWS, *sample_shape)
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+    return torch.rand(shape, generator=generator, dtype=dtype)
+
+
+def _reason(exc):
+    """The first line of ``exc``, and the user code it names, if any."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    marker = "The following call raised this error:"
+    if marker in text:
+        where = text.split(marker, 1)[1].strip().split("\n\n", 1)[0]
+        first += " (raised at " + " ".join(line.strip() for line in where.splitlines()) + ")"
+    return f"{type(exc).__name__}: {first}"
+
+
+def _dynamic_batch():
+    return ({0: torch.export.Dim("batch", min=1)},)
+
+
+def capture(graph, example, owner, backbone):
+    """``torch.export.export`` of ``graph`` with a dynamic batch dimension.
+
+    Raises
+    ------
+    ValueError
+        If it cannot be captured, naming the part that fails: the backbone
+        (its class, when it is a custom module) or, when the backbone alone
+        is captured, the rest of the graph.
+    """
+    try:
+        return torch.export.export(graph, (example,), dynamic_shapes=_dynamic_batch(),
+                                   strict=False)
+    except Exception as exc:  # noqa: BLE001 - diagnosed and re-raised below
+        failure = exc
+    # which part fails: the backbone alone, on its own input
+    encoder = graph.encoder
+    name = type(encoder).__name__
+    part = (f"its backbone ({name}, a custom module)" if backbone is None
+            else f"its backbone ({backbone!r}, {name})")
+    with torch.no_grad():
+        backbone_input = graph.preprocess(example.flatten(1))
+    try:
+        torch.export.export(encoder, (backbone_input,), dynamic_shapes=_dynamic_batch(),
+                            strict=False)
+    except Exception as exc:  # noqa: BLE001 - reported in the message
+        raise ValueError(
+            f"Cannot export this {owner}: {part} cannot be captured as a graph by "
+            f"torch.export ({_reason(exc)}). An exported backbone must run the same "
+            "operations for every input: Python control flow on tensor values (an "
+            "`if` on a tensor, a loop over `.item()`) cannot be exported; write it "
+            "with tensor operations (torch.where) or torch.cond, and keep the batch "
+            "size free (no operation that fixes it)."
+        ) from exc
+    raise ValueError(
+        f"Cannot export this {owner}: the graph around {part} (input conversion, "
+        f"standardisation, projector, centroids) cannot be captured by torch.export "
+        f"({_reason(failure)})."
+    ) from failure
+
+
+def _onnx_bytes(program, example, owner):
+    """The captured program as an ONNX model, serialised."""
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"format='onnx' needs {' and '.join(missing)} (PyTorch's ONNX exporter): "
+            "pip install 'skcueco[onnx]' (or pip install onnx onnxscript onnxruntime).")
+    try:
+        onnx_program = torch.onnx.export(
+            program, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: "batch"},), dynamo=True, verbose=False,
+        )
+        return onnx_program.model_proto.SerializeToString()
+    except Exception as exc:
+        raise ValueError(
+            f"Cannot export this {owner} to ONNX: its graph was captured but PyTorch's "
+            f"ONNX exporter cannot convert it ({_reason(exc)}). format='torchscript' "
+            "may still work."
+        ) from exc
+
+
+def _torchscript_bytes(graph, example):
+    """``graph`` traced to TorchScript, serialised.
+
+    The graph has already been captured by torch.export, which refuses
+    control flow on tensor values, so the trace records every path.
+    """
+    with warnings.catch_warnings():
+        # PyTorch deprecates torch.jit in favour of torch.export; the format
+        # is still what LibTorch (C++) loads
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        traced = torch.jit.trace(graph, (example,), check_trace=False)
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    return buffer.getvalue()
+
+
+def write_bytes_atomically(data, path):
+    """Write ``data`` to ``path`` so that ``path`` is never left half-written.
+
+    As :func:`~skcueco.training.checkpoint.atomic_save` does for
+    ``torch.save``: a temporary file in the same folder
+    (``.NAME.<random>.tmp``), flushed and ``fsync``-ed, renamed over
+    ``path`` with :func:`os.replace`; on any error the temporary file is
+    removed and ``path`` keeps its previous content.
+
+    Parameters
+    ----------
+    data : bytes
+        The file's content.
+    path : str or path-like
+        Destination file; its folder must exist.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be written (full disk, missing folder,
+        permissions); the message names ``path`` and the cause.
+    """
+    path = Path(os.fspath(path))
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # never created, or already renamed
+        if not isinstance(exc, OSError):
+            raise
+        reason = exc.strerror or str(exc)
+        raise OSError(
+            exc.errno,
+            f"Could not write {os.path.abspath(path)} ({reason}); {path.name} was "
+            "left as it was.",
+        ) from exc
+    try:  # makes the rename itself durable, where the platform allows it
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def export_embedder(trained, path, *, format, input_layout, input_dtype, owner):
+    """Write ``trained`` as one ONNX or TorchScript graph to ``path``.
+
+    See :meth:`skcueco.CueCoEmbedder.export` for the parameters.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {list(EXPORT_FORMATS)}, got {format!r}.")
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(
+            f"input_dtype must be one of {list(INPUT_DTYPES)}, got {input_dtype!r}.")
+    rows_spec, sample_shape = input_spec(trained.spec, input_layout)
+    example = _example(sample_shape, getattr(torch, input_dtype))
+    graph = inference_graph(trained, rows_spec)
+    program = capture(graph, example, owner, trained.backbone)
+    if format == "onnx":
+        data = _onnx_bytes(program, example, owner)
+    else:
+        data = _torchscript_bytes(graph, example)
+    write_bytes_atomically(data, path)
