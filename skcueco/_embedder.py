@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import restored_on_error
+from ._readout import readout
 from ._persistence import TorchStateMixin, load_embedder, save_embedder, trained_from_pickle
 from .backbones import BACKBONE_NAMES
 from .callbacks import Callback, ProgressBar
@@ -113,19 +114,33 @@ class CueCoEmbedder(
         Over-clustering: a second set of ``overclustering * n_clusters``
         centroids is trained alongside the ``n_clusters`` ones, and the
         clustering term is the mean of the terms against the two sets. The
-        finer set shapes the embedding; ``predict`` and ``cluster_centers_``
-        use the ``n_clusters`` centroids only. 0 trains the ``n_clusters``
+        finer set shapes the embedding; ``predict`` gives ``n_clusters``
+        clusters whatever it is. 0 trains the ``n_clusters``
         centroids alone (the paper's form, kept by
         :func:`~skcueco.recipes.recipe`). The set is left out of a fit
         whose training set has fewer samples than it has centroids.
     refine_centroids : int, default=10
-        Spherical k-means iterations, started from the trained centroids, on
-        the projections of the training set at the end of ``fit``, so that
-        ``predict`` uses centroids fitted to the final embedding. 0 keeps the
-        online centroids, as ``partial_fit`` always does. ``fit`` also warns
+        Only used when ``cluster_graph=0`` (or the training set is too small
+        for the graph). Spherical k-means iterations, started from the
+        trained centroids, on the projections of the training set at the end
+        of ``fit``, so that ``predict`` uses centroids fitted to the final
+        embedding. 0 keeps the online centroids, as ``partial_fit`` always
+        does. ``fit`` also warns
         (:class:`~skcueco.training.run.TrainingCollapseWarning`) when the run
         ended collapsed: a contrastive loss at its chance value, or more than
         90 % of the training set in one trained centroid.
+    cluster_graph : int, default=10
+        How ``fit`` reads the clusters that ``predict`` gives from the
+        trained embedding. With ``k > 0``, each training image is linked to
+        its ``k`` most similar images (cosine of the projections), the graph
+        is split into ``n_clusters`` clusters by spectral clustering, and
+        each cluster keeps 5 prototypes (spherical k-means of its members);
+        ``predict`` gives an image the cluster of its most similar prototype
+        (``cluster_prototypes_``). Images of a class that form several
+        compact groups stay together, where a single centroid per cluster
+        splits or merges them. 0: the clusters are the trained centroids
+        (refined, see ``refine_centroids``). Not used by ``partial_fit``,
+        nor on training sets of ``2 * n_clusters`` images or fewer.
     cluster_update : {"online", "epoch"}, default="online"
         Only used when ``cluster_weight > 0``. ``"online"``: moving-average update of the centroids after every step.
         ``"epoch"``: k-means on the whole training set before every epoch.
@@ -225,7 +240,14 @@ class CueCoEmbedder(
         images in [0, 1] as ``(N, C, H, W)`` float tensors (vectors: inputs
         standardised with the training mean and standard deviation).
     cluster_centers_ : ndarray of shape (n_clusters, projection_dim)
-        Unit-norm centroids in the projection space.
+        Unit-norm centroids in the projection space: each cluster's mean
+        direction.
+    cluster_prototypes_ : ndarray of shape (n_prototypes, projection_dim)
+        Unit-norm prototypes of the clusters; :meth:`predict` gives an image
+        the cluster of its most similar prototype (``cluster_graph``). Without
+        the graph, the centroids themselves.
+    cluster_prototype_labels_ : ndarray of shape (n_prototypes,)
+        The cluster of each prototype.
     embedding_mean_ : ndarray of shape (n_features_out,), dtype float32
         Mean backbone feature over the training set (in eval mode, at the end
         of ``fit``; pooled over the ``partial_fit`` calls since).
@@ -311,6 +333,7 @@ class CueCoEmbedder(
         "cluster_balance": [Interval(numbers.Real, 0, 1, closed="both")],
         "overclustering": [Interval(numbers.Integral, 0, None, closed="left")],
         "refine_centroids": [Interval(numbers.Integral, 0, None, closed="left")],
+        "cluster_graph": [Interval(numbers.Integral, 0, None, closed="left")],
         "cluster_update": [StrOptions({"online", "epoch"})],
         "cluster_loss": [StrOptions({"pull", "proto"})],
         "cluster_temperature": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -352,6 +375,7 @@ class CueCoEmbedder(
         cluster_balance=0.5,
         overclustering=3,
         refine_centroids=10,
+        cluster_graph=10,
         cluster_update="online",
         cluster_loss="proto",
         cluster_temperature=0.1,
@@ -389,6 +413,7 @@ class CueCoEmbedder(
         self.cluster_balance = cluster_balance
         self.overclustering = overclustering
         self.refine_centroids = refine_centroids
+        self.cluster_graph = cluster_graph
         self.cluster_update = cluster_update
         self.cluster_loss = cluster_loss
         self.cluster_temperature = cluster_temperature
@@ -539,6 +564,7 @@ class CueCoEmbedder(
         trained = fit_cueco(
             X, spec, run, self._seeds(), start, callbacks=callbacks,
             validate=lambda X_other: self._flatten_like_fit(X_other, spec),
+            readout=readout,
         )
         self._publish(trained)
         return self
@@ -596,6 +622,12 @@ class CueCoEmbedder(
         self._trained = trained
         self.encoder_ = trained.encoder
         self.cluster_centers_ = trained.centroids.numpy()
+        if trained.prototypes is None:
+            self.cluster_prototypes_ = self.cluster_centers_
+            self.cluster_prototype_labels_ = np.arange(len(self.cluster_centers_))
+        else:
+            self.cluster_prototypes_ = trained.prototypes.numpy()
+            self.cluster_prototype_labels_ = trained.prototype_owners.numpy()
         self.embedding_mean_ = trained.embedding_mean
         self.embedding_scale_ = trained.embedding_scale
         resolved = trained.resolved
@@ -684,7 +716,11 @@ class CueCoEmbedder(
         return self._trained.embed(rows, spec)
 
     def predict(self, X):
-        """Index of the nearest centroid for each sample.
+        """Cluster of each sample: that of its most similar prototype.
+
+        The projection of each sample is compared (cosine) with
+        ``cluster_prototypes_``; the cluster is the label of the most similar
+        one (with ``cluster_graph=0``, the nearest of ``cluster_centers_``).
 
         Parameters
         ----------

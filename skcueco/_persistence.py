@@ -157,6 +157,9 @@ def save_embedder(est, path, training_state=True):
         "projector": copy_state(trained.projector.state_dict()),
         "preprocess": copy_state(trained.preprocess.state_dict()),
         "cluster_centers": torch.from_numpy(est.cluster_centers_),
+        **({} if trained.prototypes is None else {
+            "cluster_prototypes": trained.prototypes,
+            "cluster_prototype_labels": trained.prototype_owners}),
         "embedding_mean": torch.from_numpy(est.embedding_mean_),
         "embedding_scale": torch.from_numpy(est.embedding_scale_),
     }
@@ -202,6 +205,9 @@ def load_embedder(cls, path):
         pre = payload["preprocess"]
         preprocess = Preprocess(spec, pre["offset"], pre["scale"])
         centers = payload["cluster_centers"].numpy()
+        # files of versions before cluster_graph: the centroids are the prototypes
+        prototypes = payload.get("cluster_prototypes")
+        owners = payload.get("cluster_prototype_labels")
         # files of versions before standardised embeddings: the raw features
         mean = payload.get("embedding_mean", torch.zeros(feature_dim)).numpy()
         scale = payload.get("embedding_scale", torch.ones(feature_dim)).numpy()
@@ -216,6 +222,11 @@ def load_embedder(cls, path):
             f"cluster centers of shape {centers.shape}, but n_clusters={est.n_clusters} "
             f"and projection_dim={est.projection_dim}"
         )
+    if (prototypes is None) != (owners is None) or prototypes is not None and not (
+            prototypes.ndim == 2 and prototypes.shape[1] == est.projection_dim
+            and owners.shape == (prototypes.shape[0],) and not owners.is_floating_point()
+            and bool(((owners >= 0) & (owners < est.n_clusters)).all())):
+        problems.append("cluster prototypes that do not fit the cluster centers")
     if mean.shape != (feature_dim,) or scale.shape != (feature_dim,):
         problems.append("embedding statistics of the wrong shape")
     elif not (scale > 0).all():
@@ -225,7 +236,8 @@ def load_embedder(cls, path):
         problems.append("input scaling statistics of the wrong shape")
     tensors = [*encoder.state_dict().values(), *projector.state_dict().values(),
                preprocess.offset, preprocess.scale, payload["cluster_centers"],
-               torch.from_numpy(mean), torch.from_numpy(scale)]
+               torch.from_numpy(mean), torch.from_numpy(scale),
+               *([] if prototypes is None else [prototypes])]
     if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
         problems.append("NaN or infinite weights")
     train_state = payload.get("train_state")
@@ -251,6 +263,7 @@ def load_embedder(cls, path):
         feature_dim=meta["feature_dim"], channels_last=est.channels_last,
         backbone=est.backbone if isinstance(est.backbone, str) else None,
         history=meta["history"],
+        prototypes=prototypes, prototype_owners=owners,
         # what warm_start and partial_fit continue from (CPU tensors)
         train_state=train_state,
     )

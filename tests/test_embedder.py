@@ -338,7 +338,7 @@ def test_predict(fitted_rgb, fast_params):
     assert labels.min() >= 0 and labels.max() < fast_params()["n_clusters"]
 
 
-def test_predict_is_nearest_center_of_projection(fitted_rgb):
+def test_predict_is_the_cluster_of_the_nearest_prototype(fitted_rgb):
     est, X = fitted_rgb
     projector = copy.deepcopy(est._trained.projector).eval()
     # the backbone features behind the standardised embeddings
@@ -346,7 +346,8 @@ def test_predict_is_nearest_center_of_projection(fitted_rgb):
     with torch.no_grad():
         z = projector(torch.as_tensor(h))
     z = torch.nn.functional.normalize(z, dim=1).numpy()
-    assert_array_equal(est.predict(X), (z @ est.cluster_centers_.T).argmax(axis=1))
+    nearest = (z @ est.cluster_prototypes_.T).argmax(axis=1)
+    assert_array_equal(est.predict(X), est.cluster_prototype_labels_[nearest])
 
 
 def test_the_default_clustering_term_is_the_prototype_form(make_images, fast_params):

@@ -158,10 +158,10 @@ class ClusterGalleryDisplay:
         centers = embedder.cluster_centers_
         clusters = _check_clusters(clusters, len(centers))
 
-        projections = embedder._trained.project(*embedder._rows(images.data))
+        trained = embedder._trained
+        projections = trained.project(*embedder._rows(images.data))
         # the assignment exactly as `predict` computes it; the ranking in float64
-        assigned = (torch.from_numpy(projections) @ torch.from_numpy(centers).T).argmax(
-            dim=1).numpy()
+        assigned = trained.assign(torch.from_numpy(projections)).numpy()
         similarity = projections.astype(np.float64) @ centers.astype(np.float64).T
         sizes = np.bincount(assigned, minlength=len(centers))[clusters]
 

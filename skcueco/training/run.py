@@ -199,14 +199,19 @@ def _embedder(model, preprocess, spec, batch_size, device, validate):
 
 
 def _trained(model, preprocess, spec, run, device, feature_dim, history, stats,
-             train_state=None, **resolved):
+             train_state=None, clusters=None, **resolved):
     model.eval()
     mean, scale = standardisation(stats)
+    if clusters is None:
+        clusters = (model.centroids.detach().cpu().clone(), None, None)
+    centroids, prototypes, owners = clusters
     return Trained(
         encoder=model.backbone_q.to(memory_format=torch.contiguous_format),
         projector=model.projector_q,
         preprocess=preprocess,
-        centroids=model.centroids.detach().cpu().clone(),
+        centroids=centroids,
+        prototypes=prototypes,
+        prototype_owners=owners,
         embedding_mean=mean,
         embedding_scale=scale,
         spec=spec,
@@ -218,6 +223,16 @@ def _trained(model, preprocess, spec, run, device, feature_dim, history, stats,
         train_state=train_state,
         resolved=resolved,
     )
+
+
+def use_graph(clustering, n_samples):
+    """Whether the clusters come from the neighbourhood graph of ``n_samples`` images.
+
+    ``cluster_graph > 0``, and more images than ``cluster_graph + 1`` and than
+    twice ``n_clusters``: on fewer, the refined centroids are used.
+    """
+    return clustering.graph > 0 and n_samples > max(clustering.graph + 1,
+                                                    2 * clustering.n_clusters)
 
 
 def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine=1.0,
@@ -363,7 +378,8 @@ def untrained_cueco(X, spec, run, seeds):
     return _trained(model, preprocess, spec, run, device, feature_dim, [], stats)
 
 
-def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validate=None):
+def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validate=None,
+              readout=None):
     """Train CueCo on the compact rows ``X``.
 
     Parameters
@@ -384,6 +400,12 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
     callbacks : list of Callback, default=()
     validate : callable, default=None
         ``validate(X) -> (X2d, spec)`` for monitors' extra data.
+    readout : callable, default=None
+        ``readout(projections, centroids, n_neighbors, seed) -> (centroids,
+        prototypes, owners)``: the clusters ``predict`` gives, read from the
+        training projections at the end of a run (not ``partial_fit``) when
+        ``cluster_graph > 0`` and the training set is large enough; else the
+        trained centroids, refined by k-means.
 
     Returns
     -------
@@ -495,7 +517,15 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         mean_cosine = projections.mean(dim=0).pow(2).sum().item()
         check_collapse(trainer.history, model.queue.keys.shape[0], batch_size,
                        labels, model.centroids.shape[0], mean_cosine, projections.shape[0])
-    if not start.one_epoch and clustering.refine > 0:
+    clusters = None
+    if (not start.one_epoch and readout is not None and use_graph(clustering, X.shape[0])
+            and bool(torch.isfinite(projections).all())):  # else refused below
+        # the graph of the training projections sets the clusters; the
+        # trained centroids (in the training state) stay as they are
+        clusters = readout(projections, model.centroids, clustering.graph, seeds.model)
+        if distributed:
+            clusters = tuple(broadcast_(t.to(device)).cpu() for t in clusters)
+    elif not start.one_epoch and clustering.refine > 0:
         # k-means iterations on those projections; not part of the training
         # state, so a warm start continues the online centroids
         model.refine_centroids(projections, clustering.refine)
@@ -514,7 +544,7 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
             stats[key] = broadcast_(stats[key].to(device)).cpu()
     train_state["embedding_stats"] = stats
     trained = _trained(model, preprocess, spec, run, device, feature_dim, trainer.history,
-                       stats, train_state, queue_size=model.queue.keys.shape[0],
+                       stats, train_state, clusters, queue_size=model.queue.keys.shape[0],
                        cluster_warmup=cluster_warmup, cluster_ramp=cluster_ramp,
                        batch_size=batch_size)
     trained.check_finite(X)

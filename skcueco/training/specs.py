@@ -49,6 +49,8 @@ class ClusterSpec:
     equal share of each batch (Sinkhorn-Knopp); between, a relaxed balance."""
     overclustering: int
     refine: int
+    graph: int
+    """Neighbours per image in the graph that sets the clusters at the end (0: off)."""
     update: str
     loss: str
     temperature: float
@@ -94,6 +96,7 @@ PARAMETERS = {
     "cluster_balance": ("clustering", "balance"),
     "overclustering": ("clustering", "overclustering"),
     "refine_centroids": ("clustering", "refine"),
+    "cluster_graph": ("clustering", "graph"),
     "cluster_update": ("clustering", "update"),
     "cluster_loss": ("clustering", "loss"),
     "cluster_temperature": ("clustering", "temperature"),
@@ -113,8 +116,8 @@ PARAMETERS = {
 GROUPS = {"model": ModelSpec, "clustering": ClusterSpec, "optim": OptimSpec,
           "runtime": RuntimeSpec}
 # settings that may differ between a checkpoint and the run resuming it:
-# max_epochs may grow, and the refinement after training is not part of it
-RESUMABLE = frozenset({"max_epochs", "refine_centroids"})
+# max_epochs may grow, and what is read out after training is not part of it
+RESUMABLE = frozenset({"max_epochs", "refine_centroids", "cluster_graph"})
 
 
 @dataclass(frozen=True)

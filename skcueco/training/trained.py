@@ -119,6 +119,11 @@ class Trained:
     resolved: dict = field(default_factory=dict)
     """The ``"auto"`` settings of the run, resolved (``queue_size``,
     ``cluster_warmup``, ``cluster_ramp``, ``batch_size``)."""
+    prototypes: torch.Tensor = None
+    """``(n_prototypes, projection_dim)`` unit rows on the CPU, or None: the
+    centroids are the prototypes."""
+    prototype_owners: torch.Tensor = None
+    """The cluster of each prototype (int64), or None."""
 
     # -- inference ------------------------------------------------------------
     def _fixed_batch(self):
@@ -181,9 +186,17 @@ class Trained:
                       check_key="project").numpy()
 
     def predict(self, X, spec):
-        """Index of the nearest centroid (by cosine similarity) of each row."""
-        z = torch.from_numpy(self.project(X, spec))
-        return (z @ self.centroids.T).argmax(dim=1).numpy()
+        """Cluster of each row: that of its most similar prototype."""
+        return self.assign(torch.from_numpy(self.project(X, spec))).numpy()
+
+    def assign(self, z):
+        """Cluster of each unit projection ``z``: that of its most similar prototype.
+
+        Without prototypes, the most similar centroid.
+        """
+        if self.prototypes is None:
+            return (z @ self.centroids.T).argmax(dim=1)
+        return self.prototype_owners[(z @ self.prototypes.T).argmax(dim=1)]
 
     def augmenter(self, spec, augmentation, seed):
         """``augment(rows_batch)`` -> standardised features of fresh random views.

@@ -1,0 +1,139 @@
+"""The clusters predict gives: read from the neighbourhood graph of the training set."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_array_equal
+from sklearn.metrics import normalized_mutual_info_score
+from sklearn.neighbors import NearestNeighbors
+
+from skcueco import CueCoEmbedder
+from skcueco._readout import PROTOTYPES_PER_CLUSTER, graph_clusters, knn_graph, readout
+
+
+def _unit(A):
+    return A / np.linalg.norm(A, axis=1, keepdims=True)
+
+
+def _arcs(n_per_arc=150, seed=0):
+    """Two interleaved arcs on the unit circle's plane, lifted to 3-D unit vectors.
+
+    Each arc is a long thin group: its mean direction lies closer to the other
+    arc's points than to its own ends, so one centroid per group mixes them,
+    while every point's neighbours are on its own arc.
+    """
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, np.pi, n_per_arc)
+    a = np.stack([np.cos(t), np.sin(t)], 1)
+    b = np.stack([1 - np.cos(t), 0.5 - np.sin(t)], 1)
+    X = np.concatenate([a, b]) + rng.normal(scale=0.04, size=(2 * n_per_arc, 2))
+    X = np.concatenate([X, np.full((len(X), 1), 1.5)], axis=1)
+    return _unit(X).astype(np.float32), np.repeat([0, 1], n_per_arc)
+
+
+def test_knn_graph_links_each_row_to_its_nearest_rows():
+    Z = torch.from_numpy(_unit(np.random.default_rng(0).normal(size=(60, 5))).astype(np.float32))
+    A = knn_graph(Z, 4)
+    expected = NearestNeighbors(n_neighbors=4, metric="cosine").fit(Z.numpy()).kneighbors_graph(
+        Z.numpy(), mode="connectivity")
+    assert_array_equal(A.toarray(), 0.5 * (expected + expected.T).toarray())
+
+
+def test_knn_graph_in_chunks_is_the_same_graph(monkeypatch):
+    import skcueco._readout as module
+
+    Z = torch.from_numpy(_unit(np.random.default_rng(1).normal(size=(50, 4))).astype(np.float32))
+    whole = knn_graph(Z, 5).toarray()
+    monkeypatch.setattr(module, "KNN_CHUNK_VALUES", 7 * 50)  # 7 rows at a time
+    assert_array_equal(knn_graph(Z, 5).toarray(), whole)
+
+
+def test_graph_clusters_follow_groups_a_centroid_per_group_mixes():
+    Z, y = _arcs()
+    labels = graph_clusters(torch.from_numpy(Z), 2, 10, seed=0)
+    assert normalized_mutual_info_score(y, labels) > 0.95
+    # nearest of two centroids (the groups' own means) mixes the arcs
+    means = _unit(np.stack([Z[y == c].mean(0) for c in (0, 1)]))
+    assert normalized_mutual_info_score(y, (Z @ means.T).argmax(1)) < 0.8
+
+
+def test_readout_prototypes_assign_like_the_graph():
+    Z, y = _arcs()
+    centroids = torch.from_numpy(_unit(np.eye(2, 3)).astype(np.float32))
+    centers, prototypes, owners = readout(torch.from_numpy(Z), centroids, 10, seed=0)
+    assert centers.shape == (2, 3) and prototypes.shape == (2 * PROTOTYPES_PER_CLUSTER, 3)
+    assert owners.tolist() == [0] * PROTOTYPES_PER_CLUSTER + [1] * PROTOTYPES_PER_CLUSTER
+    np.testing.assert_allclose(prototypes.norm(dim=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(centers.norm(dim=1), 1, rtol=1e-6)
+    pred = owners[(torch.from_numpy(Z) @ prototypes.T).argmax(1)].numpy()
+    assert normalized_mutual_info_score(y, pred) > 0.9
+    # deterministic for a seed
+    again = readout(torch.from_numpy(Z), centroids, 10, seed=0)
+    for a, b in zip((centers, prototypes, owners), again):
+        assert torch.equal(a, b)
+
+
+def test_a_cluster_the_graph_leaves_empty_keeps_its_centroid(monkeypatch):
+    import skcueco._readout as module
+
+    Z, _ = _arcs(30)
+    monkeypatch.setattr(module, "graph_clusters", lambda P, n, k, seed: np.zeros(len(P), int))
+    centroids = torch.from_numpy(_unit(np.eye(3)).astype(np.float32))
+    centers, prototypes, owners = readout(torch.from_numpy(Z), centroids, 5, seed=0)
+    assert torch.equal(centers[1:], centroids[1:])
+    assert prototypes.shape == (3 * PROTOTYPES_PER_CLUSTER, 3)
+    assert torch.equal(prototypes[owners == 2], centroids[2:].expand(PROTOTYPES_PER_CLUSTER, 3))
+
+
+@pytest.fixture(scope="module")
+def digits_fits():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = X[:600]
+    params = dict(max_epochs=4, batch_size=64, n_clusters=10, random_state=0, amp=False,
+                  hidden_dim=128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = CueCoEmbedder(**params).fit(X)
+        plain = CueCoEmbedder(**params, cluster_graph=0).fit(X)
+    return X, y[:600], graph, plain
+
+
+def test_the_graph_changes_only_the_clusters(digits_fits):
+    X, _, graph, plain = digits_fits
+    # the read-out comes after training: same embeddings, same training state
+    assert_array_equal(graph.transform(X), plain.transform(X))
+    assert graph.cluster_prototypes_.shape == (10 * PROTOTYPES_PER_CLUSTER,
+                                               graph.cluster_centers_.shape[1])
+    assert sorted(set(graph.cluster_prototype_labels_)) == list(range(10))
+    # without the graph the centroids are the prototypes
+    assert_array_equal(plain.cluster_prototypes_, plain.cluster_centers_)
+    assert_array_equal(plain.cluster_prototype_labels_, np.arange(10))
+    z = plain._trained.project(*plain._rows(X))
+    assert_array_equal(plain.predict(X), (z @ plain.cluster_centers_.T).argmax(1))
+
+
+def test_the_graph_clusters_digits_better_than_the_centroids(digits_fits):
+    X, y, graph, plain = digits_fits
+    assert (normalized_mutual_info_score(y, graph.predict(X))
+            > normalized_mutual_info_score(y, plain.predict(X)))
+
+
+def test_prototypes_survive_save_and_load(digits_fits, tmp_path):
+    X, _, graph, _ = digits_fits
+    graph.save(tmp_path / "m.pt", training_state=False)
+    loaded = CueCoEmbedder.load(tmp_path / "m.pt")
+    assert_array_equal(loaded.cluster_prototypes_, graph.cluster_prototypes_)
+    assert_array_equal(loaded.predict(X), graph.predict(X))
+
+
+def test_a_training_set_too_small_for_the_graph_uses_the_centroids():
+    X = np.random.default_rng(0).normal(size=(12, 6)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = CueCoEmbedder(max_epochs=1, batch_size=4, n_clusters=6, random_state=0,
+                            hidden_dim=16).fit(X)
+    assert_array_equal(est.cluster_prototypes_, est.cluster_centers_)
