@@ -149,7 +149,7 @@ def inference_graph(trained, rows_spec):
         return module
 
     preprocess = relayout(trained.preprocess, rows_spec, output_channels_last=False)
-    # what ``Trained.assign`` reads: the centroids are the prototypes of
+    # the lookup of ``Trained.predict``: the centroids are the prototypes of
     # their own clusters unless the model keeps several per cluster
     prototypes = getattr(trained, "prototypes", None)
     if prototypes is None:
@@ -227,13 +227,17 @@ def capture(graph, example, owner, backbone):
     ) from failure
 
 
-def _onnx_bytes(program, example, owner):
-    """The captured program as an ONNX model, serialised."""
+def _check_onnx_exporter():
+    """Refuse ``format="onnx"`` early when PyTorch's exporter cannot run."""
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(
             f"format='onnx' needs {' and '.join(missing)} (PyTorch's ONNX exporter): "
             "pip install 'skcueco[onnx]' (or pip install onnx onnxscript onnxruntime).")
+
+
+def _onnx_bytes(program, example, owner):
+    """The captured program as an ONNX model, serialised."""
     try:
         onnx_program = torch.onnx.export(
             program, (example,), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
@@ -332,6 +336,8 @@ def export_embedder(trained, path, *, format, input_layout, input_dtype, owner):
         raise ValueError(
             f"input_dtype must be one of {list(INPUT_DTYPES)}, got {input_dtype!r}.")
     rows_spec, sample_shape = input_spec(trained.spec, input_layout)
+    if format == "onnx":
+        _check_onnx_exporter()
     example = _example(sample_shape, getattr(torch, input_dtype))
     graph = inference_graph(trained, rows_spec)
     program = capture(graph, example, owner, trained.backbone)

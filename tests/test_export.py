@@ -189,6 +189,17 @@ def test_bad_arguments_raise_value_error_and_write_nothing(models, tmp_path, kwa
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
+def test_onnx_without_onnxscript_raises_import_error_naming_the_extra(models, tmp_path,
+                                                                      monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else find_spec(name, *a))
+    est, _ = models["gray"]
+    with pytest.raises(ImportError, match=r"needs onnxscript .*skcueco\[onnx\]"):
+        est.export(tmp_path / "model.onnx")
+    assert not any(tmp_path.iterdir())
+
+
 class Moody(nn.Module):
     """A backbone whose forward branches on a tensor's value."""
 
