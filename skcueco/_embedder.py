@@ -129,13 +129,14 @@ class CueCoEmbedder(
         (:class:`~skcueco.training.run.TrainingCollapseWarning`) when the run
         ended collapsed: a contrastive loss at its chance value, or more than
         90 % of the training set in one trained centroid.
-    cluster_graph : int, default=10
+    cluster_graph : int, default=20
         How ``fit`` reads the clusters that ``predict`` gives from the
         trained embedding. With ``k > 0``, each training image is linked to
-        its ``k`` most similar images (cosine of the projections), the graph
-        is split into ``n_clusters`` clusters by spectral clustering, and
-        each cluster keeps 5 prototypes (spherical k-means of its members);
-        ``predict`` gives an image the cluster of its most similar prototype
+        its ``k`` most similar images (cosine of the projections); spectral
+        clustering cuts that graph into ``3 * n_clusters`` small groups and
+        then merges the groups into ``n_clusters`` clusters; each cluster
+        keeps 5 prototypes (k-means of its members). ``predict`` gives an
+        image the cluster of its most similar prototype
         (``cluster_prototypes_``). Images of a class that form several
         compact groups stay together, where a single centroid per cluster
         splits or merges them. 0: the clusters are the trained centroids
@@ -375,7 +376,7 @@ class CueCoEmbedder(
         cluster_balance=0.5,
         overclustering=3,
         refine_centroids=10,
-        cluster_graph=10,
+        cluster_graph=20,
         cluster_update="online",
         cluster_loss="proto",
         cluster_temperature=0.1,

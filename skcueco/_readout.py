@@ -1,9 +1,12 @@
 """The clusters ``predict`` gives, read from the neighbourhood graph of the training set.
 
 At the end of ``fit``, the unit projections of the training images are linked
-to their ``n_neighbors`` most similar ones (cosine); spectral clustering of that
+to their ``n_neighbors`` most similar ones (cosine). Spectral clustering of that
 graph (scikit-learn's :class:`~sklearn.cluster.SpectralClustering`, QR
-assignment) groups them into ``n_clusters`` clusters. Each cluster keeps a few
+assignment) first cuts it into ``OVERSEGMENT * n_clusters`` small groups, which
+rarely mix classes; spectral clustering of the graph between those groups (the
+summed affinities of their members) then merges them into ``n_clusters``
+clusters, so that a class spread over several groups is not split. Each cluster keeps a few
 prototypes (spherical k-means of its members' projections) and its mean
 direction (``cluster_centers_``); ``predict`` gives an image the cluster of
 its most similar prototype, so inference stays a nearest-neighbour lookup
@@ -25,6 +28,8 @@ from sklearn.cluster import KMeans, SpectralClustering
 
 PROTOTYPES_PER_CLUSTER = 5
 """Prototypes that represent each cluster in ``predict``."""
+OVERSEGMENT = 3
+"""Small groups cut from the graph per cluster, before they are merged."""
 KNN_CHUNK_VALUES = 1 << 24
 """Similarities computed at once while building the graph (64 MB of float32)."""
 
@@ -65,8 +70,21 @@ def knn_graph(Z, n_neighbors):
     return ((C + C.T) * 0.5).tocsr()
 
 
+def _spectral(affinity, n_clusters, seed):
+    model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed",
+                               assign_labels="cluster_qr", random_state=seed)
+    with warnings.catch_warnings():
+        # a graph in several pieces is expected: each piece is a cluster
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        return model.fit_predict(affinity)
+
+
 def graph_clusters(projections, n_clusters, n_neighbors, seed):
     """Cluster labels of the training projections from their kNN graph.
+
+    The graph is cut into ``OVERSEGMENT * n_clusters`` groups (at most half
+    the number of rows), and the groups are merged into ``n_clusters`` by
+    spectral clustering of the graph between groups.
 
     Parameters
     ----------
@@ -86,12 +104,14 @@ def graph_clusters(projections, n_clusters, n_neighbors, seed):
     """
     n = projections.shape[0]
     affinity = knn_graph(projections, min(n_neighbors + 1, n))
-    model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed",
-                               assign_labels="cluster_qr", random_state=seed)
-    with warnings.catch_warnings():
-        # a graph in several pieces is expected: each piece is a cluster
-        warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        return model.fit_predict(affinity)
+    n_groups = min(OVERSEGMENT * n_clusters, n // 2)
+    if n_groups <= n_clusters:
+        return _spectral(affinity, n_clusters, seed)
+    groups = _spectral(affinity, n_groups, seed)
+    # affinity between groups: the summed affinity of their members
+    member = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), groups)), shape=(n, n_groups))
+    between = (member.T @ affinity @ member).toarray()
+    return _spectral(between, n_clusters, seed)[groups]
 
 
 def readout(projections, centroids, n_neighbors, seed):
