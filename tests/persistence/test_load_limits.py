@@ -5,7 +5,7 @@ memory cost, naming the first tensor that does not fit.
 Files are crafted from real saved models: the payload is read with
 ``torch.load``, its metadata JSON edited and the payload written back.
 Peak memory is measured in a child process (Linux ``/proc``), as in
-``tests/test_hostile_files.py``.
+``tests/data/test_hostile_files.py``.
 """
 
 import json

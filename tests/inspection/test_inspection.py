@@ -27,7 +27,7 @@ from skcueco.inspection import (
     TrainingHistoryDisplay,
 )
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 OUR_EXAMPLES = ["plot_what_clusters_mean.py", "plot_image_retrieval.py"]
 
 pytestmark = [

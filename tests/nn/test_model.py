@@ -355,7 +355,7 @@ def test_enqueue_with_zero_queue_is_noop():
 
 
 # ----------------------------------------------------------------------------- centroids
-# (the bank itself: tests/test_centroids.py)
+# (the bank itself: tests/nn/test_centroids.py)
 
 
 def test_cluster_assign_must_be_known():

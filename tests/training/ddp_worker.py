@@ -1,7 +1,7 @@
-"""Run by tests/test_distributed.py under torchrun (not collected by pytest).
+"""Run by tests/training/test_distributed.py under torchrun (not collected by pytest).
 
 Usage: python -m torch.distributed.run --standalone --nproc_per_node=N
-       tests/ddp_worker.py OUT_DIR BATCH_SIZE [--fail-rank R]
+       tests/training/ddp_worker.py OUT_DIR BATCH_SIZE [--fail-rank R]
 """
 
 import argparse

@@ -18,7 +18,7 @@ from numpy.testing import assert_array_equal
 from skcueco import CueCoEmbedder
 from skcueco.callbacks import Callback
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reproduce.py"
 
 
 @pytest.fixture(scope="module")

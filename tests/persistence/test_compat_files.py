@@ -1,6 +1,6 @@
 """Model files and checkpoints written by an earlier version still work.
 
-The files under ``tests/fixtures/files_0.1.0`` were written by skcueco 0.1.0
+The files under ``tests/persistence/fixtures/files_0.1.0`` were written by skcueco 0.1.0
 with ``make_fixtures.py`` beside them. Loading them must give bitwise the same
 embeddings and clusters as that version computed, and a checkpoint must resume
 to bitwise the same model as the run that wrote it.

@@ -24,7 +24,7 @@ try:
 except ImportError:  # not on Windows
     resource = None
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAS_ONNX = all(importlib.util.find_spec(m) is not None
                for m in ("onnx", "onnxscript", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(

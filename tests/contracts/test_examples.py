@@ -15,7 +15,7 @@ import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
 
 # examples that run in a few seconds; every other one is marked slow

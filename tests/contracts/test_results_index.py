@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 INDEX = RESULTS / "README.md"
 DOC_FILES = sorted((ROOT / "docs").glob("*.rst")) + [ROOT / "README.rst"]

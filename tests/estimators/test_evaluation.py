@@ -24,7 +24,7 @@ from skcueco._synthetic import make_shapes
 from skcueco.augment import ImageAugmentation
 from skcueco.evaluation import cluster_accuracy, evaluate_embedder, evaluate_features
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

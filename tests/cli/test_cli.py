@@ -16,7 +16,7 @@ from skcueco import CueCoEmbedder
 from skcueco.cli import main as cli_main
 from skcueco.cli import train as cli_train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("argv0, expected", [
