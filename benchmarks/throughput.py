@@ -30,6 +30,18 @@ Modes (default: ``fit`` and ``transform``):
   ``channels_last=False`` (what ``channels_last="auto"`` picks per device).
 - ``--batch-sizes A B``: whole ``fit`` calls at ``batch_size=A`` against
   ``B``, same epochs (what ``batch_size="auto"`` costs on small images).
+- ``--cpu-precision``: the processor's bf16 support as PyTorch reports it,
+  whole ``fit`` calls with ``amp="bf16"`` against ``amp=False`` for each
+  backbone of ``--precision-backbones``, ``transform`` under a bf16 autocast
+  against float32 (speed and largest embedding difference), and the linear
+  probe and kNN accuracy of both ``transform`` precisions on 32 px RGB
+  shapes (``--quality-samples``, ``--quality-epochs``).
+- ``--folder``: ``fit`` from a folder of ``--n-samples`` JPEG files of
+  ``--file-size`` pixels decoded to ``--image-size``, with the decoded-image
+  cache (``ImageSource(cache="auto")``) and without it, against ``fit`` from
+  the same pixels as an in-memory uint8 array; images per second of the
+  epochs after the first (goal with the cache: >= 0.9 of the array) and of
+  whole calls.
 - ``--compare-to PATH``: ``fit`` of the skcueco source tree at ``PATH`` (e.g.
   a ``git worktree`` of an older commit) against this one, each round in a
   fresh process per side.
@@ -46,6 +58,14 @@ CPU, small CNN on 32 px RGB, against an older checkout::
     git worktree add /tmp/base HEAD~1
     python benchmarks/throughput.py --device cpu --backbone small_cnn \\
         --batch-size 256 --n-samples 2048 --epochs 1 --rounds 5 --compare-to /tmp/base
+
+CPU precision and the decoded-image cache, as measured for docs/training.rst
+and docs/inputs.rst::
+
+    python benchmarks/throughput.py --cpu-precision --device cpu \
+        --batch-size 256 --n-samples 2048 --epochs 2 --rounds 3
+    python benchmarks/throughput.py --folder --device cpu --backbone small_cnn \
+        --batch-size 256 --n-samples 1000 --epochs 3 --rounds 3
 
 Seconds on a CPU, as CI runs it so the script cannot rot::
 
@@ -69,6 +89,7 @@ import torch.nn.functional as F
 from skcueco import CueCoEmbedder
 from skcueco.augment import make_augmentation
 from skcueco.backbones import build_backbone
+from skcueco.callbacks import Callback
 from skcueco.nn import KeyQueue, ProjectionHead, ema_update, info_nce
 
 
@@ -110,6 +131,25 @@ def parse_args(argv=None):
                    help="default mode: also time MoCo v2 as written with lightly (PIL "
                         "transforms per image in a DataLoader; lightly's own modules when "
                         "it is installed, torchvision's transforms otherwise)")
+    p.add_argument("--cpu-precision", action="store_true",
+                   help="bf16 against float32 fit and transform on the CPU, and the "
+                        "probe/kNN change of bf16 transform")
+    p.add_argument("--precision-backbones", nargs="+", default=["small_cnn", "resnet18"],
+                   help="--cpu-precision: backbones timed")
+    p.add_argument("--quality-samples", type=int, default=3072,
+                   help="--cpu-precision: shapes images (2/3 train, 1/3 test); 0 skips")
+    p.add_argument("--quality-epochs", type=int, default=10,
+                   help="--cpu-precision: epochs of the model whose embeddings are compared")
+    p.add_argument("--folder", action="store_true",
+                   help="fit from JPEG files (with and without the decoded-image cache) "
+                        "against the same pixels in memory")
+    p.add_argument("--file-size", type=int, default=256,
+                   help="--folder: height = width of the JPEG files")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: PyTorch's own)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: elapsed seconds; cpu: processor seconds of this process "
+                        "(for a loaded machine; best with --threads 1)")
     p.add_argument("--compare-to", metavar="PATH", default=None,
                    help="time fit of the skcueco tree at PATH against this one")
     p.add_argument("--fit-samples", type=int, default=None,
@@ -122,6 +162,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="tiny CPU run of the default mode (seconds)")
     args = p.parse_args(argv)
+    if args.folder and args.epochs < 2:
+        p.error("--folder times the epochs after the first: it needs --epochs >= 2")
     if args.quick:
         args.device, args.backbone, args.image_size = "cpu", "small_cnn", 16
         args.batch_size, args.n_samples, args.epochs, args.queue_size = 64, 512, 1, 256
@@ -144,12 +186,17 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+# --clock cpu: seconds of processor time of this process (all its threads),
+# steadier than the wall clock on a machine that other processes load
+CLOCK = {"now": time.perf_counter}
+
+
 def timed(fn, device):
     sync(device)
-    t = time.perf_counter()
+    t = CLOCK["now"]()
     fn()
     sync(device)
-    return time.perf_counter() - t
+    return CLOCK["now"]() - t
 
 
 def alternate(sides, rounds):
@@ -513,6 +560,195 @@ def main_progress(X, args, device):
                   goal=">= 0.98")
 
 
+def cpu_bf16_capability():
+    """One line on what PyTorch reports of this processor's bf16 arithmetic."""
+    from skcueco.training.device import cpu_has_native_bf16
+
+    caps = dict(torch.cpu.get_capabilities()) if hasattr(torch.cpu, "get_capabilities") else {}
+    flags = ", ".join(f"{k}={caps[k]}" for k in ("avx512_bf16", "amx_bf16") if k in caps)
+    return (f"cpu: {caps.get('cpu_name', 'unknown')}, capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, {flags or 'no bf16 flags reported'}"
+            f"; native bf16: {cpu_has_native_bf16()} (amp='auto' trains in "
+            f"{'bf16' if cpu_has_native_bf16() else 'float32'})")
+
+
+def bf16_transform(est, X):
+    """``est.transform(X)`` with the encoder under a CPU bf16 autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return est.transform(X)
+
+
+def main_cpu_precision(X, args):
+    """bf16 against float32 on the CPU: whole fits, transform, and embedding quality."""
+    args.device = "cpu"
+    print(cpu_bf16_capability())
+    fit_ratios, transform_ratios = [], []
+    for backbone in args.precision_backbones:
+        est = {}
+
+        def fit(amp, backbone=backbone):
+            rate = fit_rate(X, args, torch.device("cpu"), backbone=backbone, amp=amp)
+            est[amp] = LAST["est"]
+            return rate
+
+        for amp in ("bf16", False):  # one-off costs (kernel set-up) out of the timing
+            make_estimator(args, backbone=backbone, amp=amp, max_epochs=1).fit(
+                X[:2 * args.batch_size])
+        results = alternate({"fit amp='bf16'": lambda: fit("bf16"),
+                             "fit amp=False": lambda: fit(False)}, args.rounds)
+        fit_ratios.append(report(f"{backbone}: fit bf16 against float32 (whole calls)",
+                                 results, "img/s", True))
+        model = est[False]
+        bf16_transform(model, X[:256])  # warm-up of both precisions' kernels
+        model.transform(X[:256])
+        results = alternate({
+            "transform under bf16 autocast": lambda: len(X) / timed(
+                lambda: bf16_transform(model, X), torch.device("cpu")),
+            "transform float32": lambda: len(X) / timed(
+                lambda: model.transform(X), torch.device("cpu")),
+        }, args.rounds)
+        transform_ratios.append(report(f"{backbone}: transform bf16 against float32",
+                                       results, "img/s", True))
+    if args.quality_samples:
+        precision_quality(args)
+    return fit_ratios + transform_ratios
+
+
+def precision_quality(args):
+    """How far bf16 ``transform`` moves the embeddings of a trained model, and
+    what that does to the linear probe and kNN accuracy."""
+    from skcueco._synthetic import make_shapes
+    from skcueco.evaluation import evaluate_features
+
+    X, y = make_shapes(args.quality_samples, image_size=32, n_channels=3, random_state=0)
+    n_train = 2 * len(X) // 3
+    est = CueCoEmbedder(backbone="small_cnn", max_epochs=args.quality_epochs, device="cpu",
+                        random_state=0).fit(X[:n_train])
+    full = est.transform(X)
+    half = bf16_transform(est, X)
+    diff = np.abs(full - half)
+    cos = np.sum(full * half, 1) / (np.linalg.norm(full, axis=1) * np.linalg.norm(half, axis=1))
+    print(f"shapes32rgb ({n_train} train / {len(X) - n_train} test images, small_cnn, "
+          f"{args.quality_epochs} epochs, trained with amp='auto'): transform under bf16 "
+          f"autocast against float32")
+    print(f"  embeddings (standardised): max abs difference {diff.max():.4g}, mean "
+          f"{diff.mean():.4g}; cosine similarity min {cos.min():.5f}, mean {cos.mean():.5f}")
+    scores = {}
+    for name, Z in (("float32", full), ("bf16", half)):
+        table = evaluate_features(Z[:n_train], y[:n_train], Z[n_train:], y[n_train:],
+                                  random_state=0)
+        scores[name] = dict(zip(table["protocol"] + " " + table["metric"], table["value"]))
+    for key in ("linear accuracy", "knn accuracy", "kmeans nmi"):
+        a, b = scores["float32"][key], scores["bf16"][key]
+        print(f"  {key:16s} float32 {a:.4f}  bf16 {b:.4f}  change {b - a:+.4f}")
+    return scores
+
+
+class EpochClock(Callback):
+    """Seconds of each epoch on ``CLOCK``."""
+
+    def __init__(self):
+        self.seconds, self._start = [], None
+
+    def on_epoch_begin(self, trainer, epoch):
+        self._start = CLOCK["now"]()
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.seconds.append(CLOCK["now"]() - self._start)
+
+
+def write_jpegs(X, folder):
+    from PIL import Image
+
+    paths = []
+    for i, image in enumerate(X):
+        path = os.path.join(folder, f"{i:06d}.jpg")
+        Image.fromarray(image).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def main_folder(args):
+    """``fit`` from JPEG files, with and without the cache, against the array."""
+    import tempfile
+
+    from skcueco import ImageSource
+
+    args.device = "cpu"
+    big = synthetic_images(args.n_samples, args.file_size)
+    # smooth images, as photographs are: JPEG sizes and decode times like real ones
+    big = np.asarray(torch.nn.functional.avg_pool2d(
+        torch.from_numpy(big).permute(0, 3, 1, 2).float(), 9, 1, 4
+    ).round().to(torch.uint8).permute(0, 2, 3, 1))
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_jpegs(big, folder)
+        del big
+        size = args.image_size
+        array = ImageSource(paths, image_size=size, mode="RGB", cache=False)[:]
+        array = array.reshape(len(paths), size, size, 3)
+        device = torch.device("cpu")
+        later = {}
+
+        def fit(X, name):
+            epochs = EpochClock()
+            rate = fit_rate(X, args, device, callbacks=[epochs])
+            steps = len(paths) // LAST["est"].batch_size_
+            later.setdefault(name, []).append(
+                steps * LAST["est"].batch_size_ * (args.epochs - 1) / sum(epochs.seconds[1:]))
+            return rate
+
+        sides = {
+            "array": lambda: fit(array, "array"),
+            "folder, cache='auto'": lambda: fit(
+                ImageSource(paths, image_size=size, mode="RGB"), "folder, cache='auto'"),
+            "folder, cache=False": lambda: fit(
+                ImageSource(paths, image_size=size, mode="RGB", cache=False),
+                "folder, cache=False"),
+        }
+        whole = alternate(sides, args.rounds)
+        loading = {}
+
+        def read(X, name):
+            """Images/s of the loader alone over the epochs after the first."""
+            from skcueco.data.loaders import make_loader
+
+            # every row in every epoch: the first reads all files
+            loader = make_loader(X, batch_size=args.batch_size, shuffle=True,
+                                 generator=torch.Generator().manual_seed(0))
+            seconds = [timed(lambda: [None for _ in loader], device)
+                       for _ in range(args.epochs)]
+            loading.setdefault(name, []).append(len(X) * (args.epochs - 1) / sum(seconds[1:]))
+            return sum(seconds)
+
+        rows = array.reshape(len(paths), -1)
+        alternate({
+            "array": lambda: read(rows, "array"),
+            "folder, cache='auto'": lambda: read(
+                ImageSource(paths, image_size=size, mode="RGB"), "folder, cache='auto'"),
+            "folder, cache=False": lambda: read(
+                ImageSource(paths, image_size=size, mode="RGB", cache=False),
+                "folder, cache=False"),
+        }, args.rounds)
+    print(f"{args.n_samples} JPEG files of {args.file_size}x{args.file_size} px read at "
+          f"{size}x{size}, {args.backbone}, batch {args.batch_size}, {args.epochs} epochs, "
+          f"decoded rows {args.n_samples * size * size * 3 / 2**20:.1f} MiB, "
+          f"threads={torch.get_num_threads()}, clock={args.clock}")
+    ratio = report("epochs after the first: folder with the cache against the array",
+                   {k: later[k] for k in ("folder, cache='auto'", "array")}, "img/s", True,
+                   goal=">= 0.9")
+    report("epochs after the first: folder without the cache against the array",
+           {k: later[k] for k in ("folder, cache=False", "array")}, "img/s", True)
+    report("loader alone, epochs after the first: folder with the cache against the array",
+           {k: loading[k] for k in ("folder, cache='auto'", "array")}, "img/s", True)
+    report("loader alone, epochs after the first: folder without the cache against the array",
+           {k: loading[k] for k in ("folder, cache=False", "array")}, "img/s", True)
+    report("whole fit calls: folder with the cache against the array",
+           {k: whole[k] for k in ("folder, cache='auto'", "array")}, "img/s", True)
+    report("whole fit calls: folder without the cache against the array",
+           {k: whole[k] for k in ("folder, cache=False", "array")}, "img/s", True)
+    return ratio
+
+
 def main_compare(args):
     """``fit`` of this tree against the tree at ``--compare-to``, fresh processes."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -537,6 +773,12 @@ def main(argv=None):
     args = parse_args(argv)
     if args.compare_to and not args.fit_once:
         return main_compare(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        CLOCK["now"] = time.process_time
+    if args.folder:
+        return main_folder(args)
     from skcueco.training.device import resolve_device
     from skcueco.training.engine import resolve_amp
 
@@ -556,7 +798,7 @@ def main(argv=None):
     print(f"device={device} backbone={args.backbone} image={args.image_size}px "
           f"batch={args.batch_size} samples={args.n_samples} epochs={args.epochs} "
           f"rounds={args.rounds} amp={amp_dtype} channels_last={channels_last} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+          f"threads={torch.get_num_threads()} clock={args.clock} torch={torch.__version__}")
     if args.queue:
         return main_queue(X, args, device, amp_dtype, channels_last)
     if args.latency:
@@ -567,6 +809,8 @@ def main(argv=None):
         return main_batch_sizes(X, args, device)
     if args.progress:
         return main_progress(X, args, device)
+    if args.cpu_precision:
+        return main_cpu_precision(X, args)
     return main_default(X, args, device, amp_dtype, channels_last)
 
 

@@ -42,3 +42,21 @@ def test_throughput_queue_and_latency_modes_print_ratios(capsys):
     assert "fit by batch size (8 against 16)" in out and "fit batch 8" in out
     assert "img/s" not in captured.err  # the bar's own output is discarded
     assert all(math.isfinite(r) and r > 0 for r in [extra, *ratios, progress, batches])
+
+
+def test_throughput_cpu_precision_and_folder_modes_print_ratios(capsys):
+    tiny = ["--device", "cpu", "--backbone", "small_cnn", "--image-size", "8",
+            "--batch-size", "16", "--n-samples", "64", "--rounds", "1", "--epochs", "2",
+            "--queue-size", "32"]
+    throughput = _load("throughput")
+    precision = throughput.main(tiny + ["--cpu-precision", "--precision-backbones", "small_cnn",
+                                        "--quality-samples", "96", "--quality-epochs", "1"])
+    folder = throughput.main(tiny + ["--folder", "--file-size", "16"])
+    out = capsys.readouterr().out
+    assert "native bf16: " in out and "capability" in out
+    assert "small_cnn: fit bf16 against float32" in out
+    assert "small_cnn: transform bf16 against float32" in out
+    assert "max abs difference" in out and "linear accuracy" in out and "knn accuracy" in out
+    assert "epochs after the first: folder with the cache against the array" in out
+    assert "goal >= 0.9" in out and "loader alone" in out
+    assert all(math.isfinite(r) and r > 0 for r in [*precision, folder])

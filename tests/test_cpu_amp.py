@@ -172,7 +172,7 @@ def test_bf16_fit_keeps_every_state_float32(fast_params, make_images):
     X = make_images()
     est = _fit(X, fast_params, amp="bf16", queue_size=48)
     assert est.history_["loss"].map(np.isfinite).all()
-    state = est._train_state
+    state = est._trained.train_state
     model = state["task"]["model"]
     floats = {k: v for k, v in model.items() if v.is_floating_point()}
     assert {"queue.keys", "centroids"} <= set(floats)
@@ -187,7 +187,7 @@ def test_bf16_fit_keeps_every_state_float32(fast_params, make_images):
                 assert v.dtype is torch.float32
     for key in ("mean", "var"):  # summed in float64 by design
         assert state["embedding_stats"][key].dtype is torch.float64
-    for module in (est.encoder_, est._projector):
+    for module in (est.encoder_, est._trained.projector):
         assert all(p.dtype is torch.float32 for p in module.parameters())
         assert all(b.dtype is torch.float32 for b in module.buffers() if b.is_floating_point())
     assert est.cluster_centers_.dtype == np.float32
