@@ -150,6 +150,8 @@ def save_embedder(est, path, training_state=True):
                              if hasattr(est, "feature_names_in_") else None),
         "feature_dim": int(trained.feature_dim),
         "history": est.history_.to_dict(orient="list"),
+        # the "auto" settings as the run resolved them (plain values)
+        "resolved": dict(trained.resolved),
     }
     payload = {
         "meta": json.dumps(meta),
@@ -264,6 +266,7 @@ def load_embedder(cls, path):
         backbone=est.backbone if isinstance(est.backbone, str) else None,
         history=meta["history"],
         prototypes=prototypes, prototype_owners=owners,
+        resolved=_resolved(meta.get("resolved")),
         # what warm_start and partial_fit continue from (CPU tensors)
         train_state=train_state,
     )
@@ -327,6 +330,16 @@ def _first_misfit(module, stored, name, described):
         return (f"the file holds the {name} tensor {unexpected[0]!r}, which its "
                 f"metadata ({described}) has no place for")
     return None
+
+
+def _resolved(value):
+    """The resolved settings of a model file, those of known names and plain types."""
+    known = {"queue_size": int, "cluster_warmup": int, "cluster_ramp": int,
+             "batch_size": int, "amp": (str, bool)}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items()
+            if k in known and isinstance(v, known[k]) and (k != "amp" or v in ("bf16", "fp16", False))}
 
 
 def _estimator_from_meta(cls, meta, path):

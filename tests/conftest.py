@@ -87,3 +87,6 @@ def gray_u8(make_images):
 def vectors(make_vectors):
     """(48, 5) float64 vectors."""
     return make_vectors()
+
+# model files and the script that wrote them, not tests
+collect_ignore_glob = ["*/fixtures/*"]

@@ -198,6 +198,11 @@ def run_record(settings, spec, preprocess):
     }
 
 
+def amp_name(dtype):
+    """``"bf16"``, ``"fp16"`` or False: the autocast a run trains with."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, False)
+
+
 class RunRecord(Callback):
     """Gives the trainer its :func:`run_record`, stored in every checkpoint.
 
@@ -218,6 +223,8 @@ class RunRecord(Callback):
 
     def on_train_begin(self, trainer):
         trainer.run_info = run_record(self.settings, self.spec, trainer.task.preprocess)
+        # how the run computes: recorded, never compared
+        trainer.run_info["amp"] = amp_name(trainer.amp_dtype)
 
 
 def _version_tuple(version):

@@ -546,6 +546,6 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
     trained = _trained(model, preprocess, spec, run, device, feature_dim, trainer.history,
                        stats, train_state, clusters, queue_size=model.queue.keys.shape[0],
                        cluster_warmup=cluster_warmup, cluster_ramp=cluster_ramp,
-                       batch_size=batch_size)
+                       batch_size=batch_size, amp=checkpoint.amp_name(trainer.amp_dtype))
     trained.check_finite(X)
     return trained
