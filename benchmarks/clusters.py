@@ -1,0 +1,202 @@
+"""The clusters CueCo gives (``predict``) against their anchors, on the quality data sets.
+
+For every data set, number of epochs and seed, this script fits CueCo's
+defaults and MoCo v2 (``cluster_weight=0``) once each and reads their clusters
+two ways from the same fitted model (the read-out comes after training and
+does not change it):
+
+- ``graph``: the default, ``cluster_graph=10``: spectral clustering of the
+  10-nearest-neighbour graph of the training projections, 5 prototypes per
+  cluster (docs/method.rst);
+- ``centroids``: ``cluster_graph=0``, the trained centroids refined by
+  k-means, as ``predict`` worked before ``cluster_graph``.
+
+Both are scored on the test split (NMI, ARI and cluster accuracy), beside the
+linear probe, the weighted kNN (k=200) and k-means on the embeddings, and
+beside anchors on the raw pixels and on PCA (64 components) of the test
+split: k-means, Ward agglomerative clustering and HDBSCAN (noise points count
+as one more cluster). ``readout s`` is the time of the graph read-out, to
+compare with ``fit s``.
+
+Examples
+--------
+The three seeds of the grayscale image sets at 20 epochs::
+
+    python benchmarks/clusters.py --datasets digits,digits28,shapes28 --epochs 20 \\
+        --out benchmarks/results/graph_clusters/graph_20ep.md
+
+Seconds, as the test suite runs it::
+
+    python benchmarks/clusters.py --quick --datasets digits --seeds 1
+"""
+
+import argparse
+import datetime
+import platform
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.cluster import HDBSCAN, AgglomerativeClustering, KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import DATASETS, load_dataset, scaled_inputs  # noqa: E402
+
+from skcueco import CueCoEmbedder, __version__  # noqa: E402
+from skcueco._readout import readout  # noqa: E402
+from skcueco.evaluation import cluster_accuracy, evaluate_embedder  # noqa: E402
+
+QUICK_EPOCHS = 2
+PCA_DIM = 64
+METHODS = {"cueco": {}, "moco": {"cluster_weight": 0.0}}
+COLUMNS = ["probe", "kNN", "k-means NMI", "NMI", "ARI", "ACC", "fit s", "readout s"]
+
+
+def clustering_scores(y, labels):
+    """NMI, ARI and cluster accuracy of ``labels`` against the classes ``y``."""
+    return {"nmi": normalized_mutual_info_score(y, labels), "ari": adjusted_rand_score(y, labels),
+            "cluster_accuracy": cluster_accuracy(y, labels)}
+
+
+def _log(text):
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
+
+
+def readouts(est, X_train, X_test, y_test, n_neighbors=10):
+    """Scores of the ``centroids`` and ``graph`` read-outs of one fitted model."""
+    trained = est._trained
+    rows = {"centroids": clustering_scores(y_test, est.predict(X_test))}
+    start = time.perf_counter()
+    P = torch.from_numpy(trained.project(*est._rows(X_train)))
+    # as fit does: the trained centroids for empty clusters, the model's seed
+    _, prototypes, owners = readout(P, trained.centroids, n_neighbors, est._seeds().model)
+    seconds = time.perf_counter() - start
+    z = torch.from_numpy(trained.project(*est._rows(X_test)))
+    rows["graph"] = clustering_scores(y_test, owners[(z @ prototypes.T).argmax(1)].numpy())
+    return rows, seconds
+
+
+def anchors(data, seed):
+    """Clusterings of the test pixels and of their PCA, one row each."""
+    X_train, X_test, y_train, y_test, kind = data
+    A, B = scaled_inputs(X_train, X_test, kind)
+    n = len(np.unique(y_train))
+    pca = PCA(n_components=min(PCA_DIM, A.shape[1], A.shape[0]), random_state=seed).fit(A)
+    rows = []
+    for space, Z in (("pixels", B), ("pca", pca.transform(B))):
+        for name, model in (
+                ("k-means", KMeans(n, n_init=10, random_state=seed)),
+                ("agglomerative", AgglomerativeClustering(n)),
+                ("hdbscan", HDBSCAN(min_cluster_size=max(5, len(Z) // (4 * n))))):
+            labels = model.fit_predict(Z)
+            rows.append({"method": f"{name} on {space}", **clustering_scores(y_test, labels)})
+    return rows
+
+
+def run(args):
+    rows = []
+    for name in args.datasets:
+        data = load_dataset(name, quick=args.quick)
+        X_train, X_test, y_train, y_test, _ = data
+        for epochs in args.epochs:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                for method, params in METHODS.items():
+                    est = CueCoEmbedder(max_epochs=epochs, random_state=seed, cluster_graph=0,
+                                        device=args.device, **params)
+                    start = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        est.fit(X_train)
+                    fit_seconds = time.perf_counter() - start
+                    quality = evaluate_embedder(est, X_train, y_train, X_test, y_test,
+                                                random_state=seed)
+                    value = {(p, m): v for p, m, v in quality.itertuples(index=False)}
+                    scores, readout_seconds = readouts(est, X_train, X_test, y_test)
+                    for how, s in scores.items():
+                        rows.append({
+                            "dataset": name, "epochs": epochs, "seed": seed,
+                            "method": f"{method} {how}", "probe": value["linear", "accuracy"],
+                            "kNN": value["knn", "accuracy"], "k-means NMI": value["kmeans", "nmi"],
+                            "NMI": s["nmi"], "ARI": s["ari"], "ACC": s["cluster_accuracy"],
+                            "fit s": fit_seconds,
+                            "readout s": readout_seconds if how == "graph" else np.nan,
+                        })
+                    _log(f"{name} {epochs} ep seed {seed} {method}: "
+                         + ", ".join(f"{h} NMI {s['nmi']:.3f} ACC {s['cluster_accuracy']:.3f}"
+                                     for h, s in scores.items())
+                         + f", fit {fit_seconds:.0f}s, readout {readout_seconds:.2f}s")
+                    if args.csv:
+                        pd.DataFrame(rows).to_csv(args.csv, index=False)
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                for row in anchors(data, seed):
+                    rows.append({"dataset": name, "epochs": epochs, "seed": seed, **{
+                        "NMI": row["nmi"], "ARI": row["ari"], "ACC": row["cluster_accuracy"]},
+                        "method": row["method"]})
+    frame = pd.DataFrame(rows)
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+    return frame
+
+
+def markdown(frame, args, wall):
+    lines = [f"# Clusters of CueCo and anchors ({datetime.date.today()})", "",
+             f"`python benchmarks/clusters.py {shlex.join(args.argv)}`", "",
+             f"skcueco {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+             f"{args.threads or torch.get_num_threads()} threads, {wall / 60:.0f} min; "
+             f"mean ± std over {args.seeds} seeds.", ""]
+    for (name, epochs), group in frame.groupby(["dataset", "epochs"], sort=False):
+        lines += [f"## {name}, {epochs} epochs", "", "| method | " + " | ".join(COLUMNS) + " |",
+                  "|---" * (len(COLUMNS) + 1) + "|"]
+        for method, g in group.groupby("method", sort=False):
+            cells = []
+            for col in COLUMNS:
+                v = g[col].dropna().to_numpy() if col in g else np.array([])
+                digits = 1 if col.endswith(" s") else 3
+                cells.append("" if not len(v) else f"{v.mean():.{digits}f} ± {v.std():.{digits}f}")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", default="digits,digits28,shapes28,digits_lt,shapes28_lt")
+    p.add_argument("--epochs", default="20", help="comma-separated, e.g. 20,40")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="small subsets, 2 epochs")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--csv", type=Path, default=None)
+    args = p.parse_args(argv)
+    args.argv = argv
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    unknown = sorted(set(args.datasets) - set(DATASETS))
+    if unknown:
+        p.error(f"unknown data sets {unknown}; choose from {', '.join(DATASETS)}")
+    args.epochs = [QUICK_EPOCHS] if args.quick else [int(e) for e in args.epochs.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    with threadpool_limits(args.threads):
+        frame = run(args)
+    text = markdown(frame, args, time.perf_counter() - start)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return frame
+
+
+if __name__ == "__main__":
+    main()
