@@ -10,16 +10,13 @@ dynamic), which refuses Python control flow that depends on tensor values
 instead of silently freezing one branch; the captured program is converted
 to ONNX by PyTorch's exporter (``torch.onnx.export(dynamo=True)``, which
 needs ``onnxscript``), or traced to TorchScript. The file is written
-atomically (:func:`write_bytes_atomically`).
+atomically (:func:`~skcueco.training.checkpoint.atomic_write`).
 """
 
 import copy
 import importlib.util
 import io
-import os
-import uuid
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +25,7 @@ from torch import nn
 
 from .data.preprocess import relayout
 from .data.validation import InputSpec
+from .training.checkpoint import atomic_write
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 INPUT_LAYOUTS = ("NHWC", "NCHW", "NHW", "flat")
@@ -268,63 +266,6 @@ def _torchscript_bytes(graph, example):
     return buffer.getvalue()
 
 
-def write_bytes_atomically(data, path):
-    """Write ``data`` to ``path`` so that ``path`` is never left half-written.
-
-    As :func:`~skcueco.training.checkpoint.atomic_save` does for
-    ``torch.save``: a temporary file in the same folder
-    (``.NAME.<random>.tmp``), flushed and ``fsync``-ed, renamed over
-    ``path`` with :func:`os.replace`; on any error the temporary file is
-    removed and ``path`` keeps its previous content.
-
-    Parameters
-    ----------
-    data : bytes
-        The file's content.
-    path : str or path-like
-        Destination file; its folder must exist.
-
-    Raises
-    ------
-    OSError
-        If the file cannot be written (full disk, missing folder,
-        permissions); the message names ``path`` and the cause.
-    """
-    path = Path(os.fspath(path))
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass  # never created, or already renamed
-        if not isinstance(exc, OSError):
-            raise
-        reason = exc.strerror or str(exc)
-        raise OSError(
-            exc.errno,
-            f"Could not write {os.path.abspath(path)} ({reason}); {path.name} was "
-            "left as it was.",
-        ) from exc
-    try:  # makes the rename itself durable, where the platform allows it
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def export_embedder(trained, path, *, format, input_layout, input_dtype, owner):
     """Write ``trained`` as one ONNX or TorchScript graph to ``path``.
 
@@ -345,4 +286,4 @@ def export_embedder(trained, path, *, format, input_layout, input_dtype, owner):
         data = _onnx_bytes(program, example, owner)
     else:
         data = _torchscript_bytes(graph, example)
-    write_bytes_atomically(data, path)
+    atomic_write(path, lambda file: file.write(data))

@@ -7,7 +7,6 @@ is imported only when training starts.
 import math
 import os
 import time
-import uuid
 from io import BytesIO
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from .training.distributed import get_world_size
+from .training.checkpoint import atomic_write
 from .training.hooks import Callback
 from .training.trained import feature_scale
 
@@ -420,22 +420,8 @@ def _thumbnails(images, run_info):
 
 
 # -- the projector's files ------------------------------------------------------------
-def _atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` through a temporary file renamed over it."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def _write_bytes(path, data):
+    atomic_write(path, lambda file: file.write(data))
 
 
 def _sprite_png(thumbnails):
@@ -482,7 +468,7 @@ def write_projector(log_dir, subdir, name, features, labels=None, thumbnails=Non
     folder.mkdir(parents=True, exist_ok=True)
     buffer = BytesIO()
     np.savetxt(buffer, features, fmt="%.6g", delimiter="\t")
-    _atomic_write_bytes(folder / "tensors.tsv", buffer.getvalue())
+    _write_bytes(folder / "tensors.tsv", buffer.getvalue())
     config_path = Path(log_dir) / "projector_config.pbtxt"
     config = ProjectorConfig()
     if config_path.exists():
@@ -496,13 +482,13 @@ def write_projector(log_dir, subdir, name, features, labels=None, thumbnails=Non
     if labels is not None:
         # one column: no header line
         text = "".join(f"{' '.join(label.split())}\n" for label in labels)
-        _atomic_write_bytes(folder / "metadata.tsv", text.encode("utf-8"))
+        _write_bytes(folder / "metadata.tsv", text.encode("utf-8"))
         info.metadata_path = f"{subdir}/metadata.tsv"
     if thumbnails is not None:
-        _atomic_write_bytes(folder / "sprite.png", _sprite_png(thumbnails))
+        _write_bytes(folder / "sprite.png", _sprite_png(thumbnails))
         info.sprite.image_path = f"{subdir}/sprite.png"
         info.sprite.single_image_dim.extend([thumbnails.shape[3], thumbnails.shape[2]])
-    _atomic_write_bytes(config_path, text_format.MessageToString(config).encode("utf-8"))
+    _write_bytes(config_path, text_format.MessageToString(config).encode("utf-8"))
 
 
 # public as skcueco.callbacks.TensorBoard: documented and pickled under that name

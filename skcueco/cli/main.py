@@ -462,27 +462,11 @@ def dump_pickle(obj, path):
     OSError
         If the file cannot be written; ``path`` is left as it was.
     """
-    import uuid
-
     import joblib
 
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o666)  # the umask applies, as for open()
-        with os.fdopen(fd, "wb") as file:
-            joblib.dump(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass  # never created, or already renamed
-        raise
+    from ..training.checkpoint import atomic_write
+
+    atomic_write(path, lambda file: joblib.dump(obj, file))
 
 
 def _cluster_sizes(embedder, X):

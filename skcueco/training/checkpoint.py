@@ -52,6 +52,10 @@ class _WriteRecorder:
     def flush(self):
         return self._file.flush()
 
+    def __getattr__(self, name):
+        # anything else a writer asks of a file (tell, seek, name...)
+        return getattr(self._file, name)
+
 
 def atomic_save(obj, path, *, kept=None, tag=None):
     """``torch.save(obj, path)`` so that ``path`` is never left half-written.
@@ -88,6 +92,33 @@ def atomic_save(obj, path, *, kept=None, tag=None):
         folder, permissions); the message names ``path`` and the cause, and
         ``path`` is left as it was.
     """
+    atomic_write(path, lambda file: torch.save(obj, file), kept=kept, tag=tag)
+
+
+def atomic_write(path, write, *, kept=None, tag=None):
+    """Write a file through ``write(file)`` so that ``path`` is never left half-written.
+
+    What :func:`atomic_save` does for ``torch.save``, for any writer (bytes,
+    ``joblib.dump``): the same temporary file, ``fsync``, rename and errors.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination file; its folder must exist.
+    write : callable
+        ``write(file)`` writes the content to a binary file object.
+    kept : str, default=None
+        A sentence saying what was kept, appended to the error message.
+    tag : str, default=None
+        As for :func:`atomic_save`.
+
+    Raises
+    ------
+    ValueError
+        If ``tag`` holds other characters.
+    OSError
+        If the file cannot be written; ``path`` is left as it was.
+    """
     path = Path(os.fspath(path))
     if tag is not None and not _SAFE_TAG.fullmatch(str(tag)):
         raise ValueError(f"tag={tag!r} must be 1 to 64 letters, digits, '-' or '_'.")
@@ -99,7 +130,7 @@ def atomic_save(obj, path, *, kept=None, tag=None):
         fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open()
         with os.fdopen(fd, "wb") as file:
             recorder = _WriteRecorder(file)
-            torch.save(obj, recorder)
+            write(recorder)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
