@@ -95,7 +95,7 @@ def anchors(data, seed):
         for name, model in (
                 ("k-means", KMeans(n, n_init=10, random_state=seed)),
                 ("agglomerative", AgglomerativeClustering(n)),
-                ("hdbscan", HDBSCAN(min_cluster_size=max(5, len(Z) // (4 * n))))):
+                ("hdbscan", HDBSCAN(min_cluster_size=max(5, len(Z) // (4 * n)), copy=True))):
             labels = model.fit_predict(Z)
             rows.append({"method": f"{name} on {space}", **clustering_scores(y_test, labels)})
     return rows
