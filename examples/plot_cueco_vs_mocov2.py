@@ -14,8 +14,7 @@ schedule, and compares them with the standard protocols of
 Two short runs on a small data set measure very little: this shows *how* to
 compare the two, not which is better. The comparison that settles it uses
 the paper's data sets, training budget and linear evaluation
-(``benchmarks/reproduce.py`` in the repository). It runs in about a minute
-on two CPU cores.
+(``benchmarks/reproduce.py`` in the repository).
 """
 
 # %%

@@ -16,7 +16,6 @@ embeddings are:
 - a 2-D t-SNE map of the held-out embeddings, coloured by the true digit
   and by the predicted cluster.
 
-It runs in about a minute on two CPU cores.
 """
 
 # %%

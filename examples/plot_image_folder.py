@@ -11,8 +11,7 @@ temporary folder, in the usual one-subfolder-per-class layout, trains a
 and then checks what the embeddings learned from the classes it never saw.
 
 The images are patches of the two photographs that ship with scikit-learn
-(a temple in China and a flower), so nothing is downloaded. It runs in well
-under a minute on two CPU cores; everything it writes is deleted at the end.
+(a temple in China and a flower), so nothing is downloaded. Everything it writes is deleted at the end.
 """
 
 # %%

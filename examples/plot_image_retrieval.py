@@ -13,7 +13,6 @@ search on raw pixels. A :class:`~skcueco.callbacks.KNNMonitor` tracks the
 retrieval quality during training, which
 :class:`~skcueco.inspection.TrainingHistoryDisplay` plots next to the loss.
 
-It runs in under a minute on two CPU cores.
 """
 
 # %%

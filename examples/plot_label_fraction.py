@@ -23,7 +23,6 @@ labeled ``-1`` (scikit-learn's semi-supervised convention), and an embedder
 fitted once and reused, without training it again, through
 :class:`sklearn.frozen.FrozenEstimator`.
 
-It runs in about a minute on two CPU cores.
 """
 
 # %%

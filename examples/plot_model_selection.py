@@ -13,8 +13,7 @@ example shows the two searches that matter in practice:
   wrapped in :class:`sklearn.frozen.FrozenEstimator`, which never trains the
   network again and takes seconds.
 
-It uses scikit-learn's 8x8 digits and runs in about a minute on two CPU
-cores.
+It uses scikit-learn's 8x8 digits.
 """
 
 # %%

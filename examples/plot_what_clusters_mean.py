@@ -16,7 +16,6 @@ digits with the displays of :mod:`skcueco.inspection`:
 - :class:`~skcueco.inspection.EmbeddingMapDisplay` places the held-out
   images on a 2-D map, coloured by cluster and by the true digit.
 
-It runs in under a minute on two CPU cores.
 """
 
 # %%
