@@ -150,7 +150,8 @@ def readout(projections, centroids, n_neighbors, seed):
             found = centers[c:c + 1]
         else:
             centers[c] = members.mean(axis=0)
-            m = min(PROTOTYPES_PER_CLUSTER, len(members))
+            # no more prototypes than distinct members (repeated images)
+            m = min(PROTOTYPES_PER_CLUSTER, len(np.unique(members, axis=0)))
             found = members.mean(axis=0, keepdims=True) if m == 1 else KMeans(
                 m, n_init=3, random_state=seed).fit(members).cluster_centers_
         reps = np.resize(np.arange(len(found)), PROTOTYPES_PER_CLUSTER)

@@ -137,3 +137,16 @@ def test_a_training_set_too_small_for_the_graph_uses_the_centroids():
         est = CueCoEmbedder(max_epochs=1, batch_size=4, n_clusters=6, random_state=0,
                             hidden_dim=16).fit(X)
     assert_array_equal(est.cluster_prototypes_, est.cluster_centers_)
+
+
+def test_repeated_images_get_no_more_prototypes_than_distinct_ones():
+    import warnings as w
+
+    Z, _ = _arcs(20)
+    Z = np.repeat(Z[:8], 6, axis=0)  # 8 distinct rows, each 6 times
+    centroids = torch.from_numpy(_unit(np.eye(2, 3)).astype(np.float32))
+    with w.catch_warnings():
+        w.simplefilter("error")  # no k-means warning about duplicate points
+        _, prototypes, owners = readout(torch.from_numpy(Z), centroids, 5, seed=0)
+    assert prototypes.shape == (2 * PROTOTYPES_PER_CLUSTER, 3)
+    assert len(np.unique(prototypes.numpy().round(5), axis=0)) <= 8
