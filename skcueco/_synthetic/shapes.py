@@ -70,9 +70,9 @@ def make_shapes(n_samples=3000, *, image_size=28, n_channels=1, n_classes=8,
     >>> X.shape, X.dtype, y[:5]
     ((100, 16, 16, 3), dtype('uint8'), array([...]))
     """
-    _check_int(n_samples, "n_samples", 1)
-    _check_int(image_size, "image_size", 8)
-    _check_int(n_classes, "n_classes", 2)
+    check_int(n_samples, "n_samples", 1)
+    check_int(image_size, "image_size", 8)
+    check_int(n_classes, "n_classes", 2)
     if n_classes > len(SHAPE_NAMES):
         raise ValueError(
             f"n_classes must be <= {len(SHAPE_NAMES)} (the number of shapes); "
@@ -105,7 +105,27 @@ def make_shapes(n_samples=3000, *, image_size=28, n_channels=1, n_classes=8,
     ii, jj = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
     pixels = np.stack([jj.ravel(), ii.ravel()], axis=1)
 
-    coverage = np.empty((n, size * size))
+    coverage = shape_coverage(y, radius, center, angle, stroke, pixels, n_classes)
+
+    unit = pixels / size - 0.5
+    direction = np.stack([np.cos(ramp_angle), np.sin(ramp_angle)], axis=1)
+    ramp = ramp_amplitude[:, None] * (direction @ unit.T)           # (n, size*size)
+    base = background[:, None, :] + ramp[..., None]
+    images = base + coverage[..., None] * (foreground - background)[:, None, :]
+    images += noise[:, None, None] * rng.standard_normal(images.shape)
+    X = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    X = X.reshape(n, size, size, n_channels)
+    return (X[..., 0] if n_channels == 1 else X), y
+
+
+def shape_coverage(y, radius, center, angle, stroke, pixels, n_classes):
+    """Anti-aliased ink coverage in [0, 1] of each image's shape, ``(n, n_pixels)``.
+
+    ``pixels`` are the pixel centres ``(n_pixels, 2)`` as (x, y); ``radius``,
+    ``center``, ``angle`` and ``stroke`` give each image's pose in pixels
+    (radians for ``angle``); image ``i`` draws shape ``SHAPE_NAMES[y[i]]``.
+    """
+    coverage = np.zeros((len(y), len(pixels)))
     for k in range(n_classes):
         idx = np.flatnonzero(y == k)
         if idx.size == 0:
@@ -121,19 +141,10 @@ def make_shapes(n_samples=3000, *, image_size=28, n_channels=1, n_classes=8,
         half_stroke = (stroke[idx] / radius[idx] / 2)[:, None]
         dist = _SHAPES[SHAPE_NAMES[k]](local, half_stroke) * radius[idx, None]
         coverage[idx] = np.clip(0.5 - dist, 0.0, 1.0)
-
-    unit = pixels / size - 0.5
-    direction = np.stack([np.cos(ramp_angle), np.sin(ramp_angle)], axis=1)
-    ramp = ramp_amplitude[:, None] * (direction @ unit.T)           # (n, size*size)
-    base = background[:, None, :] + ramp[..., None]
-    images = base + coverage[..., None] * (foreground - background)[:, None, :]
-    images += noise[:, None, None] * rng.standard_normal(images.shape)
-    X = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
-    X = X.reshape(n, size, size, n_channels)
-    return (X[..., 0] if n_channels == 1 else X), y
+    return coverage
 
 
-def _check_int(value, name, low):
+def check_int(value, name, low):
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
 
