@@ -5,9 +5,10 @@ defaults and MoCo v2 (``cluster_weight=0``) once each and reads their clusters
 two ways from the same fitted model (the read-out comes after training and
 does not change it):
 
-- ``graph``: the default, ``cluster_graph=10``: spectral clustering of the
-  10-nearest-neighbour graph of the training projections, 5 prototypes per
-  cluster (docs/method.rst);
+- ``graph``: the default read-out (``cluster_graph``, the estimator's default
+  neighbour count): the nearest-neighbour graph of the training projections
+  cut into groups by spectral clustering, the groups merged into
+  ``n_clusters``, 5 prototypes per cluster (docs/method.rst);
 - ``centroids``: ``cluster_graph=0``, the trained centroids refined by
   k-means, as ``predict`` worked before ``cluster_graph``.
 
@@ -15,8 +16,12 @@ Both are scored on the test split (NMI, ARI and cluster accuracy), beside the
 linear probe, the weighted kNN (k=200) and k-means on the embeddings, and
 beside anchors on the raw pixels and on PCA (64 components) of the test
 split: k-means, Ward agglomerative clustering and HDBSCAN (noise points count
-as one more cluster). ``readout s`` is the time of the graph read-out, to
-compare with ``fit s``.
+as one more cluster), and the linear probe and weighted kNN of the raw
+pixels. ``readout s`` is the time of the graph read-out, to compare with
+``fit s``. ``--set key=value`` changes a parameter of both methods (e.g.
+``backbone=small_cnn`` for the 32x32 RGB sets on a CPU); ``--models DIR``
+saves every fitted model, so that other read-outs can be measured on them
+later without training again.
 
 Examples
 --------
@@ -48,16 +53,25 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, load_dataset, scaled_inputs  # noqa: E402
+from quality import DATASETS, _parse_value, load_dataset, scaled_inputs  # noqa: E402
 
 from skcueco import CueCoEmbedder, __version__  # noqa: E402
 from skcueco._readout import readout  # noqa: E402
-from skcueco.evaluation import cluster_accuracy, evaluate_embedder  # noqa: E402
+from skcueco.evaluation import cluster_accuracy, evaluate_embedder, evaluate_features  # noqa: E402
 
 QUICK_EPOCHS = 2
 PCA_DIM = 64
 METHODS = {"cueco": {}, "moco": {"cluster_weight": 0.0}}
+GRAPH_NEIGHBOURS = CueCoEmbedder().cluster_graph
 COLUMNS = ["probe", "kNN", "k-means NMI", "NMI", "ARI", "ACC", "fit s", "readout s"]
+
+
+def parse_setting(text):
+    """``"key=value"`` as ``(key, value)``, the value read as a Python literal where it is one."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), _parse_value(value.strip())
 
 
 def clustering_scores(y, labels):
@@ -70,7 +84,7 @@ def _log(text):
     print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
 
 
-def readouts(est, X_train, X_test, y_test, n_neighbors=10):
+def readouts(est, X_train, X_test, y_test, n_neighbors=GRAPH_NEIGHBOURS):
     """Scores of the ``centroids`` and ``graph`` read-outs of one fitted model."""
     trained = est._trained
     rows = {"centroids": clustering_scores(y_test, est.predict(X_test))}
@@ -98,6 +112,10 @@ def anchors(data, seed):
                 ("hdbscan", HDBSCAN(min_cluster_size=max(5, len(Z) // (4 * n)), copy=True))):
             labels = model.fit_predict(Z)
             rows.append({"method": f"{name} on {space}", **clustering_scores(y_test, labels)})
+    quality = evaluate_features(A, y_train, B, y_test, random_state=seed)
+    value = {(p, m): v for p, m, v in quality.itertuples(index=False)}
+    rows.append({"method": "raw pixels", "probe": value["linear", "accuracy"],
+                 "kNN": value["knn", "accuracy"]})
     return rows
 
 
@@ -110,12 +128,16 @@ def run(args):
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for method, params in METHODS.items():
                     est = CueCoEmbedder(max_epochs=epochs, random_state=seed, cluster_graph=0,
-                                        device=args.device, **params)
+                                        device=args.device, **{**params, **args.set})
                     start = time.perf_counter()
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         est.fit(X_train)
                     fit_seconds = time.perf_counter() - start
+                    if args.models:
+                        args.models.mkdir(parents=True, exist_ok=True)
+                        est.save(args.models / f"{name}_{epochs}ep_{method}_seed{seed}.skc",
+                                 training_state=False)
                     quality = evaluate_embedder(est, X_train, y_train, X_test, y_test,
                                                 random_state=seed)
                     value = {(p, m): v for p, m, v in quality.itertuples(index=False)}
@@ -137,9 +159,11 @@ def run(args):
                         pd.DataFrame(rows).to_csv(args.csv, index=False)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for row in anchors(data, seed):
-                    rows.append({"dataset": name, "epochs": epochs, "seed": seed, **{
-                        "NMI": row["nmi"], "ARI": row["ari"], "ACC": row["cluster_accuracy"]},
-                        "method": row["method"]})
+                    rows.append({"dataset": name, "epochs": epochs, "seed": seed,
+                                 "method": row.pop("method"), "probe": row.pop("probe", np.nan),
+                                 "kNN": row.pop("kNN", np.nan), "NMI": row.get("nmi", np.nan),
+                                 "ARI": row.get("ari", np.nan),
+                                 "ACC": row.get("cluster_accuracy", np.nan)})
     frame = pd.DataFrame(rows)
     if args.csv:
         frame.to_csv(args.csv, index=False)
@@ -176,6 +200,10 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="small subsets, 2 epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a parameter of both methods, e.g. backbone=small_cnn (repeatable)")
+    p.add_argument("--models", type=Path, default=None,
+                   help="a folder where every fitted model is saved")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--csv", type=Path, default=None)
     args = p.parse_args(argv)
@@ -184,6 +212,10 @@ def main(argv=None):
     unknown = sorted(set(args.datasets) - set(DATASETS))
     if unknown:
         p.error(f"unknown data sets {unknown}; choose from {', '.join(DATASETS)}")
+    try:
+        args.set = dict(parse_setting(item) for item in args.set)
+    except ValueError as exc:
+        p.error(str(exc))
     args.epochs = [QUICK_EPOCHS] if args.quick else [int(e) for e in args.epochs.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)

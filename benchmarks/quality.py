@@ -20,8 +20,13 @@ grayscale shapes, 8 classes), ``shapes32rgb`` (the same in 32x32 RGB, which
 the default backbone reads with ResNet-18: slow on a CPU), ``digits_lt`` and
 ``shapes28_lt`` (long-tailed: class ``c`` of ``C`` keeps a fraction
 ``0.1 ** (c / (C - 1))`` of its images, so the largest class is 10 times the
-smallest, as CIFAR-10-LT at imbalance 10), and the tabular ``wine`` and
-``breast_cancer`` (scikit-learn; the MLP backbone).
+smallest, as CIFAR-10-LT at imbalance 10), ``strokes28`` (3000 generated
+28x28 handwriting-like glyphs, 10 classes: letters and a figure drawn with
+random thickness, slant, elastic deformation and position), ``scenes32rgb``
+(3000 generated 32x32 RGB scenes, 8 classes: the shapes filled with a texture
+over a textured background, under uneven coloured light, often partly
+occluded; read with ResNet-18 by default, like ``shapes32rgb``), and the
+tabular ``wine`` and ``breast_cancer`` (scikit-learn; the MLP backbone).
 
 Methods: ``cueco`` (``CueCoEmbedder`` defaults, ``max_epochs=--epochs``),
 ``moco`` (the same with ``cluster_weight=0``), ``untrained`` (the same network
@@ -65,12 +70,12 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from skcueco import CueCoEmbedder, __version__
-from skcueco._synthetic import make_shapes
+from skcueco._synthetic import make_scenes, make_shapes, make_strokes
 from skcueco.augment import ImageAugmentation
 from skcueco.evaluation import evaluate_embedder, evaluate_features
 
 DATASETS = ("digits", "digits28", "shapes28", "shapes32rgb", "digits_lt", "shapes28_lt",
-            "wine", "breast_cancer")
+            "strokes28", "scenes32rgb", "wine", "breast_cancer")
 LT_IMBALANCE = 10  # largest class / smallest class of the long-tailed sets
 METHODS = ("cueco", "moco", "untrained", "pca", "pixels")
 TRAINED = {"cueco": {}, "moco": {"cluster_weight": 0.0}}
@@ -314,6 +319,12 @@ def load_dataset(name, quick=False):
         X, y = make_shapes(n, image_size=size, n_channels=channels, random_state=0)
         if name == "shapes28_lt":
             X, y = long_tailed(X, y)
+        kind = "images"
+    elif name == "strokes28":
+        X, y = make_strokes(QUICK_SHAPES if quick else N_SHAPES, image_size=28, random_state=0)
+        kind = "images"
+    elif name == "scenes32rgb":
+        X, y = make_scenes(QUICK_SHAPES if quick else N_SHAPES, image_size=32, random_state=0)
         kind = "images"
     elif name == "wine":
         X, y = load_wine(return_X_y=True)

@@ -40,12 +40,36 @@ def test_the_graph_read_out_of_a_centroid_fit_is_what_the_default_fit_gives(clus
 
 def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, capsys):
     out, csv = tmp_path / "t.md", tmp_path / "t.csv"
+    models = tmp_path / "models"
     frame = clusters.main(["--quick", "--datasets", "digits", "--seeds", "1",
+                           "--set", "hidden_dim=48", "--models", str(models),
                            "--out", str(out), "--csv", str(csv)])
     methods = set(frame.method)
     assert {"cueco graph", "cueco centroids", "moco graph", "moco centroids",
-            "k-means on pixels", "agglomerative on pca", "hdbscan on pixels"} <= methods
-    assert frame[["NMI", "ARI", "ACC"]].notna().all().all()
-    assert (frame["NMI"].between(0, 1)).all()
+            "k-means on pixels", "agglomerative on pca", "hdbscan on pixels",
+            "raw pixels"} <= methods
+    clustered = frame[frame.method != "raw pixels"]
+    assert clustered[["NMI", "ARI", "ACC"]].notna().all().all()
+    pixels = frame[frame.method == "raw pixels"]
+    assert pixels[["probe", "kNN"]].notna().all().all() and pixels["NMI"].isna().all()
+    # --set reaches both methods, and --models keeps every fitted model
+    saved = sorted(p.name for p in models.iterdir())
+    assert saved == ["digits_2ep_cueco_seed0.skc", "digits_2ep_moco_seed0.skc"]
+    moco = CueCoEmbedder.load(models / saved[1])
+    assert moco.hidden_dim == 48 and moco.cluster_weight == 0
+    assert (clustered["NMI"].between(0, 1)).all()
     assert "| cueco graph |" in out.read_text()
     assert set(__import__("pandas").read_csv(csv).method) == methods
+
+
+def test_settings_are_parsed_as_literals_and_bad_ones_named(clusters):
+    assert clusters.parse_setting("backbone=small_cnn") == ("backbone", "small_cnn")
+    assert clusters.parse_setting("hidden_dim=64") == ("hidden_dim", 64)
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        clusters.parse_setting("small_cnn")
+    with pytest.raises(SystemExit):
+        clusters.main(["--set", "=3"])
+
+
+def test_graph_neighbours_follow_the_estimators_default(clusters):
+    assert clusters.GRAPH_NEIGHBOURS == CueCoEmbedder().cluster_graph
