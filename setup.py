@@ -38,11 +38,13 @@ setup(
     ],
     extras_require={
         # the tests build the documentation too (without running the gallery)
-        "test": ["pytest", "matplotlib", "tensorboard", "onnx", "onnxscript", "onnxruntime",
-                 *DOCS],
+        "test": ["pytest", "matplotlib", "tensorboard", "mlflow-skinny", "onnx", "onnxscript",
+                 "onnxruntime", *DOCS],
         "docs": DOCS,
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],
+        # the MLflow callback; a local database store needs the full mlflow package
+        "mlflow": ["mlflow-skinny"],
         # CueCoEmbedder.export(format="onnx"): PyTorch's exporter (torch.onnx.export,
         # dynamo=True) needs onnx and onnxscript; onnxruntime runs the file
         "onnx": ["onnx", "onnxscript", "onnxruntime"],

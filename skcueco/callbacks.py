@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._mlflow import MLflow
 from ._tensorboard import TensorBoard
 from .training.checkpoint import Checkpoint
 from .training.hooks import Callback
