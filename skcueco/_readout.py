@@ -139,8 +139,18 @@ def readout(projections, centroids, n_neighbors, seed):
     owners : torch.Tensor of shape (n_clusters * PROTOTYPES_PER_CLUSTER,)
         The cluster of each prototype (int64).
     """
+    labels = graph_clusters(projections, centroids.shape[0], n_neighbors, seed)
+    return cluster_prototypes(projections, labels, centroids, seed)
+
+
+def cluster_prototypes(projections, labels, centroids, seed):
+    """``(centers, prototypes, owners)`` of the clusters ``labels`` of ``projections``.
+
+    Each cluster keeps its unit mean direction and ``PROTOTYPES_PER_CLUSTER``
+    prototypes (spherical k-means of its members); a cluster without members
+    keeps its trained centroid. ``readout`` documents the returned arrays.
+    """
     n_clusters = centroids.shape[0]
-    labels = graph_clusters(projections, n_clusters, n_neighbors, seed)
     P = projections.detach().float().cpu().numpy().astype(np.float64)
     centers = centroids.detach().float().cpu().numpy().astype(np.float64).copy()
     prototypes, owners = [], []

@@ -14,13 +14,17 @@ from skcueco import CueCoEmbedder
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def clusters():
+def _load(name):
     sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("clusters", BENCHMARKS / "clusters.py")
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    return _load("clusters")
 
 
 def test_the_graph_read_out_of_a_centroid_fit_is_what_the_default_fit_gives(clusters):
@@ -57,6 +61,19 @@ def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, ca
     assert saved == ["digits_2ep_cueco_seed0.skc", "digits_2ep_moco_seed0.skc"]
     moco = CueCoEmbedder.load(models / saved[1])
     assert moco.hidden_dim == 48 and moco.cluster_weight == 0
+
+    # benchmarks/readouts.py reads the same clusters again from the kept models
+    readouts = _load("readouts")
+    again = readouts.main(["--quick", "--models", str(models), "--out", str(tmp_path / "r.md")])
+    default = again[again.measure == "graph (default)"].set_index("method")
+    graph = frame[frame.method.str.endswith(" graph")].set_index("method")
+    for method in ("cueco", "moco"):
+        assert default.loc[method, "nmi"] == pytest.approx(graph.loc[f"{method} graph", "NMI"])
+    spaces = {m for m in again.measure if m.startswith("kNN")}
+    assert {"kNN k=200, standardised features", "kNN k=20, projections",
+            "kNN k=200, pixels", "kNN k=200, raw features"} <= spaces
+    assert again.loc[again.measure.isin(spaces), "accuracy"].between(0, 1).all()
+    assert "| graph, cut straight |" in (tmp_path / "r.md").read_text()
     assert (clustered["NMI"].between(0, 1)).all()
     assert "| cueco graph |" in out.read_text()
     assert set(__import__("pandas").read_csv(csv).method) == methods

@@ -1,0 +1,193 @@
+"""Other ways to read clusters and neighbours from models already trained.
+
+``benchmarks/clusters.py --models DIR`` keeps every model it fits. This
+script loads them again and measures, on the same test split and without
+training anything:
+
+- ``predict``-style clusters read from the training projections in several
+  ways (each kept as 5 prototypes per cluster, as ``fit`` keeps them): the
+  default graph read-out (``cluster_graph`` neighbours, ``OVERSEGMENT *
+  n_clusters`` groups merged by spectral clustering); the graph with 10 or
+  30 neighbours; the graph cut straight into ``n_clusters``; cut into 5
+  groups per cluster; and the groups merged by average-linkage
+  agglomeration of their normalised affinity instead of spectral clustering;
+- weighted kNN accuracy (cosine, ``t=0.1``; k=20 and k=200) in four spaces:
+  ``transform``'s standardised features, the raw backbone features, the unit
+  projections and the centred pixels.
+
+Examples
+--------
+::
+
+    python benchmarks/clusters.py --datasets digits --epochs 40 --models models/
+    python benchmarks/readouts.py --models models/ --out readouts.md
+"""
+
+import argparse
+import datetime
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse
+import torch
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.neighbors import KNeighborsClassifier
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clusters import clustering_scores  # noqa: E402
+from quality import load_dataset, scaled_inputs  # noqa: E402
+
+from skcueco import CueCoEmbedder  # noqa: E402
+from skcueco import _readout  # noqa: E402
+from skcueco.evaluation import _ExpSimilarityWeights  # noqa: E402
+
+MODEL_NAME = re.compile(r"(?P<dataset>\w+?)_(?P<epochs>\d+)ep_(?P<method>[a-z]+)_seed(?P<seed>\d+)\.skc$")
+KNN_K = (20, 200)
+
+
+def merged_by_linkage(P, n_clusters, n_neighbors, seed, oversegment=_readout.OVERSEGMENT):
+    """The default's groups, merged by average linkage of their normalised affinity."""
+    n = P.shape[0]
+    affinity = _readout.knn_graph(P, min(n_neighbors + 1, n))
+    n_groups = min(oversegment * n_clusters, n // 2)
+    groups = _readout._spectral(affinity, n_groups, seed)
+    member = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), groups)), shape=(n, n_groups))
+    between = (member.T @ affinity @ member).toarray()
+    volume = between.sum(axis=1)
+    similarity = between / np.sqrt(np.outer(volume, volume)).clip(1e-12)
+    distance = 1.0 - similarity / similarity.max()
+    np.fill_diagonal(distance, 0.0)
+    merge = AgglomerativeClustering(n_clusters, metric="precomputed", linkage="average")
+    return merge.fit_predict(distance)[groups]
+
+
+def graph(n_neighbors=None, oversegment=None):
+    def cluster(P, n_clusters, default_neighbors, seed):
+        k = n_neighbors or default_neighbors
+        if oversegment is None:
+            return _readout.graph_clusters(P, n_clusters, k, seed)
+        saved = _readout.OVERSEGMENT
+        _readout.OVERSEGMENT = oversegment
+        try:
+            return _readout.graph_clusters(P, n_clusters, k, seed)
+        finally:
+            _readout.OVERSEGMENT = saved
+    return cluster
+
+
+READOUTS = {
+    "graph (default)": graph(),
+    "graph, 10 neighbours": graph(n_neighbors=10),
+    "graph, 30 neighbours": graph(n_neighbors=30),
+    "graph, cut straight": graph(oversegment=1),
+    "graph, 5 groups per cluster": graph(oversegment=5),
+    "graph, groups merged by linkage": merged_by_linkage,
+}
+
+
+def knn_accuracy(Z_train, y_train, Z_test, y_test, k):
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(Z_train)), weights=_ExpSimilarityWeights(0.1),
+                               metric="cosine", algorithm="brute")
+    return knn.fit(Z_train, y_train).score(Z_test, y_test)
+
+
+def measure(path, data):
+    X_train, X_test, y_train, y_test, kind = data
+    est = CueCoEmbedder.load(path)
+    trained = est._trained
+    P_train = torch.from_numpy(trained.project(*est._rows(X_train)))
+    P_test = torch.from_numpy(trained.project(*est._rows(X_test)))
+    seed = est._seeds().model
+    rows = []
+    for name, cluster in READOUTS.items():
+        start = time.perf_counter()
+        labels = cluster(P_train, trained.centroids.shape[0], est.cluster_graph or 20, seed)
+        _, prototypes, owners = _readout.cluster_prototypes(P_train, labels, trained.centroids, seed)
+        seconds = time.perf_counter() - start
+        predicted = owners[(P_test @ prototypes.T).argmax(1)].numpy()
+        rows.append({"measure": name, **clustering_scores(y_test, predicted), "seconds": seconds})
+    F_train, F_test = est.transform(X_train), est.transform(X_test)
+    spaces = {"standardised features": (F_train, F_test), "projections": (P_train.numpy(), P_test.numpy()),
+              "pixels": scaled_inputs(X_train, X_test, kind)}
+    if getattr(est, "embedding_scale_", None) is not None:
+        mean, scale = est.embedding_mean_, est.embedding_scale_
+        spaces["raw features"] = (F_train * scale + mean, F_test * scale + mean)
+    for space, (A, B) in spaces.items():
+        for k in KNN_K:
+            rows.append({"measure": f"kNN k={k}, {space}",
+                         "accuracy": knn_accuracy(A, y_train, B, y_test, k)})
+    return rows
+
+
+def run(args):
+    rows, cache = [], {}
+    for path in sorted(args.models.glob("*.skc")):
+        match = MODEL_NAME.match(path.name)
+        if not match or (args.datasets and match["dataset"] not in args.datasets):
+            continue
+        name = match["dataset"]
+        if name not in cache:
+            cache[name] = load_dataset(name, quick=args.quick)
+        for row in measure(path, cache[name]):
+            rows.append({"dataset": name, "epochs": int(match["epochs"]),
+                         "method": match["method"], "seed": int(match["seed"]), **row})
+        print(f"[{datetime.datetime.now():%H:%M:%S}] {path.name}", file=sys.stderr, flush=True)
+    return pd.DataFrame(rows)
+
+
+def markdown(frame, argv):
+    lines = [f"# Read-outs of trained models ({datetime.date.today()})", "",
+             f"`python benchmarks/readouts.py {shlex.join(argv)}`", "",
+             "Mean ± std over the seeds of each model; NMI, ARI and cluster accuracy (ACC) on "
+             "the test split; `s` is the read-out's seconds.", ""]
+    metrics = ["nmi", "ari", "cluster_accuracy", "accuracy", "seconds"]
+    for (name, epochs, method), g in frame.groupby(["dataset", "epochs", "method"], sort=True):
+        lines += [f"## {name}, {epochs} epochs, {method} ({g.seed.nunique()} seeds)", "",
+                  "| measure | NMI | ARI | ACC | kNN accuracy | s |", "|---|---|---|---|---|---|"]
+        for measure, m in g.groupby("measure", sort=False):
+            cells = []
+            for col in metrics:
+                v = m[col].dropna().to_numpy() if col in m else np.array([])
+                cells.append("" if not len(v) else f"{v.mean():.3f} ± {v.std():.3f}")
+            lines.append(f"| {measure} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=Path, required=True)
+    p.add_argument("--datasets", default="", help="comma-separated; default: every model found")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and BLAS threads (default: as they are; the spectral "
+                        "read-out can change with the BLAS thread count)")
+    p.add_argument("--quick", action="store_true",
+                   help="the small subsets of clusters.py --quick (for its models)")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--csv", type=Path, default=None)
+    args = p.parse_args(argv)
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with threadpool_limits(args.threads):
+        frame = run(args)
+    if frame.empty:
+        p.error(f"no model files named like 'digits_40ep_cueco_seed0.skc' in {args.models}")
+    text = markdown(frame, argv)
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return frame
+
+
+if __name__ == "__main__":
+    main()
