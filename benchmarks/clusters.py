@@ -126,7 +126,8 @@ def run(args):
         X_train, X_test, y_train, y_test, _ = data
         for epochs in args.epochs:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                for method, params in METHODS.items():
+                for method in args.methods:
+                    params = METHODS[method]
                     est = CueCoEmbedder(max_epochs=epochs, random_state=seed, cluster_graph=0,
                                         device=args.device, **{**params, **args.set})
                     start = time.perf_counter()
@@ -195,6 +196,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="digits,digits28,shapes28,digits_lt,shapes28_lt")
     p.add_argument("--epochs", default="20", help="comma-separated, e.g. 20,40")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated, from {', '.join(METHODS)} (default: both)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -209,6 +212,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.argv = argv
     args.datasets = [d for d in args.datasets.split(",") if d]
+    args.methods = [m for m in args.methods.split(",") if m]
+    if not args.methods or set(args.methods) - set(METHODS):
+        p.error(f"--methods: choose from {', '.join(METHODS)}; got {args.methods}")
     unknown = sorted(set(args.datasets) - set(DATASETS))
     if unknown:
         p.error(f"unknown data sets {unknown}; choose from {', '.join(DATASETS)}")
