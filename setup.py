@@ -43,8 +43,9 @@ setup(
         "docs": DOCS,
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],
-        # the MLflow callback; a local database store needs the full mlflow package
-        "mlflow": ["mlflow-skinny"],
+        # the MLflow callback, with MLflow's default local store (the tests use
+        # the lighter mlflow-skinny, which logs to a server or a folder store)
+        "mlflow": ["mlflow"],
         # CueCoEmbedder.export(format="onnx"): PyTorch's exporter (torch.onnx.export,
         # dynamo=True) needs onnx and onnxscript; onnxruntime runs the file
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
