@@ -1,7 +1,8 @@
-"""Random crop, flip, affine, colour, blur and noise for image batches.
+"""Random crop, flip, affine, elastic, stroke, colour, blur and noise for image batches.
 
 Crop, flip and affine are fused into one per-image 2x3 matrix applied with a
-single ``grid_sample``; the colour operations into one per-image 3x3 matrix
+single ``grid_sample`` (an elastic displacement, when asked for, is added to
+the same sampling grid); the colour operations into one per-image 3x3 matrix
 plus offset; the blur is a separable grouped convolution. No Python loop
 runs over images.
 """
@@ -13,6 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from .base import Augmentation, _check_batch, _check_generator, _check_range, _rand, _randn
+
+# The elastic displacement is drawn on a coarse grid of this many cells a side
+# and interpolated to every pixel: smooth, as a hand's wobble
+_ELASTIC_CELLS = 4
 
 # Candidate boxes drawn per image for the random resized crop; the first one
 # that fits the image is used, as in torchvision's rejection sampling.
@@ -77,11 +82,11 @@ def _affine_grid(theta, h, w):
 
 
 class ImageAugmentation(Augmentation):
-    """Random crop, flip, affine, colour, blur and noise for image batches.
+    """Random crop, flip, affine, elastic, stroke, colour, blur and noise for image batches.
 
     Each image of the batch draws its own parameters. Operations run in this
-    order: random resized crop, horizontal flip and affine (one resampling),
-    brightness, contrast, saturation and hue (together with probability
+    order: random resized crop, horizontal flip, affine and elastic
+    displacement (one resampling), stroke thickness, brightness, contrast, saturation and hue (together with probability
     ``jitter_p``), grayscale, blur, noise; the output is clamped to [0, 1].
 
     Parameters
@@ -98,6 +103,19 @@ class ImageAugmentation(Augmentation):
     translate : float or tuple of float, default=0.0
         Largest shift as a fraction of the image width (and height, if a pair
         ``(horizontal, vertical)`` is given); shifts are uniform.
+    shear : float, default=0.0
+        Horizontal shear (slant) angle drawn uniformly in ``[-shear, shear]``
+        degrees, below 90.
+    elastic : float, default=0.0
+        Standard deviation, in pixels, of a smooth random displacement of the
+        image (an elastic deformation, as handwriting varies): drawn
+        independently at the corners of a 4x4 grid of cells and interpolated
+        bicubically to every pixel. 0 disables it.
+    thickness : float, default=0.0
+        Probability that an image's strokes get thicker or thinner (each
+        half the time): the image is blended, with a weight uniform in
+        [0, 1], with its 3x3 grey-level dilation or erosion. Thin strokes
+        lose contrast rather than vanish. 0 disables it.
     color_jitter : tuple of float or None, default=(0.4, 0.4, 0.4, 0.1)
         ``(brightness, contrast, saturation, hue)`` strengths with
         torchvision's meaning: factors uniform in ``[max(0, 1 - s), 1 + s]``,
@@ -155,6 +173,9 @@ class ImageAugmentation(Augmentation):
         flip=True,
         rotation=0.0,
         translate=0.0,
+        shear=0.0,
+        elastic=0.0,
+        thickness=0.0,
         color_jitter=(0.4, 0.4, 0.4, 0.1),
         jitter_p=0.8,
         grayscale_p=0.2,
@@ -181,6 +202,9 @@ class ImageAugmentation(Augmentation):
                 _check_range("translate", t, 0.0, 1.0)
         else:
             _check_range("translate", translate, 0.0, 1.0)
+        _check_range("shear", shear, 0.0, 89.0)
+        _check_range("elastic", elastic, 0.0)
+        _check_range("thickness", thickness, 0.0, 1.0)
         if color_jitter is not None:
             if not isinstance(color_jitter, (tuple, list)) or len(color_jitter) != 4:
                 raise ValueError(
@@ -210,6 +234,9 @@ class ImageAugmentation(Augmentation):
         self.flip = flip
         self.rotation = rotation
         self.translate = translate
+        self.shear = shear
+        self.elastic = elastic
+        self.thickness = thickness
         self.color_jitter = color_jitter
         self.jitter_p = jitter_p
         self.grayscale_p = grayscale_p
@@ -240,6 +267,9 @@ class ImageAugmentation(Augmentation):
             "jitter": 5 if use_jitter else 0,
             "grayscale": 1 if n_channels == 3 and self.grayscale_p > 0 else 0,
             "blur": 2 if self.blur and self.blur_p > 0 else 0,
+            # drawn last, so that a recipe without them draws as before
+            "shear": 1 if self.shear > 0 else 0,
+            "thickness": 3 if self.thickness > 0 else 0,
         }, jitter
 
     def __call__(self, x, generator=None):
@@ -271,9 +301,12 @@ class ImageAugmentation(Augmentation):
             start += k
 
         y = x
-        if plan["crop"] or plan["flip"] or plan["rotation"] or plan["translate"]:
+        if (plan["crop"] or plan["flip"] or plan["rotation"] or plan["translate"]
+                or plan["shear"] or self.elastic > 0):
             theta = self._geometry(u, n, h, w).to(x.dtype)  # (N, 2, 3)
             grid = _affine_grid(theta, h, w)  # (N, H, W, 2)
+            if self.elastic > 0:
+                grid = grid + self._displacement(generator, n, h, w, x)
             y = F.grid_sample(
                 x,
                 grid,
@@ -281,6 +314,8 @@ class ImageAugmentation(Augmentation):
                 padding_mode=self.padding_mode,
                 align_corners=False,
             )
+        if plan["thickness"]:
+            y = self._stroke(y, u["thickness"])
         if plan["jitter"] or plan["grayscale"]:
             y = self._color(y, u["jitter"], u["grayscale"], jitter)
         if plan["blur"]:
@@ -329,12 +364,34 @@ class ImageAugmentation(Augmentation):
         # rotate without shearing.
         l00, l01 = cos, sin * (h / w)
         l10, l11 = -sin * (w / h), cos
+        if u["shear"].shape[1]:
+            # then the inverse of a horizontal shear x' = x + k y (pixel units)
+            k = torch.tan(math.radians(self.shear) * (2 * u["shear"][:, 0] - 1)) * (h / w)
+            l00, l01 = l00 - k * l10, l01 - k * l11
         # A = diag(cw * f, ch) @ L and b = c - A @ t.
         a00, a01 = cw * f * l00, cw * f * l01
         a10, a11 = ch * l10, ch * l11
         b0 = cx - (a00 * tx + a01 * ty)
         b1 = cy - (a10 * tx + a11 * ty)
         return torch.stack([a00, a01, b0, a10, a11, b1], dim=1).view(n, 2, 3)
+
+    def _displacement(self, generator, n, h, w, x):
+        """Smooth random offsets of the sampling grid, ``(N, H, W, 2)`` normalised units."""
+        cells = _randn(generator, (n, 2, _ELASTIC_CELLS + 1, _ELASTIC_CELLS + 1), x.device)
+        field = F.interpolate(cells.to(x.dtype), size=(h, w), mode="bicubic", align_corners=True)
+        # pixels to normalised units: the image spans 2 over its side
+        scale = torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype, device=x.device)
+        return field.permute(0, 2, 3, 1) * (self.elastic * scale)
+
+    def _stroke(self, y, u):
+        """Blend each chosen image with its grey-level dilation or erosion."""
+        chosen = u[:, 0] < self.thickness
+        weight = torch.where(chosen, u[:, 2], torch.zeros_like(u[:, 2])).to(y.dtype)
+        dilate = (u[:, 1] < 0.5).view(-1, 1, 1, 1)
+        grown = F.max_pool2d(y, 3, stride=1, padding=1)
+        shrunk = -F.max_pool2d(-y, 3, stride=1, padding=1)
+        target = torch.where(dilate, grown, shrunk)
+        return torch.lerp(y, target, weight.view(-1, 1, 1, 1))
 
     def _crop_boxes(self, u, h, w):
         """Vectorised torchvision RandomResizedCrop box sampling.
