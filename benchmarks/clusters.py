@@ -44,6 +44,7 @@ import time
 import warnings
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -64,6 +65,16 @@ PCA_DIM = 64
 METHODS = {"cueco": {}, "moco": {"cluster_weight": 0.0}}
 GRAPH_NEIGHBOURS = CueCoEmbedder().cluster_graph
 COLUMNS = ["probe", "kNN", "k-means NMI", "NMI", "ARI", "ACC", "fit s", "readout s"]
+
+
+def keep(est, stem):
+    """Save a fitted model as ``stem.skc``, or with joblib as ``stem.joblib``
+    where ``save`` cannot store its settings (an augmentation object)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        est.save(stem.with_suffix(".skc"), training_state=False)
+    except ValueError:
+        joblib.dump(est, stem.with_suffix(".joblib"))
 
 
 def parse_setting(text):
@@ -136,9 +147,7 @@ def run(args):
                         est.fit(X_train)
                     fit_seconds = time.perf_counter() - start
                     if args.models:
-                        args.models.mkdir(parents=True, exist_ok=True)
-                        est.save(args.models / f"{name}_{epochs}ep_{method}_seed{seed}.skc",
-                                 training_state=False)
+                        keep(est, args.models / f"{name}_{epochs}ep_{method}_seed{seed}")
                     quality = evaluate_embedder(est, X_train, y_train, X_test, y_test,
                                                 random_state=seed)
                     value = {(p, m): v for p, m, v in quality.itertuples(index=False)}

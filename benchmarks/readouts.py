@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import scipy.sparse
@@ -47,7 +48,8 @@ from skcueco import CueCoEmbedder  # noqa: E402
 from skcueco import _readout  # noqa: E402
 from skcueco.evaluation import _ExpSimilarityWeights  # noqa: E402
 
-MODEL_NAME = re.compile(r"(?P<dataset>\w+?)_(?P<epochs>\d+)ep_(?P<method>[a-z]+)_seed(?P<seed>\d+)\.skc$")
+MODEL_NAME = re.compile(
+    r"(?P<dataset>\w+?)_(?P<epochs>\d+)ep_(?P<method>[a-z]+)_seed(?P<seed>\d+)\.(skc|joblib)$")
 KNN_K = (20, 200)
 
 
@@ -99,7 +101,7 @@ def knn_accuracy(Z_train, y_train, Z_test, y_test, k):
 
 def measure(path, data):
     X_train, X_test, y_train, y_test, kind = data
-    est = CueCoEmbedder.load(path)
+    est = CueCoEmbedder.load(path) if path.suffix == ".skc" else joblib.load(path)
     trained = est._trained
     P_train = torch.from_numpy(trained.project(*est._rows(X_train)))
     P_test = torch.from_numpy(trained.project(*est._rows(X_test)))
@@ -127,7 +129,7 @@ def measure(path, data):
 
 def run(args):
     rows, cache = [], {}
-    for path in sorted(args.models.glob("*.skc")):
+    for path in sorted(args.models.iterdir()):
         match = MODEL_NAME.match(path.name)
         if not match or (args.datasets and match["dataset"] not in args.datasets):
             continue

@@ -90,3 +90,16 @@ def test_settings_are_parsed_as_literals_and_bad_ones_named(clusters):
 
 def test_graph_neighbours_follow_the_estimators_default(clusters):
     assert clusters.GRAPH_NEIGHBOURS == CueCoEmbedder().cluster_graph
+
+
+def test_models_save_cannot_store_are_kept_with_joblib_and_read_again(clusters, tmp_path):
+    models = tmp_path / "models"
+    aug = "augmentation=ImageAugmentation(crop_scale=(0.5, 1.0), flip=False, shear=10.0)"
+    frame = clusters.main(["--quick", "--datasets", "digits", "--seeds", "1", "--methods", "moco",
+                           "--set", aug, "--models", str(models)])
+    assert [p.name for p in models.iterdir()] == ["digits_2ep_moco_seed0.joblib"]
+    assert set(frame.method) >= {"moco graph", "moco centroids"} and "cueco graph" not in set(frame.method)
+    again = _load("readouts").main(["--quick", "--models", str(models)])
+    default = again[again.measure == "graph (default)"]
+    graph = frame[frame.method == "moco graph"]
+    assert default["nmi"].iloc[0] == pytest.approx(graph["NMI"].iloc[0])
