@@ -11,7 +11,7 @@ than the background in half the images and darker in the other half.
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .shapes import SHAPE_NAMES, check_int, shape_coverage
+from .shapes import SHAPE_NAMES, check_arguments, draw_poses, shape_coverage
 
 TEXTURES = ("stripes", "checker", "blobs")
 
@@ -66,21 +66,12 @@ def make_scenes(n_samples=3000, *, image_size=32, n_classes=8, random_state=None
     >>> X.shape, X.dtype
     ((40, 16, 16, 3), dtype('uint8'))
     """
-    check_int(n_samples, "n_samples", 1)
-    check_int(image_size, "image_size", 8)
-    check_int(n_classes, "n_classes", 2)
-    if n_classes > len(SHAPE_NAMES):
-        raise ValueError(
-            f"n_classes must be <= {len(SHAPE_NAMES)} (the number of shapes); got {n_classes}."
-        )
+    check_arguments(n_samples, image_size, n_classes, SHAPE_NAMES, "shapes")
     rng = check_random_state(random_state)
     n, size = int(n_samples), int(image_size)
 
-    y = rng.permutation(np.arange(n) % n_classes).astype(np.int64)
-    radius = rng.uniform(*_RADIUS, size=n) * size
-    center = rng.uniform(*_CENTER, size=(n, 2)) * size
-    angle = rng.uniform(0.0, 2 * np.pi, size=n)
-    stroke = np.maximum(rng.uniform(*_STROKE, size=n) * size, _MIN_STROKE_PX)
+    y, radius, center, angle, stroke = draw_poses(
+        rng, n, size, n_classes, _RADIUS, _CENTER, _STROKE, _MIN_STROKE_PX)
 
     ii, jj = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
     pixels = np.stack([jj.ravel(), ii.ravel()], axis=1)

@@ -70,24 +70,14 @@ def make_shapes(n_samples=3000, *, image_size=28, n_channels=1, n_classes=8,
     >>> X.shape, X.dtype, y[:5]
     ((100, 16, 16, 3), dtype('uint8'), array([...]))
     """
-    check_int(n_samples, "n_samples", 1)
-    check_int(image_size, "image_size", 8)
-    check_int(n_classes, "n_classes", 2)
-    if n_classes > len(SHAPE_NAMES):
-        raise ValueError(
-            f"n_classes must be <= {len(SHAPE_NAMES)} (the number of shapes); "
-            f"got {n_classes}."
-        )
+    check_arguments(n_samples, image_size, n_classes, SHAPE_NAMES, "shapes")
     if n_channels not in (1, 3) or isinstance(n_channels, bool):
         raise ValueError(f"n_channels must be 1 (grayscale) or 3 (RGB); got {n_channels!r}.")
     rng = check_random_state(random_state)
     n, size = int(n_samples), int(image_size)
 
-    y = rng.permutation(np.arange(n) % n_classes).astype(np.int64)
-    radius = rng.uniform(*_RADIUS, size=n) * size
-    center = rng.uniform(*_CENTER, size=(n, 2)) * size
-    angle = rng.uniform(0.0, 2 * np.pi, size=n)
-    stroke = np.maximum(rng.uniform(*_STROKE, size=n) * size, _MIN_STROKE_PX)
+    y, radius, center, angle, stroke = draw_poses(
+        rng, n, size, n_classes, _RADIUS, _CENTER, _STROKE, _MIN_STROKE_PX)
     background = rng.uniform(*_BACKGROUND, size=(n, n_channels))
     if n_channels == 1:
         tint = np.ones((n, 1))
@@ -142,6 +132,31 @@ def shape_coverage(y, radius, center, angle, stroke, pixels, n_classes):
         dist = _SHAPES[SHAPE_NAMES[k]](local, half_stroke) * radius[idx, None]
         coverage[idx] = np.clip(0.5 - dist, 0.0, 1.0)
     return coverage
+
+
+def draw_poses(rng, n, size, n_classes, radius, center, stroke, min_stroke):
+    """Balanced classes in random order and a pose per image, in pixels.
+
+    ``radius``, ``center`` and ``stroke`` are ranges in units of the image
+    side; returns ``(y, radius, center, angle, stroke)``.
+    """
+    y = rng.permutation(np.arange(n) % n_classes).astype(np.int64)
+    radius = rng.uniform(*radius, size=n) * size
+    center = rng.uniform(*center, size=(n, 2)) * size
+    angle = rng.uniform(0.0, 2 * np.pi, size=n)
+    stroke = np.maximum(rng.uniform(*stroke, size=n) * size, min_stroke)
+    return y, radius, center, angle, stroke
+
+
+def check_arguments(n_samples, image_size, n_classes, names, what):
+    """The arguments every generator shares; ``names`` are its classes."""
+    check_int(n_samples, "n_samples", 1)
+    check_int(image_size, "image_size", 8)
+    check_int(n_classes, "n_classes", 2)
+    if n_classes > len(names):
+        raise ValueError(
+            f"n_classes must be <= {len(names)} (the number of {what}); got {n_classes}."
+        )
 
 
 def check_int(value, name, low):

@@ -13,7 +13,7 @@ them only in part.
 import numpy as np
 from sklearn.utils import check_random_state
 
-from .shapes import check_int
+from .shapes import check_arguments
 
 # class order: the first n_classes are used
 GLYPH_NAMES = ("C", "O", "S", "L", "T", "X", "Z", "N", "U", "4")
@@ -69,13 +69,7 @@ def make_strokes(n_samples=3000, *, image_size=28, n_classes=10, random_state=No
     >>> X.shape, X.dtype
     ((50, 16, 16), dtype('uint8'))
     """
-    check_int(n_samples, "n_samples", 1)
-    check_int(image_size, "image_size", 8)
-    check_int(n_classes, "n_classes", 2)
-    if n_classes > len(GLYPH_NAMES):
-        raise ValueError(
-            f"n_classes must be <= {len(GLYPH_NAMES)} (the number of glyphs); got {n_classes}."
-        )
+    check_arguments(n_samples, image_size, n_classes, GLYPH_NAMES, "glyphs")
     rng = check_random_state(random_state)
     n, size = int(n_samples), int(image_size)
 
