@@ -13,7 +13,8 @@ training anything:
   agglomeration of their normalised affinity instead of spectral clustering;
 - weighted kNN accuracy (cosine, ``t=0.1``; k=20 and k=200) in four spaces:
   ``transform``'s standardised features, the raw backbone features, the unit
-  projections and the centred pixels.
+  projections and the centred pixels; and the linear probe (standardised
+  logistic regression) on the features and on the projections.
 
 Examples
 --------
@@ -37,7 +38,10 @@ import pandas as pd
 import scipy.sparse
 import torch
 from sklearn.cluster import AgglomerativeClustering
+from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +50,7 @@ from quality import load_dataset, scaled_inputs  # noqa: E402
 
 from skcueco import CueCoEmbedder  # noqa: E402
 from skcueco import _readout  # noqa: E402
-from skcueco.evaluation import _ExpSimilarityWeights  # noqa: E402
+from skcueco.evaluation import _PROBE_MAX_ITER, _ExpSimilarityWeights  # noqa: E402
 
 MODEL_NAME = re.compile(
     r"(?P<dataset>\w+?)_(?P<epochs>\d+)ep_(?P<method>[a-z]+)_seed(?P<seed>\d+)\.(skc|joblib)$")
@@ -99,6 +103,12 @@ def knn_accuracy(Z_train, y_train, Z_test, y_test, k):
     return knn.fit(Z_train, y_train).score(Z_test, y_test)
 
 
+def linear_probe(A, y_train, B, y_test, seed):
+    """Test accuracy of the quality benchmark's probe (standardised logistic regression)."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=_PROBE_MAX_ITER, random_state=seed))
+    return probe.fit(A, y_train).score(B, y_test)
+
+
 def measure(path, data):
     X_train, X_test, y_train, y_test, kind = data
     est = CueCoEmbedder.load(path) if path.suffix == ".skc" else joblib.load(path)
@@ -124,6 +134,10 @@ def measure(path, data):
         for k in KNN_K:
             rows.append({"measure": f"kNN k={k}, {space}",
                          "accuracy": knn_accuracy(A, y_train, B, y_test, k)})
+    for space in ("standardised features", "projections"):
+        A, B = spaces[space]
+        rows.append({"measure": f"linear probe, {space}",
+                     "accuracy": linear_probe(A, y_train, B, y_test, seed)})
     return rows
 
 

@@ -74,6 +74,8 @@ def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, ca
             "kNN k=200, pixels", "kNN k=200, raw features"} <= spaces
     assert again.loc[again.measure.isin(spaces), "accuracy"].between(0, 1).all()
     assert "| graph, cut straight |" in (tmp_path / "r.md").read_text()
+    probes = again[again.measure.str.startswith("linear probe")]
+    assert len(probes) == 4 and probes.accuracy.between(0, 1).all()
     assert (clustered["NMI"].between(0, 1)).all()
     assert "| cueco graph |" in out.read_text()
     assert set(__import__("pandas").read_csv(csv).method) == methods
