@@ -133,8 +133,9 @@ class CueCoEmbedder(
         How ``fit`` reads the clusters that ``predict`` gives from the
         trained embedding. With ``k > 0``, each training image is linked to
         its ``k`` most similar images (cosine of the projections); spectral
-        clustering cuts that graph into ``3 * n_clusters`` small groups and
-        then merges the groups into ``n_clusters`` clusters; each cluster
+        clustering cuts that graph into 1, 3 and 5 small groups per cluster
+        and merges the groups into ``n_clusters`` clusters; of these cuts,
+        the one of highest modularity on the graph is kept; each cluster
         keeps 5 prototypes (k-means of its members). ``predict`` gives an
         image the cluster of its most similar prototype
         (``cluster_prototypes_``). Images of a class that form several

@@ -3,10 +3,14 @@
 At the end of ``fit``, the unit projections of the training images are linked
 to their ``n_neighbors`` most similar ones (cosine). Spectral clustering of that
 graph (scikit-learn's :class:`~sklearn.cluster.SpectralClustering`, QR
-assignment) first cuts it into ``OVERSEGMENT * n_clusters`` small groups, which
-rarely mix classes; spectral clustering of the graph between those groups (the
-summed affinities of their members) then merges them into ``n_clusters``
-clusters, so that a class spread over several groups is not split. Each cluster keeps a few
+assignment) cuts it into ``f * n_clusters`` small groups for each ``f`` of
+``OVERSEGMENTS``, which rarely mix classes; the groups are merged into
+``n_clusters`` clusters by spectral clustering of the graph between them (the
+summed affinities of their members), and the ``3 * n_clusters`` groups also
+by average linkage of their normalised affinity, so that a class spread over
+several groups is not split. Of these few partitions, the one with the
+highest modularity on the graph is kept: the cut that best separates densely
+linked neighbourhoods, chosen without labels. Each cluster keeps a few
 prototypes (spherical k-means of its members' projections) and its mean
 direction (``cluster_centers_``); ``predict`` gives an image the cluster of
 its most similar prototype, so inference stays a nearest-neighbour lookup
@@ -24,12 +28,14 @@ import warnings
 import numpy as np
 import scipy.sparse
 import torch
-from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
 
 PROTOTYPES_PER_CLUSTER = 5
 """Prototypes that represent each cluster in ``predict``."""
-OVERSEGMENT = 3
-"""Small groups cut from the graph per cluster, before they are merged."""
+OVERSEGMENTS = (1, 3, 5)
+"""Small groups cut from the graph per cluster before they are merged (1: a direct cut)."""
+LINKAGE_OVERSEGMENT = 3
+"""The groups per cluster that are also merged by average linkage."""
 KNN_CHUNK_VALUES = 1 << 24
 """Similarities computed at once while building the graph (64 MB of float32)."""
 
@@ -79,12 +85,68 @@ def _spectral(affinity, n_clusters, seed):
         return model.fit_predict(affinity)
 
 
+def modularity(affinity, labels):
+    """Newman's modularity of the partition ``labels`` of the weighted graph ``affinity``.
+
+    The share of the graph's weight inside clusters, minus the share expected
+    if edges fell at random with the same degrees: high for a cut between
+    densely linked groups, 0 for a single cluster.
+    """
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1
+    member = scipy.sparse.csr_matrix(
+        (np.ones(labels.size), (np.arange(labels.size), labels)), shape=(labels.size, k))
+    inside = (member.T @ affinity @ member).diagonal()
+    degree = np.asarray(member.T @ affinity.sum(axis=1)).ravel()
+    total = float(affinity.sum())
+    return float(inside.sum() / total - ((degree / total) ** 2).sum())
+
+
+def _merged_by_linkage(between, n_clusters):
+    """Average-linkage merge of groups by their degree-normalised affinity."""
+    volume = between.sum(axis=1)
+    similarity = between / np.sqrt(np.outer(volume, volume)).clip(1e-12)
+    distance = 1.0 - similarity / max(similarity.max(), 1e-12)
+    np.fill_diagonal(distance, 0.0)
+    merge = AgglomerativeClustering(n_clusters, metric="precomputed", linkage="average")
+    return merge.fit_predict(distance)
+
+
+def candidate_partitions(affinity, n_clusters, seed):
+    """The partitions ``graph_clusters`` chooses from: ``{name: labels}``.
+
+    ``"cut x f, spectral"``: the graph cut into ``f * n_clusters`` groups (at
+    most half the rows), merged into ``n_clusters`` by spectral clustering of
+    the graph between groups (``f = 1``: a direct cut); ``"cut x 3,
+    linkage"``: the ``3 * n_clusters`` groups merged by average linkage.
+    """
+    n = affinity.shape[0]
+    found, cuts = {}, {}
+    for factor in OVERSEGMENTS:
+        n_groups = min(factor * n_clusters, n // 2)
+        if n_groups <= n_clusters:
+            n_groups = n_clusters
+        if n_groups not in cuts:
+            cuts[n_groups] = _spectral(affinity, n_groups, seed)
+        groups = cuts[n_groups]
+        if n_groups == n_clusters:
+            found[f"cut x {factor}, spectral"] = groups
+            continue
+        # affinity between groups: the summed affinity of their members
+        member = scipy.sparse.csr_matrix(
+            (np.ones(n), (np.arange(n), groups)), shape=(n, n_groups))
+        between = (member.T @ affinity @ member).toarray()
+        found[f"cut x {factor}, spectral"] = _spectral(between, n_clusters, seed)[groups]
+        if factor == LINKAGE_OVERSEGMENT:
+            found[f"cut x {factor}, linkage"] = _merged_by_linkage(between, n_clusters)[groups]
+    return found
+
+
 def graph_clusters(projections, n_clusters, n_neighbors, seed):
     """Cluster labels of the training projections from their kNN graph.
 
-    The graph is cut into ``OVERSEGMENT * n_clusters`` groups (at most half
-    the number of rows), and the groups are merged into ``n_clusters`` by
-    spectral clustering of the graph between groups.
+    Of the partitions of :func:`candidate_partitions`, the one with the
+    highest :func:`modularity` on the graph (the first on a tie).
 
     Parameters
     ----------
@@ -104,14 +166,9 @@ def graph_clusters(projections, n_clusters, n_neighbors, seed):
     """
     n = projections.shape[0]
     affinity = knn_graph(projections, min(n_neighbors + 1, n))
-    n_groups = min(OVERSEGMENT * n_clusters, n // 2)
-    if n_groups <= n_clusters:
-        return _spectral(affinity, n_clusters, seed)
-    groups = _spectral(affinity, n_groups, seed)
-    # affinity between groups: the summed affinity of their members
-    member = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), groups)), shape=(n, n_groups))
-    between = (member.T @ affinity @ member).toarray()
-    return _spectral(between, n_clusters, seed)[groups]
+    candidates = list(candidate_partitions(affinity, n_clusters, seed).values())
+    scores = [modularity(affinity, labels) for labels in candidates]
+    return candidates[int(np.argmax(scores))]
 
 
 def readout(projections, centroids, n_neighbors, seed):

@@ -73,7 +73,7 @@ def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, ca
     assert {"kNN k=200, standardised features", "kNN k=20, projections",
             "kNN k=200, pixels", "kNN k=200, raw features"} <= spaces
     assert again.loc[again.measure.isin(spaces), "accuracy"].between(0, 1).all()
-    assert "| graph, cut straight |" in (tmp_path / "r.md").read_text()
+    assert "| only the cut x 3, spectral |" in (tmp_path / "r.md").read_text()
     probes = again[again.measure.str.startswith("linear probe")]
     assert len(probes) == 4 and probes.accuracy.between(0, 1).all()
     assert (clustered["NMI"].between(0, 1)).all()

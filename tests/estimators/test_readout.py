@@ -4,13 +4,16 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
 from numpy.testing import assert_array_equal
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
 from skcueco import CueCoEmbedder
-from skcueco._readout import PROTOTYPES_PER_CLUSTER, graph_clusters, knn_graph, readout
+from skcueco._readout import (
+    PROTOTYPES_PER_CLUSTER, candidate_partitions, graph_clusters, knn_graph, modularity, readout,
+)
 
 
 def _unit(A):
@@ -150,3 +153,59 @@ def test_repeated_images_get_no_more_prototypes_than_distinct_ones():
         _, prototypes, owners = readout(torch.from_numpy(Z), centroids, 5, seed=0)
     assert prototypes.shape == (2 * PROTOTYPES_PER_CLUSTER, 3)
     assert len(np.unique(prototypes.numpy().round(5), axis=0)) <= 8
+
+
+def _two_cliques(n=6):
+    A = np.zeros((2 * n, 2 * n))
+    A[:n, :n] = 1.0
+    A[n:, n:] = 1.0
+    return scipy.sparse.csr_matrix(A)
+
+
+def test_modularity_of_known_partitions():
+    A = _two_cliques()
+    by_clique = np.repeat([0, 1], 6)
+    assert modularity(A, by_clique) == pytest.approx(0.5)
+    assert modularity(A, np.zeros(12, int)) == pytest.approx(0.0)
+    mixed = np.tile([0, 1], 6)
+    assert modularity(A, mixed) < 0.05
+    # labels that skip a value are the same partition
+    assert modularity(A, by_clique * 2) == pytest.approx(0.5)
+
+
+def test_the_read_out_keeps_the_candidate_of_highest_modularity(monkeypatch):
+    import skcueco._readout as module
+
+    Z, y = _arcs(60)
+    good, bad = y.copy(), np.tile([0, 1], 60)
+    seen = {}
+
+    def candidates(affinity, n_clusters, seed):
+        seen["shape"] = affinity.shape
+        return {"bad": bad, "good": good, "also bad": 1 - bad}
+
+    monkeypatch.setattr(module, "candidate_partitions", candidates)
+    assert_array_equal(graph_clusters(torch.from_numpy(Z), 2, 10, seed=0), good)
+    assert seen["shape"] == (120, 120)
+
+
+def test_candidates_cut_the_graph_at_each_size_once(monkeypatch):
+    import skcueco._readout as module
+
+    Z, _ = _arcs(100)
+    A = knn_graph(torch.from_numpy(Z), 11)
+    calls = []
+    spectral = module._spectral
+    monkeypatch.setattr(module, "_spectral", lambda a, k, s: calls.append((a.shape[0], k)) or spectral(a, k, s))
+    found = candidate_partitions(A, 3, seed=0)
+    assert set(found) == {"cut x 1, spectral", "cut x 3, spectral", "cut x 3, linkage",
+                          "cut x 5, spectral"}
+    for labels in found.values():
+        assert labels.shape == (200,) and set(labels) <= {0, 1, 2} and len(set(labels)) == 3
+    # the graph is cut once per size (3, 9 and 15 groups), the groups merged twice
+    assert sorted(k for n, k in calls if n == 200) == [3, 9, 15]
+    # a graph too small for finer groups is cut once, straight into the clusters
+    calls.clear()
+    small = candidate_partitions(knn_graph(torch.from_numpy(Z[:6]), 3), 3, seed=0)
+    assert calls == [(6, 3)] and set(small) == {"cut x 1, spectral", "cut x 3, spectral",
+                                                "cut x 5, spectral"}
