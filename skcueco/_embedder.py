@@ -46,7 +46,7 @@ class CueCoEmbedder(
     alike.
 
     The parameters come in groups, in this order: the networks and the
-    contrastive term (``backbone`` to ``key_momentum``); the clusters
+    contrastive term (``backbone`` to ``embedding_space``); the clusters
     (``n_clusters`` to ``cluster_momentum``); the input and its views
     (``augmentation``, ``image_shape``, ``image_size``); the optimisation
     (``batch_size`` to ``optimizer``); and how and where the run computes
@@ -81,6 +81,14 @@ class CueCoEmbedder(
     key_momentum : float, default=0.99
         Starting EMA momentum of the key network, raised to 1.0 along a
         cosine schedule over training.
+    embedding_space : {"features", "projection"}, default="features"
+        What ``transform`` returns: ``"features"``, the backbone features
+        standardised on the training set (the better input for a linear
+        model), or ``"projection"``, the unit-norm projections that the
+        contrastive and clustering terms shape and ``predict`` reads
+        (``projection_dim`` columns; their cosine neighbours are closer to
+        the classes, the better choice for kNN and retrieval). Read at
+        ``transform`` time only: changing it needs no refit.
     n_clusters : int, default=10
         Number of centroids; about the number of classes, or more.
     cluster_weight : float, default=1.0
@@ -333,6 +341,7 @@ class CueCoEmbedder(
         "queue_size": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
         "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
         "key_momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        "embedding_space": [StrOptions({"features", "projection"})],
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
         "cluster_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "cluster_warmup": [
@@ -377,6 +386,7 @@ class CueCoEmbedder(
         queue_size="auto",
         temperature=0.2,
         key_momentum=0.99,
+        embedding_space="features",
         n_clusters=10,
         cluster_weight=1.0,
         cluster_warmup="auto",
@@ -415,6 +425,7 @@ class CueCoEmbedder(
         self.queue_size = queue_size
         self.temperature = temperature
         self.key_momentum = key_momentum
+        self.embedding_space = embedding_space
         self.n_clusters = n_clusters
         self.cluster_weight = cluster_weight
         self.cluster_warmup = cluster_warmup
@@ -662,6 +673,8 @@ class CueCoEmbedder(
     @property
     def _n_features_out(self):
         # read by ClassNamePrefixFeaturesOutMixin.get_feature_names_out
+        if self._embedding_space() == "projection":
+            return int(self.cluster_centers_.shape[1])
         return self._trained.feature_dim
 
     def __setstate__(self, state):
@@ -722,10 +735,26 @@ class CueCoEmbedder(
         -------
         X_new : ndarray of shape (n_samples, n_features_out), dtype float32
             Backbone features standardised with ``embedding_mean_`` and
-            ``embedding_scale_``; independent of batch composition.
+            ``embedding_scale_``, or with ``embedding_space="projection"``
+            the unit-norm projections (``projection_dim`` columns);
+            independent of batch composition.
         """
+        space = self._embedding_space()
         rows, spec = self._validate_for_inference(X)
+        if space == "projection":
+            return self._trained.project(rows, spec)
         return self._trained.embed(rows, spec)
+
+    def _embedding_space(self):
+        # read at transform time, so checked here too (set_params after fit);
+        # estimators pickled before the parameter existed return the features
+        space = getattr(self, "embedding_space", "features")
+        if space not in ("features", "projection"):
+            raise ValueError(
+                "embedding_space must be 'features' or 'projection'; got "
+                f"{space!r}."
+            )
+        return space
 
     def predict(self, X):
         """Cluster of each sample: that of its most similar prototype.
@@ -897,7 +926,8 @@ class CueCoEmbedder(
         from ._export import export_embedder
 
         export_embedder(self._trained, path, format=format, input_layout=input_layout,
-                        input_dtype=input_dtype, owner=type(self).__name__)
+                        input_dtype=input_dtype, owner=type(self).__name__,
+                        projection_output=self._embedding_space() == "projection")
 
     # -- tags -------------------------------------------------------------------
     def __sklearn_tags__(self):

@@ -52,10 +52,15 @@ class InferenceGraph(nn.Module):
         Unit rows: a projection goes to the cluster of the most similar one.
     owners : Tensor of shape (n_prototypes,)
         The cluster of each prototype (int64).
+    projection_output : bool, default=False
+        Output the unit projections as the embeddings, as ``transform`` does
+        with ``embedding_space="projection"``.
     """
 
-    def __init__(self, preprocess, encoder, projector, mean, scale, prototypes, owners):
+    def __init__(self, preprocess, encoder, projector, mean, scale, prototypes, owners,
+                 projection_output=False):
         super().__init__()
+        self.projection_output = bool(projection_output)
         self.preprocess = preprocess
         self.encoder = encoder
         self.projector = projector
@@ -75,15 +80,17 @@ class InferenceGraph(nn.Module):
         Returns
         -------
         embeddings : Tensor of shape (n_samples, n_features_out), float32
-            What ``transform`` returns.
+            What ``transform`` returns (the standardised features, or the
+            unit projections).
         clusters : Tensor of shape (n_samples,), int64
             What ``predict`` returns.
         """
         h = self.encoder(self.preprocess(x.flatten(1))).float()  # (N, F)
-        embeddings = (h - self.mean) / self.scale
         z = F.normalize(self.projector(h).float(), dim=1)  # (N, D)
         clusters = self.owners[(z @ self.prototypes.T).argmax(dim=1)]  # (N,)
-        return embeddings, clusters
+        if self.projection_output:
+            return z, clusters
+        return (h - self.mean) / self.scale, clusters
 
 
 def input_spec(spec, input_layout):
@@ -135,7 +142,7 @@ def input_spec(spec, input_layout):
     return InputSpec("image", spec.shape, False), (c, h, w)
 
 
-def inference_graph(trained, rows_spec):
+def inference_graph(trained, rows_spec, projection_output=False):
     """An :class:`InferenceGraph` of CPU float32 copies of the trained model.
 
     The fitted model is left as it is (its device, weights and modes).
@@ -157,7 +164,8 @@ def inference_graph(trained, rows_spec):
         owners = trained.prototype_owners
     return InferenceGraph(frozen(preprocess), frozen(trained.encoder),
                           frozen(trained.projector), trained.embedding_mean,
-                          trained.embedding_scale, prototypes.cpu(), owners.cpu()).eval()
+                          trained.embedding_scale, prototypes.cpu(), owners.cpu(),
+                          projection_output).eval()
 
 
 def _example(sample_shape, dtype):
@@ -266,7 +274,8 @@ def _torchscript_bytes(graph, example):
     return buffer.getvalue()
 
 
-def export_embedder(trained, path, *, format, input_layout, input_dtype, owner):
+def export_embedder(trained, path, *, format, input_layout, input_dtype, owner,
+                    projection_output=False):
     """Write ``trained`` as one ONNX or TorchScript graph to ``path``.
 
     See :meth:`skcueco.CueCoEmbedder.export` for the parameters.
@@ -280,7 +289,7 @@ def export_embedder(trained, path, *, format, input_layout, input_dtype, owner):
     if format == "onnx":
         _check_onnx_exporter()
     example = _example(sample_shape, getattr(torch, input_dtype))
-    graph = inference_graph(trained, rows_spec)
+    graph = inference_graph(trained, rows_spec, projection_output)
     program = capture(graph, example, owner, trained.backbone)
     if format == "onnx":
         data = _onnx_bytes(program, example, owner)
