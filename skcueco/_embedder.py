@@ -144,7 +144,8 @@ class CueCoEmbedder(
         clustering cuts that graph into 1, 3 and 5 small groups per cluster
         and merges the groups into ``n_clusters`` clusters; of these cuts,
         the one of highest modularity on the graph is kept; each cluster
-        keeps 5 prototypes (k-means of its members). ``predict`` gives an
+        keeps 5 prototypes (k-means of its members). Training sets of more
+        than 5,000 images are read on a fixed random subset of 5,000. ``predict`` gives an
         image the cluster of its most similar prototype
         (``cluster_prototypes_``). Images of a class that form several
         compact groups stay together, where a single centroid per cluster

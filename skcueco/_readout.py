@@ -36,6 +36,13 @@ OVERSEGMENTS = (1, 3, 5)
 """Small groups cut from the graph per cluster before they are merged (1: a direct cut)."""
 LINKAGE_OVERSEGMENT = 3
 """The groups per cluster that are also merged by average linkage."""
+READOUT_ROWS = 5000
+"""At most this many training images (a fixed random subset) are read out: the
+graph's eigenvectors cost grows fast with its size, and this many images find
+the clusters and their prototypes as well as all of them."""
+MAX_GROUPS = 200
+"""Cuts into more groups than this are skipped (the direct cut is always made):
+the eigenvectors of a cut grow with its number of groups."""
 KNN_CHUNK_VALUES = 1 << 24
 """Similarities computed at once while building the graph (64 MB of float32)."""
 
@@ -119,6 +126,8 @@ def candidate_partitions(affinity, n_clusters, seed):
     most half the rows), merged into ``n_clusters`` by spectral clustering of
     the graph between groups (``f = 1``: a direct cut); ``"cut x 3,
     linkage"``: the ``3 * n_clusters`` groups merged by average linkage.
+    Cuts into more than ``MAX_GROUPS`` groups are skipped, except the direct
+    cut.
     """
     n = affinity.shape[0]
     found, cuts = {}, {}
@@ -126,6 +135,8 @@ def candidate_partitions(affinity, n_clusters, seed):
         n_groups = min(factor * n_clusters, n // 2)
         if n_groups <= n_clusters:
             n_groups = n_clusters
+        elif n_groups > MAX_GROUPS:
+            continue
         if n_groups not in cuts:
             cuts[n_groups] = _spectral(affinity, n_groups, seed)
         groups = cuts[n_groups]
@@ -174,6 +185,9 @@ def graph_clusters(projections, n_clusters, n_neighbors, seed):
 def readout(projections, centroids, n_neighbors, seed):
     """``(centers, prototypes, owners)`` from the graph clusters of ``projections``.
 
+    Of more than ``READOUT_ROWS`` projections, a fixed random subset of that
+    many (seeded by ``seed``) is read.
+
     Parameters
     ----------
     projections : torch.Tensor of shape (n_samples, dim)
@@ -196,6 +210,10 @@ def readout(projections, centroids, n_neighbors, seed):
     owners : torch.Tensor of shape (n_clusters * PROTOTYPES_PER_CLUSTER,)
         The cluster of each prototype (int64).
     """
+    n = projections.shape[0]
+    if n > READOUT_ROWS:
+        rows = np.sort(np.random.RandomState(seed % 2**32).choice(n, READOUT_ROWS, replace=False))
+        projections = projections[torch.from_numpy(rows).to(projections.device)]
     labels = graph_clusters(projections, centroids.shape[0], n_neighbors, seed)
     return cluster_prototypes(projections, labels, centroids, seed)
 

@@ -209,3 +209,37 @@ def test_candidates_cut_the_graph_at_each_size_once(monkeypatch):
     small = candidate_partitions(knn_graph(torch.from_numpy(Z[:6]), 3), 3, seed=0)
     assert calls == [(6, 3)] and set(small) == {"cut x 1, spectral", "cut x 3, spectral",
                                                 "cut x 5, spectral"}
+
+
+def test_a_large_training_set_is_read_on_a_fixed_subset(monkeypatch):
+    import skcueco._readout as module
+
+    Z, y = _arcs(150)
+    P = torch.from_numpy(Z)
+    centroids = torch.from_numpy(_unit(np.stack([Z[y == c].mean(0) for c in (0, 1)])))
+    seen = []
+    graph = module.graph_clusters
+    monkeypatch.setattr(module, "graph_clusters",
+                        lambda p, k, n, s: seen.append(p.shape[0]) or graph(p, k, n, s))
+    monkeypatch.setattr(module, "READOUT_ROWS", 150)
+    _, prototypes, owners = readout(P, centroids, 10, seed=3)
+    assert seen == [150]
+    # the prototypes found on the subset still separate the whole set
+    labels = owners[(P @ prototypes.T).argmax(1)].numpy()
+    assert normalized_mutual_info_score(y, labels) > 0.9
+    # the same subset every time for a seed
+    again = readout(P, centroids, 10, seed=3)[1]
+    assert torch.equal(prototypes, again)
+
+
+def test_cuts_into_too_many_groups_are_skipped(monkeypatch):
+    import skcueco._readout as module
+
+    Z, _ = _arcs(100)
+    A = knn_graph(torch.from_numpy(Z), 11)
+    monkeypatch.setattr(module, "MAX_GROUPS", 10)
+    found = candidate_partitions(A, 3, seed=0)
+    # 9 groups stay (3 per cluster), 15 (5 per cluster) are skipped
+    assert set(found) == {"cut x 1, spectral", "cut x 3, spectral", "cut x 3, linkage"}
+    monkeypatch.setattr(module, "MAX_GROUPS", 2)
+    assert set(candidate_partitions(A, 3, seed=0)) == {"cut x 1, spectral"}
