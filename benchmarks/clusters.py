@@ -58,6 +58,7 @@ from quality import DATASETS, _parse_value, load_dataset, scaled_inputs  # noqa:
 
 from skcueco import CueCoEmbedder, __version__  # noqa: E402
 from skcueco._readout import readout  # noqa: E402
+from skcueco.nn.vote import VOTE_NEIGHBOURS, vote_clusters  # noqa: E402
 from skcueco.evaluation import cluster_accuracy, evaluate_embedder, evaluate_features  # noqa: E402
 
 QUICK_EPOCHS = 2
@@ -105,7 +106,8 @@ def readouts(est, X_train, X_test, y_test, n_neighbors=GRAPH_NEIGHBOURS):
     _, prototypes, owners = readout(P, trained.centroids, n_neighbors, est._seeds().model)
     seconds = time.perf_counter() - start
     z = torch.from_numpy(trained.project(*est._rows(X_test)))
-    rows["graph"] = clustering_scores(y_test, owners[(z @ prototypes.T).argmax(1)].numpy())
+    labels = vote_clusters(z, prototypes, owners, trained.centroids.shape[0], VOTE_NEIGHBOURS)
+    rows["graph"] = clustering_scores(y_test, labels.numpy())
     return rows, seconds
 
 

@@ -5,13 +5,18 @@ script loads them again and measures, on the same test split and without
 training anything:
 
 - ``predict``-style clusters read from the training projections in several
-  ways (each kept as 5 prototypes per cluster, as ``fit`` keeps them): the
-  default graph read-out (``cluster_graph`` neighbours; of its candidate
+  ways, each given to a test image as ``predict`` does (the weighted vote of
+  its ``VOTE_NEIGHBOURS`` most similar training projections): the default
+  graph read-out (``cluster_graph`` neighbours; of its candidate
   partitions, the one with the highest modularity); each candidate alone
   (the graph cut into 1, 3 or 5 groups per cluster merged by spectral
   clustering, and the 3 groups per cluster merged by average linkage); the
-  default with 10 or 30 neighbours; and the nearest trained centroid;
-  ``s`` is the seconds of the default read-out's partition;
+  default with 10 or 30 neighbours; the default partition given by other
+  look-ups (the most similar training projection alone, votes of 20 or 50,
+  unweighted votes of 10 or 20, and the nearest of 5, 20 or 50 k-means
+  prototypes per cluster; 5 was the look-up before the vote); and the
+  nearest trained centroid; ``s`` is the seconds of the default read-out's
+  partition;
 - weighted kNN accuracy (cosine, ``t=0.1``; k=20 and k=200) in four spaces:
   ``transform``'s standardised features, the raw backbone features, the unit
   projections and the centred pixels; and the linear probe (standardised
@@ -37,6 +42,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -50,10 +56,41 @@ from quality import load_dataset, scaled_inputs  # noqa: E402
 from skcueco import CueCoEmbedder  # noqa: E402
 from skcueco import _readout  # noqa: E402
 from skcueco.evaluation import _PROBE_MAX_ITER, _ExpSimilarityWeights  # noqa: E402
+from skcueco.nn.vote import VOTE_NEIGHBOURS, vote_clusters  # noqa: E402
 
 MODEL_NAME = re.compile(
     r"(?P<dataset>\w+?)_(?P<epochs>\d+)ep_(?P<method>[a-z]+)_seed(?P<seed>\d+)\.(skc|joblib)$")
 KNN_K = (20, 200)
+
+
+def kmeans_prototypes(P, labels, n_clusters, per_cluster, seed):
+    """``(prototypes, owners)``: ``per_cluster`` k-means centres of each cluster's rows."""
+    prototypes, owners = [], []
+    for c in range(n_clusters):
+        members = P[labels == c].numpy().astype(np.float64)
+        if not len(members):
+            continue
+        m = min(per_cluster, len(np.unique(members, axis=0)))
+        found = KMeans(m, n_init=3, random_state=seed).fit(members).cluster_centers_
+        prototypes.append(found / np.linalg.norm(found, axis=1, keepdims=True).clip(1e-12))
+        owners += [c] * m
+    return torch.from_numpy(np.concatenate(prototypes)).float(), torch.tensor(owners)
+
+
+def lookups(P, labels, n_clusters, seed):
+    """``{name: predict(Z)}``: other ways to give new images the clusters ``labels`` of ``P``."""
+    owners = torch.from_numpy(labels.astype(np.int64))
+    found = {"vote of 1 (the nearest projection)": lambda Z: vote_clusters(Z, P, owners, n_clusters, 1)}
+    for k in (20, 50):
+        found[f"vote of {k}"] = lambda Z, k=k: vote_clusters(Z, P, owners, n_clusters, k)
+    for k in (10, 20):
+        found[f"unweighted vote of {k}"] = lambda Z, k=k: vote_clusters(
+            Z, P, owners, n_clusters, k, temperature=float("inf"))
+    for m in (5, 20, 50):
+        protos, who = kmeans_prototypes(P, labels, n_clusters, m, seed)
+        found[f"nearest of {m} k-means prototypes per cluster"] = (
+            lambda Z, protos=protos, who=who: who[(Z @ protos.T).argmax(1)])
+    return found
 
 
 def partitions(P, centroids, n_neighbors, seed):
@@ -92,11 +129,18 @@ def measure(path, data):
     seed = est._seeds().model
     rows = []
     found, seconds = partitions(P_train, trained.centroids, est.cluster_graph or GRAPH_NEIGHBOURS, seed)
+    n_clusters = trained.centroids.shape[0]
     for name, labels in found.items():
-        _, prototypes, owners = _readout.cluster_prototypes(P_train, labels, trained.centroids, seed)
-        predicted = owners[(P_test @ prototypes.T).argmax(1)].numpy()
+        if name == "nearest trained centroid":
+            predicted = (P_test @ trained.centroids.T).argmax(1).numpy()
+        else:
+            owners = torch.from_numpy(labels.astype(np.int64))
+            predicted = vote_clusters(P_test, P_train, owners, n_clusters, VOTE_NEIGHBOURS).numpy()
         rows.append({"measure": name, **clustering_scores(y_test, predicted),
                      "seconds": seconds if name == "graph (default)" else np.nan})
+    for name, lookup in lookups(P_train, found["graph (default)"], n_clusters, seed).items():
+        rows.append({"measure": f"graph (default), {name}",
+                     **clustering_scores(y_test, lookup(P_test).numpy())})
     F_train, F_test = est.transform(X_train), est.transform(X_test)
     spaces = {"standardised features": (F_train, F_test), "projections": (P_train.numpy(), P_test.numpy()),
               "pixels": scaled_inputs(X_train, X_test, kind)}

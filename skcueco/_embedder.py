@@ -143,11 +143,11 @@ class CueCoEmbedder(
         its ``k`` most similar images (cosine of the projections); spectral
         clustering cuts that graph into 1, 3 and 5 small groups per cluster
         and merges the groups into ``n_clusters`` clusters; of these cuts,
-        the one of highest modularity on the graph is kept; each cluster
-        keeps 5 prototypes (k-means of its members). Training sets of more
-        than 5,000 images are read on a fixed random subset of 5,000. ``predict`` gives an
-        image the cluster of its most similar prototype
-        (``cluster_prototypes_``). Images of a class that form several
+        the one of highest modularity on the graph is kept. Training sets of
+        more than 5,000 images are read on a fixed random subset of 5,000.
+        ``predict`` gives an image the cluster that its 10 most similar
+        read images vote for (``cluster_prototypes_``, weighted by
+        similarity). Images of a class that form several
         compact groups stay together, where a single centroid per cluster
         splits or merges them. 0: the clusters are the trained centroids
         (refined, see ``refine_centroids``). Not used by ``partial_fit``,
@@ -259,9 +259,12 @@ class CueCoEmbedder(
         Unit-norm centroids in the projection space: each cluster's mean
         direction.
     cluster_prototypes_ : ndarray of shape (n_prototypes, projection_dim)
-        Unit-norm prototypes of the clusters; :meth:`predict` gives an image
-        the cluster of its most similar prototype (``cluster_graph``). Without
-        the graph, the centroids themselves.
+        Unit-norm prototypes of the clusters. With ``cluster_graph``, the
+        projections of the training images the graph read (all of them, or
+        5,000), and :meth:`predict` gives an image the cluster that its 10
+        most similar prototypes vote for, each weighted by
+        ``exp((s - s_max) / 0.1)`` of its cosine similarity ``s``. Without
+        the graph, the centroids themselves, and the most similar decides.
     cluster_prototype_labels_ : ndarray of shape (n_prototypes,)
         The cluster of each prototype.
     embedding_mean_ : ndarray of shape (n_features_out,), dtype float32
@@ -758,11 +761,12 @@ class CueCoEmbedder(
         return space
 
     def predict(self, X):
-        """Cluster of each sample: that of its most similar prototype.
+        """Cluster of each sample: the vote of its most similar prototypes.
 
         The projection of each sample is compared (cosine) with
-        ``cluster_prototypes_``; the cluster is the label of the most similar
-        one (with ``cluster_graph=0``, the nearest of ``cluster_centers_``).
+        ``cluster_prototypes_``; the cluster is the one its 10 most similar
+        prototypes vote for, weighted by similarity (with
+        ``cluster_graph=0``, the nearest of ``cluster_centers_``).
 
         Parameters
         ----------

@@ -4,7 +4,8 @@
 as the user stores them to the embeddings ``transform`` returns and the
 clusters ``predict`` returns: the input conversion, the backbone in eval
 mode, the standardisation, the projector and the cluster lookup of
-``predict`` (the most similar centroid, or prototype of a cluster). The
+``predict`` (the most similar centroid, or the vote of the most similar
+prototypes, :func:`~skcueco.nn.vote.prototype_vote`). The
 module is captured once with :func:`torch.export.export` (batch dimension
 dynamic), which refuses Python control flow that depends on tensor values
 instead of silently freezing one branch; the captured program is converted
@@ -25,6 +26,7 @@ from torch import nn
 
 from .data.preprocess import relayout
 from .data.validation import InputSpec
+from .nn.vote import prototype_vote
 from .training.checkpoint import atomic_write
 
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -49,18 +51,25 @@ class InferenceGraph(nn.Module):
     mean, scale : ndarray of shape (n_features_out,)
         The standardisation of the backbone features.
     prototypes : Tensor of shape (n_prototypes, projection_dim)
-        Unit rows: a projection goes to the cluster of the most similar one.
+        Unit rows: a projection goes to the cluster its most similar ones
+        vote for.
     owners : Tensor of shape (n_prototypes,)
         The cluster of each prototype (int64).
     projection_output : bool, default=False
         Output the unit projections as the embeddings, as ``transform`` does
         with ``embedding_space="projection"``.
+    n_clusters : int, default=None
+        Number of clusters; None: ``owners.max() + 1``.
+    n_votes : int, default=1
+        Prototypes that vote (1: the most similar one decides).
     """
 
     def __init__(self, preprocess, encoder, projector, mean, scale, prototypes, owners,
-                 projection_output=False):
+                 projection_output=False, n_clusters=None, n_votes=1):
         super().__init__()
         self.projection_output = bool(projection_output)
+        self.n_clusters = int(owners.max()) + 1 if n_clusters is None else int(n_clusters)
+        self.n_votes = min(int(n_votes), int(prototypes.shape[0]))
         self.preprocess = preprocess
         self.encoder = encoder
         self.projector = projector
@@ -87,7 +96,8 @@ class InferenceGraph(nn.Module):
         """
         h = self.encoder(self.preprocess(x.flatten(1))).float()  # (N, F)
         z = F.normalize(self.projector(h).float(), dim=1)  # (N, D)
-        clusters = self.owners[(z @ self.prototypes.T).argmax(dim=1)]  # (N,)
+        clusters = prototype_vote(z, self.prototypes, self.owners, self.n_clusters,
+                                  self.n_votes)  # (N,)
         if self.projection_output:
             return z, clusters
         return (h - self.mean) / self.scale, clusters
@@ -157,15 +167,17 @@ def inference_graph(trained, rows_spec, projection_output=False):
     # the lookup of ``Trained.predict``: the centroids are the prototypes of
     # their own clusters unless the model keeps several per cluster
     prototypes = getattr(trained, "prototypes", None)
+    n_clusters = trained.centroids.shape[0]
     if prototypes is None:
         prototypes = trained.centroids
-        owners = torch.arange(prototypes.shape[0])
+        owners = torch.arange(n_clusters)
     else:
         owners = trained.prototype_owners
     return InferenceGraph(frozen(preprocess), frozen(trained.encoder),
                           frozen(trained.projector), trained.embedding_mean,
                           trained.embedding_scale, prototypes.cpu(), owners.cpu(),
-                          projection_output).eval()
+                          projection_output, n_clusters,
+                          getattr(trained, "prototype_votes", 1)).eval()
 
 
 def _example(sample_shape, dtype):

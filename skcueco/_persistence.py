@@ -161,7 +161,8 @@ def save_embedder(est, path, training_state=True):
         "cluster_centers": torch.from_numpy(est.cluster_centers_),
         **({} if trained.prototypes is None else {
             "cluster_prototypes": trained.prototypes,
-            "cluster_prototype_labels": trained.prototype_owners}),
+            "cluster_prototype_labels": trained.prototype_owners,
+            "cluster_prototype_votes": torch.tensor(trained.prototype_votes)}),
         "embedding_mean": torch.from_numpy(est.embedding_mean_),
         "embedding_scale": torch.from_numpy(est.embedding_scale_),
     }
@@ -210,6 +211,8 @@ def load_embedder(cls, path):
         # files of versions before cluster_graph: the centroids are the prototypes
         prototypes = payload.get("cluster_prototypes")
         owners = payload.get("cluster_prototype_labels")
+        # files of versions before the vote: the most similar prototype
+        votes = int(payload.get("cluster_prototype_votes", torch.tensor(1)))
         # files of versions before standardised embeddings: the raw features
         mean = payload.get("embedding_mean", torch.zeros(feature_dim)).numpy()
         scale = payload.get("embedding_scale", torch.ones(feature_dim)).numpy()
@@ -229,6 +232,8 @@ def load_embedder(cls, path):
             and owners.shape == (prototypes.shape[0],) and not owners.is_floating_point()
             and bool(((owners >= 0) & (owners < est.n_clusters)).all())):
         problems.append("cluster prototypes that do not fit the cluster centers")
+    if votes < 1:
+        problems.append(f"{votes} prototypes voting on a cluster (at least 1)")
     if mean.shape != (feature_dim,) or scale.shape != (feature_dim,):
         problems.append("embedding statistics of the wrong shape")
     elif not (scale > 0).all():
@@ -265,7 +270,7 @@ def load_embedder(cls, path):
         feature_dim=meta["feature_dim"], channels_last=est.channels_last,
         backbone=est.backbone if isinstance(est.backbone, str) else None,
         history=meta["history"],
-        prototypes=prototypes, prototype_owners=owners,
+        prototypes=prototypes, prototype_owners=owners, prototype_votes=votes,
         resolved=_resolved(meta.get("resolved")),
         # what warm_start and partial_fit continue from (CPU tensors)
         train_state=train_state,

@@ -10,17 +10,20 @@ summed affinities of their members), and the ``3 * n_clusters`` groups also
 by average linkage of their normalised affinity, so that a class spread over
 several groups is not split. Of these few partitions, the one with the
 highest modularity on the graph is kept: the cut that best separates densely
-linked neighbourhoods, chosen without labels. Each cluster keeps a few
-prototypes (spherical k-means of its members' projections) and its mean
+linked neighbourhoods, chosen without labels. The projections read become
+the prototypes, each with its cluster, and each cluster keeps its mean
 direction (``cluster_centers_``); ``predict`` gives an image the cluster of
-its most similar prototype, so inference stays a nearest-neighbour lookup
-among ``n_clusters * PROTOTYPES_PER_CLUSTER`` vectors. docs/method.rst
-describes it and docs/method_results.rst has the measurements behind it.
+the weighted vote of its ``VOTE_NEIGHBOURS`` most similar prototypes
+(:func:`~skcueco.nn.vote.prototype_vote`), so inference stays a lookup among
+at most ``READOUT_ROWS`` vectors. docs/method.rst describes it and
+docs/method_results.rst has the measurements behind it.
 
 Why a graph: the classes of real images often form several compact groups
 in the embedding, which a centroid per class splits or merges, while the
-images of a group are each other's nearest neighbours. Several prototypes
-per cluster follow groups that are not convex.
+images of a group are each other's nearest neighbours. Why a vote of the
+read images rather than a few prototypes per cluster: a new image goes where
+its neighbours went, which follows clusters of any shape, and the vote of
+several smooths the few images the cut put on the wrong side.
 """
 
 import warnings
@@ -28,10 +31,8 @@ import warnings
 import numpy as np
 import scipy.sparse
 import torch
-from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
+from sklearn.cluster import AgglomerativeClustering, SpectralClustering
 
-PROTOTYPES_PER_CLUSTER = 5
-"""Prototypes that represent each cluster in ``predict``."""
 OVERSEGMENTS = (1, 3, 5)
 """Small groups cut from the graph per cluster before they are merged (1: a direct cut)."""
 LINKAGE_OVERSEGMENT = 3
@@ -198,16 +199,16 @@ def readout(projections, centroids, n_neighbors, seed):
     n_neighbors : int
         Neighbours per image in the graph.
     seed : int
-        Seeds the eigensolver and the k-means of the prototypes.
+        Seeds the subset and the eigensolver.
 
     Returns
     -------
     centers : torch.Tensor of shape (n_clusters, dim)
         Unit mean direction of each cluster's projections.
-    prototypes : torch.Tensor of shape (n_clusters * PROTOTYPES_PER_CLUSTER, dim)
-        Unit prototypes; a cluster with fewer members than prototypes repeats
-        some, so the shape never depends on the data.
-    owners : torch.Tensor of shape (n_clusters * PROTOTYPES_PER_CLUSTER,)
+    prototypes : torch.Tensor of shape (n_read, dim)
+        The projections read (float32 CPU copies), ``n_read = min(n_samples,
+        READOUT_ROWS)``, in their training order.
+    owners : torch.Tensor of shape (n_read,)
         The cluster of each prototype (int64).
     """
     n = projections.shape[0]
@@ -215,36 +216,32 @@ def readout(projections, centroids, n_neighbors, seed):
         rows = np.sort(np.random.RandomState(seed % 2**32).choice(n, READOUT_ROWS, replace=False))
         projections = projections[torch.from_numpy(rows).to(projections.device)]
     labels = graph_clusters(projections, centroids.shape[0], n_neighbors, seed)
-    return cluster_prototypes(projections, labels, centroids, seed)
+    prototypes = projections.detach().float().cpu().clone()
+    return (cluster_centers(prototypes, labels, centroids), prototypes,
+            torch.from_numpy(labels.astype(np.int64)))
 
 
-def cluster_prototypes(projections, labels, centroids, seed):
-    """``(centers, prototypes, owners)`` of the clusters ``labels`` of ``projections``.
+def cluster_centers(projections, labels, centroids):
+    """Unit mean direction of each cluster ``labels`` of ``projections``.
 
-    Each cluster keeps its unit mean direction and ``PROTOTYPES_PER_CLUSTER``
-    prototypes (spherical k-means of its members); a cluster without members
-    keeps its trained centroid. ``readout`` documents the returned arrays.
+    A cluster without members keeps its trained centroid.
+
+    Parameters
+    ----------
+    projections : torch.Tensor of shape (n_samples, dim)
+    labels : ndarray of shape (n_samples,)
+        Cluster of each row, in ``[0, n_clusters)``.
+    centroids : torch.Tensor of shape (n_clusters, dim)
+
+    Returns
+    -------
+    centers : torch.Tensor of shape (n_clusters, dim), float32
     """
-    n_clusters = centroids.shape[0]
     P = projections.detach().float().cpu().numpy().astype(np.float64)
     centers = centroids.detach().float().cpu().numpy().astype(np.float64).copy()
-    prototypes, owners = [], []
-    for c in range(n_clusters):
+    for c in range(centers.shape[0]):
         members = P[labels == c]
-        if len(members) == 0:
-            found = centers[c:c + 1]
-        else:
+        if len(members):
             centers[c] = members.mean(axis=0)
-            # no more prototypes than distinct members (repeated images)
-            m = min(PROTOTYPES_PER_CLUSTER, len(np.unique(members, axis=0)))
-            found = members.mean(axis=0, keepdims=True) if m == 1 else KMeans(
-                m, n_init=3, random_state=seed).fit(members).cluster_centers_
-        reps = np.resize(np.arange(len(found)), PROTOTYPES_PER_CLUSTER)
-        prototypes.append(found[reps])
-        owners += [c] * PROTOTYPES_PER_CLUSTER
-
-    def unit(A):
-        return torch.from_numpy(A / np.linalg.norm(A, axis=1, keepdims=True).clip(1e-12)).float()
-
-    return (unit(centers), unit(np.concatenate(prototypes)),
-            torch.tensor(owners, dtype=torch.int64))
+    norms = np.linalg.norm(centers, axis=1, keepdims=True).clip(1e-12)
+    return torch.from_numpy(centers / norms).float()

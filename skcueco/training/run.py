@@ -22,6 +22,7 @@ from ..data.loaders import encode, make_loader
 from ..data.preprocess import Preprocess, input_statistics, relayout
 from ..nn.losses import assign_clusters
 from ..nn.model import CueCoModel
+from ..nn.vote import VOTE_NEIGHBOURS
 from .device import resolve_device
 from .distributed import broadcast_, get_rank, get_world_size, init_distributed
 from . import checkpoint
@@ -212,6 +213,8 @@ def _trained(model, preprocess, spec, run, device, feature_dim, history, stats,
         centroids=centroids,
         prototypes=prototypes,
         prototype_owners=owners,
+        # the read-out's prototypes are the training projections it read
+        prototype_votes=1 if prototypes is None else VOTE_NEIGHBOURS,
         embedding_mean=mean,
         embedding_scale=scale,
         spec=spec,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..augment import make_augmentation
 from ..data.loaders import INFERENCE_ROWS, encode
 from ..data.preprocess import Preprocess, relayout
+from ..nn.vote import vote_clusters
 from .engine import NonFiniteLossError
 
 # inference input conversions, per trained ``preprocess`` and layout; built
@@ -124,6 +125,9 @@ class Trained:
     centroids are the prototypes."""
     prototype_owners: torch.Tensor = None
     """The cluster of each prototype (int64), or None."""
+    prototype_votes: int = 1
+    """Prototypes that vote on a cluster (:func:`~skcueco.nn.vote.prototype_vote`);
+    1, the most similar one, for models read out before the vote."""
 
     # -- inference ------------------------------------------------------------
     def _fixed_batch(self):
@@ -186,17 +190,20 @@ class Trained:
                       check_key="project").numpy()
 
     def predict(self, X, spec):
-        """Cluster of each row: that of its most similar prototype."""
+        """Cluster of each row: the vote of its most similar prototypes."""
         return self.assign(torch.from_numpy(self.project(X, spec))).numpy()
 
     def assign(self, z):
-        """Cluster of each unit projection ``z``: that of its most similar prototype.
+        """Cluster of each unit projection ``z``: the vote of its ``prototype_votes``
+        most similar prototypes (:func:`~skcueco.nn.vote.vote_clusters`).
 
         Without prototypes, the most similar centroid.
         """
+        n_clusters = self.centroids.shape[0]
         if self.prototypes is None:
-            return (z @ self.centroids.T).argmax(dim=1)
-        return self.prototype_owners[(z @ self.prototypes.T).argmax(dim=1)]
+            return vote_clusters(z, self.centroids, torch.arange(n_clusters), n_clusters)
+        return vote_clusters(z, self.prototypes, self.prototype_owners, n_clusters,
+                             self.prototype_votes)
 
     def augmenter(self, spec, augmentation, seed):
         """``augment(rows_batch)`` -> standardised features of fresh random views.

@@ -23,6 +23,7 @@ from torch import nn
 
 import skcueco.data.loaders
 from skcueco import CueCoEmbedder
+from skcueco.nn.vote import vote_clusters
 from skcueco.training.engine import NonFiniteLossError
 from skcueco.backbones import MLP
 
@@ -338,16 +339,18 @@ def test_predict(fitted_rgb, fast_params):
     assert labels.min() >= 0 and labels.max() < fast_params()["n_clusters"]
 
 
-def test_predict_is_the_cluster_of_the_nearest_prototype(fitted_rgb):
+def test_predict_is_the_vote_of_the_nearest_prototypes(fitted_rgb):
     est, X = fitted_rgb
     projector = copy.deepcopy(est._trained.projector).eval()
     # the backbone features behind the standardised embeddings
     h = est.transform(X) * est.embedding_scale_ + est.embedding_mean_
     with torch.no_grad():
         z = projector(torch.as_tensor(h))
-    z = torch.nn.functional.normalize(z, dim=1).numpy()
-    nearest = (z @ est.cluster_prototypes_.T).argmax(axis=1)
-    assert_array_equal(est.predict(X), est.cluster_prototype_labels_[nearest])
+    z = torch.nn.functional.normalize(z, dim=1)
+    voted = vote_clusters(z, torch.from_numpy(est.cluster_prototypes_),
+                          torch.from_numpy(est.cluster_prototype_labels_), est.n_clusters,
+                          est._trained.prototype_votes)
+    assert_array_equal(est.predict(X), voted.numpy())
 
 
 def test_the_default_clustering_term_is_the_prototype_form(make_images, fast_params):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from skcueco import CueCoEmbedder
+from skcueco.nn.vote import vote_clusters
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None
                for m in ("onnx", "onnxscript", "onnxruntime"))
@@ -26,9 +27,11 @@ def test_projection_space_is_what_predict_reads(fitted):
         Z = est.transform(X)
         assert Z.dtype == np.float32 and Z.shape == (len(X), est.cluster_centers_.shape[1])
         np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, atol=1e-5)
-        # predict is the nearest prototype of these very rows
-        nearest = (Z @ est.cluster_prototypes_.T).argmax(1)
-        np.testing.assert_array_equal(est.cluster_prototype_labels_[nearest], est.predict(X))
+        # predict is the vote of the prototypes nearest these very rows
+        voted = vote_clusters(torch.from_numpy(Z), torch.from_numpy(est.cluster_prototypes_),
+                              torch.from_numpy(est.cluster_prototype_labels_),
+                              est.n_clusters, est._trained.prototype_votes).numpy()
+        np.testing.assert_array_equal(voted, est.predict(X))
         names = est.get_feature_names_out()
         assert len(names) == Z.shape[1] and names[0] == "cuecoembedder0"
     finally:

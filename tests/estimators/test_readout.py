@@ -12,8 +12,9 @@ from sklearn.neighbors import NearestNeighbors
 
 from skcueco import CueCoEmbedder
 from skcueco._readout import (
-    PROTOTYPES_PER_CLUSTER, candidate_partitions, graph_clusters, knn_graph, modularity, readout,
+    candidate_partitions, graph_clusters, knn_graph, modularity, readout,
 )
+from skcueco.nn.vote import VOTE_NEIGHBOURS, vote_clusters
 
 
 def _unit(A):
@@ -62,18 +63,23 @@ def test_graph_clusters_follow_groups_a_centroid_per_group_mixes():
     assert normalized_mutual_info_score(y, (Z @ means.T).argmax(1)) < 0.8
 
 
-def test_readout_prototypes_assign_like_the_graph():
+def test_readout_prototypes_are_the_rows_read_with_their_graph_clusters():
     Z, y = _arcs()
+    P = torch.from_numpy(Z)
     centroids = torch.from_numpy(_unit(np.eye(2, 3)).astype(np.float32))
-    centers, prototypes, owners = readout(torch.from_numpy(Z), centroids, 10, seed=0)
-    assert centers.shape == (2, 3) and prototypes.shape == (2 * PROTOTYPES_PER_CLUSTER, 3)
-    assert owners.tolist() == [0] * PROTOTYPES_PER_CLUSTER + [1] * PROTOTYPES_PER_CLUSTER
-    np.testing.assert_allclose(prototypes.norm(dim=1), 1, rtol=1e-6)
+    centers, prototypes, owners = readout(P, centroids, 10, seed=0)
+    assert centers.shape == (2, 3) and torch.equal(prototypes, P)
+    assert owners.dtype == torch.int64
+    assert_array_equal(owners.numpy(), graph_clusters(P, 2, 10, seed=0))
     np.testing.assert_allclose(centers.norm(dim=1), 1, rtol=1e-6)
-    pred = owners[(torch.from_numpy(Z) @ prototypes.T).argmax(1)].numpy()
+    # each center is its cluster's mean direction
+    for c in (0, 1):
+        mean = Z[owners.numpy() == c].mean(0)
+        np.testing.assert_allclose(centers[c].numpy(), mean / np.linalg.norm(mean), rtol=1e-5)
+    pred = vote_clusters(P, prototypes, owners, 2, VOTE_NEIGHBOURS).numpy()
     assert normalized_mutual_info_score(y, pred) > 0.9
     # deterministic for a seed
-    again = readout(torch.from_numpy(Z), centroids, 10, seed=0)
+    again = readout(P, centroids, 10, seed=0)
     for a, b in zip((centers, prototypes, owners), again):
         assert torch.equal(a, b)
 
@@ -86,8 +92,8 @@ def test_a_cluster_the_graph_leaves_empty_keeps_its_centroid(monkeypatch):
     centroids = torch.from_numpy(_unit(np.eye(3)).astype(np.float32))
     centers, prototypes, owners = readout(torch.from_numpy(Z), centroids, 5, seed=0)
     assert torch.equal(centers[1:], centroids[1:])
-    assert prototypes.shape == (3 * PROTOTYPES_PER_CLUSTER, 3)
-    assert torch.equal(prototypes[owners == 2], centroids[2:].expand(PROTOTYPES_PER_CLUSTER, 3))
+    assert not torch.equal(centers[0], centroids[0])
+    assert set(owners.tolist()) == {0}
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +115,10 @@ def test_the_graph_changes_only_the_clusters(digits_fits):
     X, _, graph, plain = digits_fits
     # the read-out comes after training: same embeddings, same training state
     assert_array_equal(graph.transform(X), plain.transform(X))
-    assert graph.cluster_prototypes_.shape == (10 * PROTOTYPES_PER_CLUSTER,
-                                               graph.cluster_centers_.shape[1])
+    # the prototypes are the training projections read, with their clusters
+    assert_array_equal(graph.cluster_prototypes_, graph._trained.project(*graph._rows(X)))
     assert sorted(set(graph.cluster_prototype_labels_)) == list(range(10))
+    assert graph._trained.prototype_votes == VOTE_NEIGHBOURS
     # without the graph the centroids are the prototypes
     assert_array_equal(plain.cluster_prototypes_, plain.cluster_centers_)
     assert_array_equal(plain.cluster_prototype_labels_, np.arange(10))
@@ -130,7 +137,21 @@ def test_prototypes_survive_save_and_load(digits_fits, tmp_path):
     graph.save(tmp_path / "m.pt", training_state=False)
     loaded = CueCoEmbedder.load(tmp_path / "m.pt")
     assert_array_equal(loaded.cluster_prototypes_, graph.cluster_prototypes_)
+    assert loaded._trained.prototype_votes == VOTE_NEIGHBOURS
     assert_array_equal(loaded.predict(X), graph.predict(X))
+
+
+def test_predict_is_the_weighted_vote_of_the_nearest_prototypes(digits_fits):
+    X, _, graph, _ = digits_fits
+    z = graph._trained.project(*graph._rows(X[:200]))
+    S = z @ graph.cluster_prototypes_.T
+    top = np.argsort(-S, axis=1, kind="stable")[:, :VOTE_NEIGHBOURS]
+    expected = []
+    for row, idx in zip(S, top):
+        w = np.exp((row[idx] - row[idx].max()) / 0.1)
+        expected.append(np.bincount(graph.cluster_prototype_labels_[idx], weights=w,
+                                    minlength=10).argmax())
+    assert_array_equal(graph.predict(X[:200]), expected)
 
 
 def test_a_training_set_too_small_for_the_graph_uses_the_centroids():
@@ -140,19 +161,6 @@ def test_a_training_set_too_small_for_the_graph_uses_the_centroids():
         est = CueCoEmbedder(max_epochs=1, batch_size=4, n_clusters=6, random_state=0,
                             hidden_dim=16).fit(X)
     assert_array_equal(est.cluster_prototypes_, est.cluster_centers_)
-
-
-def test_repeated_images_get_no_more_prototypes_than_distinct_ones():
-    import warnings as w
-
-    Z, _ = _arcs(20)
-    Z = np.repeat(Z[:8], 6, axis=0)  # 8 distinct rows, each 6 times
-    centroids = torch.from_numpy(_unit(np.eye(2, 3)).astype(np.float32))
-    with w.catch_warnings():
-        w.simplefilter("error")  # no k-means warning about duplicate points
-        _, prototypes, owners = readout(torch.from_numpy(Z), centroids, 5, seed=0)
-    assert prototypes.shape == (2 * PROTOTYPES_PER_CLUSTER, 3)
-    assert len(np.unique(prototypes.numpy().round(5), axis=0)) <= 8
 
 
 def _two_cliques(n=6):
@@ -223,9 +231,11 @@ def test_a_large_training_set_is_read_on_a_fixed_subset(monkeypatch):
                         lambda p, k, n, s: seen.append(p.shape[0]) or graph(p, k, n, s))
     monkeypatch.setattr(module, "READOUT_ROWS", 150)
     _, prototypes, owners = readout(P, centroids, 10, seed=3)
-    assert seen == [150]
+    assert seen == [150] and prototypes.shape == (150, 3)
+    # every prototype is a row of the set
+    assert (prototypes[:, None, :] == P[None]).all(-1).any(1).all()
     # the prototypes found on the subset still separate the whole set
-    labels = owners[(P @ prototypes.T).argmax(1)].numpy()
+    labels = vote_clusters(P, prototypes, owners, 2, VOTE_NEIGHBOURS).numpy()
     assert normalized_mutual_info_score(y, labels) > 0.9
     # the same subset every time for a seed
     again = readout(P, centroids, 10, seed=3)[1]
