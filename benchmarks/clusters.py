@@ -8,7 +8,9 @@ does not change it):
 - ``graph``: the default read-out (``cluster_graph``, the estimator's default
   neighbour count): the nearest-neighbour graph of the training projections
   cut into groups by spectral clustering, the groups merged into
-  ``n_clusters``, 5 prototypes per cluster (docs/method.rst);
+  ``n_clusters``, the partition of highest modularity kept, and a test
+  image given the weighted vote of its 10 most similar training
+  projections (docs/method.rst);
 - ``centroids``: ``cluster_graph=0``, the trained centroids refined by
   k-means, as ``predict`` worked before ``cluster_graph``.
 
