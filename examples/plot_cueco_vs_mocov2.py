@@ -55,11 +55,12 @@ for name, embedder in embedders.items():
 # split), the weighted kNN vote used to monitor self-supervised training, and
 # how well clusters of the test embeddings agree with the digits (NMI, ARI
 # and the accuracy of the best matching of clusters to classes), for k-means
-# on the embeddings and for the embedder's own centroids (``predict``).
+# on the embeddings and for the embedder's own clusters (``predict``).
 #
-# MoCo v2 has no clustering term, so its centroids are fitted by k-means
-# after training; CueCo's are the ones its clustering term pulled the
-# projections towards.
+# Both read ``predict``'s clusters the same way at the end of ``fit``: from
+# the graph of each training image's nearest neighbours. MoCo v2 has no
+# clustering term; CueCo's pulled the projections towards its centroids
+# during training.
 
 tables = []
 for name, embedder in embedders.items():
@@ -103,23 +104,20 @@ plt.show()
 # noise: repeat with several ``random_state`` values, and train longer,
 # before drawing conclusions.
 #
-# The quality benchmark of the repository does exactly that, over 3 seeds at
-# 40 epochs with the defaults (``python benchmarks/quality.py --datasets
-# digits --methods cueco,moco --seeds 3``; mean ± standard deviation on the
-# held-out split):
+# The cluster benchmark of the repository does exactly that, over 3 seeds
+# at 40 epochs with the defaults (``python benchmarks/clusters.py --datasets
+# digits --epochs 40 --models DIR``, then ``python benchmarks/readouts.py
+# --models DIR``; mean ± standard deviation on the held-out split):
 #
 # ==============  =============  =============  =============  =============
 # method          linear probe   k-means NMI    predict NMI    predict ARI
 # ==============  =============  =============  =============  =============
-# CueCo           0.994 ± 0.003  0.883 ± 0.037  0.912 ± 0.012  0.887 ± 0.019
-# MoCo v2         0.993 ± 0.002  0.906 ± 0.018  0.898 ± 0.050  0.861 ± 0.087
+# CueCo           0.994 ± 0.001  0.873 ± 0.024  0.935 ± 0.018  0.901 ± 0.041
+# MoCo v2         0.993 ± 0.001  0.876 ± 0.015  0.928 ± 0.019  0.896 ± 0.040
 # ==============  =============  =============  =============  =============
 #
-# On digits the clustering term leaves the probe where it is, and its
-# centroids cluster a little better than MoCo v2's refined ones (NMI
-# +0.014, ARI +0.026, with a much smaller spread). On digits centred in
-# 28x28 frames, as MNIST lays them out, and on a generated set of 28x28
-# shapes, both at 40 epochs, the lead is larger (``predict`` NMI +0.040 and
-# +0.104, ARI +0.051 and +0.159), and on the shapes it holds at 15 epochs
-# (NMI 0.653 against 0.619). The documentation's method results page has
-# the details.
+# On digits the clustering term leaves the probe where it is, and
+# ``predict`` groups 95.0 % of the test digits correctly (MoCo v2: 94.6 %).
+# Read from the neighbourhood graph, most of the clusters' quality comes
+# from the contrastive embedding that both share; the documentation's
+# method results page compares the two on seven image sets.

@@ -4,7 +4,10 @@ What the learned clusters mean
 =================================
 
 A :class:`~skcueco.CueCoEmbedder` learns centroids along with the
-embeddings, and ``predict`` assigns every image to its nearest centroid.
+embeddings; at the end of ``fit`` it reads the clusters from the graph of
+the training images' nearest neighbours, and ``predict`` gives an image
+the cluster its nearest training images vote for (``cluster_centers_``
+holds each cluster's mean direction).
 Training uses no labels, so the cluster indices carry no names: this
 example looks at the clusters learned on scikit-learn's 8x8 handwritten
 digits with the displays of :mod:`skcueco.inspection`:
