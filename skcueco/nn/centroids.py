@@ -14,6 +14,7 @@ from torch import nn
 
 from .kmeans import _lloyd_step, spherical_kmeans
 from .losses import assign_clusters, sinkhorn_assign
+from .vote import VOTE_NEIGHBOURS, vote_clusters
 
 
 class CentroidBank(nn.Module):
@@ -73,6 +74,11 @@ class CentroidBank(nn.Module):
         self.register_buffer("overcluster_empty_steps",
                              torch.zeros(n_overclusters, dtype=torch.long))
         self.overclusters_on = False
+        # graph targets (set_targets): labelled unit projections whose vote
+        # assigns keys to the K centroids; not part of the state, as they are
+        # set again at the start of every epoch
+        self.target_prototypes = None
+        self.target_owners = None
 
     _OVERCLUSTER_KEYS = ("overclusters", "overclusters_ready", "overcluster_empty_steps")
 
@@ -113,6 +119,52 @@ class CentroidBank(nn.Module):
             return sinkhorn_assign(keys.float(), centroids, self.sinkhorn_iterations,
                                    balance=self.balance)
         return assign_clusters(keys.float(), centroids)
+
+    def assign_main(self, keys):
+        """Training-time assignments of keys to the ``K`` centroids.
+
+        With graph targets (:meth:`set_targets`), the weighted vote of each
+        key's ``VOTE_NEIGHBOURS`` most similar target prototypes
+        (:func:`~skcueco.nn.vote.vote_clusters`); else :meth:`assign`.
+
+        Parameters
+        ----------
+        keys : torch.Tensor of shape (N, D)
+            Unit-norm key projections; cast to float32.
+
+        Returns
+        -------
+        labels : torch.LongTensor of shape (N,)
+        """
+        if self.target_prototypes is None:
+            return self.assign(keys, self.centroids)
+        return vote_clusters(keys.float(), self.target_prototypes, self.target_owners,
+                             self.centroids.shape[0], VOTE_NEIGHBOURS)
+
+    @torch.no_grad()
+    def set_targets(self, centers, prototypes, owners):
+        """Make a partition of training projections the ``K`` centroids' targets.
+
+        The centroids move onto the partition's cluster directions, and
+        until the next call :meth:`assign_main` (and so the clustering term
+        and :meth:`update`) assigns a key to the cluster its most similar
+        prototypes vote for.
+
+        Parameters
+        ----------
+        centers : torch.Tensor of shape (K, D)
+            Unit mean direction of each cluster.
+        prototypes : torch.Tensor of shape (P, D)
+            Unit projections, each owned by a cluster.
+        owners : torch.Tensor of shape (P,)
+            The cluster of each prototype (int64).
+        """
+        device = self.centroids.device
+        self.centroids.copy_(centers.to(device=device, dtype=self.centroids.dtype))
+        self.centroids_ready.fill_(True)
+        self.empty_steps.zero_()
+        self.target_prototypes = prototypes.to(device=device, dtype=torch.float32)
+        self.target_owners = owners.to(device=device, dtype=torch.int64)
 
     @torch.no_grad()
     def initialise(self, features, n_iter=30, *, broadcast=None):
@@ -179,10 +231,10 @@ class CentroidBank(nn.Module):
         out.copy_(centroids)
 
     def _sets(self):
-        """``(centroids, empty_steps)`` of each set in use."""
-        yield self.centroids, self.empty_steps
+        """``(centroids, empty_steps, assign)`` of each set in use."""
+        yield self.centroids, self.empty_steps, lambda keys, centroids: self.assign_main(keys)
         if self.overclusters_on:
-            yield self.overclusters, self.overcluster_empty_steps
+            yield self.overclusters, self.overcluster_empty_steps, self.assign
 
     @torch.no_grad()
     def update(self, keys, *, all_reduce=None):
@@ -203,8 +255,8 @@ class CentroidBank(nn.Module):
             processes move the centroids identically everywhere.
         """
         keys = keys.float()
-        for centroids, empty_steps in self._sets():
-            a = self.assign(keys, centroids)  # (M,)
+        for centroids, empty_steps, assign in self._sets():
+            a = assign(keys, centroids)  # (M,)
             # a fixed-length scatter, not bincount: bincount's output size
             # depends on the data, which reads the indices back to the host
             # on a GPU
@@ -248,7 +300,7 @@ class CentroidBank(nn.Module):
         if n_candidates == 0:
             return 0
         n = 0
-        for centroids, empty_steps in self._sets():
+        for centroids, empty_steps, _ in self._sets():
             dead = (empty_steps >= min_empty_steps).nonzero().squeeze(1).cpu()  # (n_dead,)
             dead = dead[:n_candidates]  # one candidate per centroid at most
             if dead.numel():

@@ -301,17 +301,18 @@ class CueCoModel(nn.Module):
         return loss, parts, (k1.float(), k2.float())
 
     def _cluster_term(self, z, k_other):
-        term = self._term_against(z, k_other, self.bank.centroids)
+        term = self._term_against(z, self.bank.centroids, self.bank.assign_main(k_other))
         if self.bank.overclusters_on:
             # the mean over the two sets: the finer one shapes the embedding
             # without outweighing the K centroids predict uses
-            term = 0.5 * (term + self._term_against(z, k_other, self.bank.overclusters))
+            overclusters = self.bank.overclusters
+            term = 0.5 * (term + self._term_against(
+                z, overclusters, self.bank.assign(k_other, overclusters.detach())))
         return term
 
-    def _term_against(self, z, k_other, centroids):
-        # centroids and assignments carry no gradient: only z is pulled
+    def _term_against(self, z, centroids, a):
+        # centroids and assignments (a, (N,)) carry no gradient: only z is pulled
         centroids = centroids.detach()
-        a = self.bank.assign(k_other, centroids)  # (N,)
         if self.cluster_loss == "proto":
             return proto_nce(z.float(), centroids, a, self.cluster_temperature)
         return cluster_pull(z.float(), centroids, a)

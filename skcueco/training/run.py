@@ -408,7 +408,9 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         prototypes, owners)``: the clusters ``predict`` gives, read from the
         training projections at the end of a run (not ``partial_fit``) when
         ``cluster_graph > 0`` and the training set is large enough; else the
-        trained centroids, refined by k-means.
+        trained centroids, refined by k-means. With
+        ``cluster_targets="graph"``, also the clustering term's targets,
+        read from the key projections at the start of every epoch.
 
     Returns
     -------
@@ -467,6 +469,15 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         clustering.warmup, optim.max_epochs, AUTO_WARMUP_FRACTION)
     cluster_ramp = resolve_epochs_fraction(
         clustering.ramp, optim.max_epochs, AUTO_RAMP_FRACTION)
+    graph_targets = None
+    if clustering.targets == "graph" and readout is not None and use_graph(clustering, X.shape[0]):
+        def graph_targets(projections):
+            # every process trains towards rank 0's partition
+            found = readout(projections, model.centroids, clustering.graph, seeds.model)
+            if distributed:
+                found = tuple(broadcast_(t.to(device)).cpu() for t in found)
+            return found
+
     task = CueCoTask(
         model, preprocess, view_augmentation(run.model.augmentation, spec),
         # each process draws its own views
@@ -485,6 +496,7 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         sampler=loader.sampler.sampler if distributed else None,
         encoders=encoders,
         step_offset=start.step_offset(),
+        graph_targets=graph_targets,
     )
     trainer = Trainer(
         device=device, max_epochs=start.done_epochs() + n_epochs, callbacks=callbacks,

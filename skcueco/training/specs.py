@@ -51,6 +51,9 @@ class ClusterSpec:
     refine: int
     graph: int
     """Neighbours per image in the graph that sets the clusters at the end (0: off)."""
+    targets: str
+    """``"centroids"``: keys are assigned to the centroids; ``"graph"``: to
+    the clusters of the graph of the key projections, read every epoch."""
     update: str
     loss: str
     temperature: float
@@ -97,6 +100,7 @@ PARAMETERS = {
     "overclustering": ("clustering", "overclustering"),
     "refine_centroids": ("clustering", "refine"),
     "cluster_graph": ("clustering", "graph"),
+    "cluster_targets": ("clustering", "targets"),
     "cluster_update": ("clustering", "update"),
     "cluster_loss": ("clustering", "loss"),
     "cluster_temperature": ("clustering", "temperature"),

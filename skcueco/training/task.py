@@ -59,13 +59,20 @@ class CueCoTask:
     step_offset : int, default=0
         Global step at which this run's momentum schedule starts (a run that
         continues an earlier one).
+    graph_targets : callable, default=None
+        ``graph_targets(projections) -> (centers, prototypes, owners)``: a
+        partition of the training set's key projections (the graph read-out
+        of ``predict``, docs/method.rst). Given, it is computed again at the
+        start of every epoch with the clustering term on, and sets the
+        ``K`` centroids and how keys are assigned to them
+        (:meth:`~skcueco.nn.centroids.CentroidBank.set_targets`).
     """
 
     def __init__(self, model, preprocess, augmentation, generator, *, total_steps,
                  key_momentum, cluster_weight, cluster_warmup, cluster_update,
                  key_features, reseed_after, loader_generator=None,
                  channels_last=False, sampler=None, encoders=None, final_momentum=1.0,
-                 step_offset=0, cluster_ramp=0):
+                 step_offset=0, cluster_ramp=0, graph_targets=None):
         self.model = model
         self.preprocess = preprocess
         self.augmentation = augmentation
@@ -83,6 +90,7 @@ class CueCoTask:
         self.encoders = encoders
         self.current_weight = 0.0
         self.step_offset = step_offset
+        self.graph_targets = graph_targets
         self.n_reseeded = 0
         self._keys = None
         # a state written before the over-clustering set existed: its set is
@@ -110,6 +118,9 @@ class CueCoTask:
             elif self.model.bank.wants_overclusters and not self._overclusters_tried:
                 self.model.bank.initialise_overclusters(self.key_features(), broadcast=broadcast_)
             self._overclusters_tried = True
+            if self.graph_targets is not None:
+                with torch.no_grad():
+                    self.model.bank.set_targets(*self.graph_targets(self.key_features()))
         self.current_weight = self.weight_at(epoch)
 
     def weight_at(self, epoch):

@@ -1,7 +1,7 @@
 """Run by tests/training/test_distributed.py under torchrun (not collected by pytest).
 
 Usage: python -m torch.distributed.run --standalone --nproc_per_node=N
-       tests/training/ddp_worker.py OUT_DIR BATCH_SIZE [--fail-rank R]
+       tests/training/ddp_worker.py OUT_DIR BATCH_SIZE [--fail-rank R] [--graph-targets]
 """
 
 import argparse
@@ -40,10 +40,12 @@ def main():
     parser.add_argument("out")
     parser.add_argument("batch_size", type=int)
     parser.add_argument("--fail-rank", type=int)
+    parser.add_argument("--graph-targets", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     callbacks = [FailOnRank(args.fail_rank)] if args.fail_rank is not None else None
-    est = CueCoEmbedder(batch_size=args.batch_size, callbacks=callbacks, **PARAMS).fit(data())
+    params = {**PARAMS, **({"cluster_targets": "graph"} if args.graph_targets else {})}
+    est = CueCoEmbedder(batch_size=args.batch_size, callbacks=callbacks, **params).fit(data())
     rank = int(os.environ.get("RANK", "0"))
     model = est._trained.train_state["task"]["model"]
     np.savez(

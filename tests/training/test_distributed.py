@@ -44,6 +44,16 @@ def test_both_ranks_end_with_the_same_model(two_ranks):
     assert np.isfinite(r0["loss"]).all()
 
 
+def test_graph_targets_keep_both_ranks_on_the_same_model(tmp_path):
+    # each rank reads the graph; rank 0's partition is broadcast to both
+    result = torchrun(tmp_path, 16, "--graph-targets")
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = (np.load(tmp_path / f"rank{r}.npz") for r in (0, 1))
+    for key in ("weights", "centers", "queue", "loss", "embedding"):
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
+    assert np.isfinite(r0["loss"]).all()
+
+
 def test_queue_holds_the_keys_of_both_ranks(two_ranks):
     _, (r0, _) = two_ranks
     # 192 samples over 2 ranks, 16 per rank and step: 6 steps an epoch, 4 epochs

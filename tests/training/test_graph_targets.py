@@ -1,0 +1,146 @@
+"""cluster_targets="graph": the clustering term assigns keys to the graph's clusters.
+
+Fits use 300 digits, batches of 64 and 3 epochs on the CPU (warm-up 1 epoch),
+so the targets are set at the start of epochs 1 and 2.
+"""
+
+import numpy as np
+import pytest
+import torch
+from numpy.testing import assert_array_equal
+from sklearn.datasets import load_digits
+from sklearn.utils._param_validation import InvalidParameterError
+
+from skcueco import CueCoEmbedder
+from skcueco.callbacks import Callback, Checkpoint
+from skcueco.nn.centroids import CentroidBank
+from skcueco.nn.vote import VOTE_NEIGHBOURS, vote_clusters
+
+PARAMS = dict(
+    max_epochs=3, batch_size=64, hidden_dim=64, projection_dim=32, queue_size=128,
+    n_clusters=5, cluster_warmup=1, random_state=0, device="cpu",
+    cluster_targets="graph",
+)
+
+
+def params(**overrides):
+    return {**PARAMS, **overrides}
+
+
+@pytest.fixture(scope="module")
+def X():
+    return load_digits().data[:300]
+
+
+class TargetsSpy(Callback):
+    """Records, at each epoch's end, the bank's targets and centroids."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        bank = trainer.task.model.bank
+        if bank.target_prototypes is not None:
+            self.seen[epoch] = (bank.target_prototypes.clone(), bank.target_owners.clone())
+
+
+@pytest.fixture(scope="module")
+def graph_fit(X):
+    spy = TargetsSpy()
+    est = CueCoEmbedder(**params(callbacks=[spy])).fit(X)
+    return est, spy
+
+
+def _unit(A):
+    return torch.nn.functional.normalize(torch.as_tensor(A, dtype=torch.float32), dim=1)
+
+
+def test_the_bank_assigns_keys_by_the_vote_of_its_targets():
+    g = torch.Generator().manual_seed(0)
+    bank = CentroidBank(3, 4, n_overclusters=6, balance=0.5, generator=g)
+    keys = _unit(torch.randn(40, 4, generator=g))
+    bank.initialise(keys)
+    prototypes = _unit(torch.randn(30, 4, generator=g))
+    owners = torch.arange(30) % 3
+    centers = _unit(torch.randn(3, 4, generator=g))
+    overclusters = bank.overclusters.clone()
+    bank.set_targets(centers, prototypes, owners)
+    assert torch.equal(bank.centroids, centers)
+    assert_array_equal(bank.assign_main(keys), vote_clusters(keys, prototypes, owners, 3,
+                                                             VOTE_NEIGHBOURS))
+    # the finer set keeps its centroids and its own (balanced) assignment
+    assert torch.equal(bank.overclusters, overclusters)
+    assert torch.equal(bank.assign(keys, bank.overclusters), bank.assign(keys, overclusters))
+    # the online update moves each centroid towards the keys its targets give it
+    a = bank.assign_main(keys)
+    bank.update(keys)
+    for c in range(3):
+        mean = keys[a == c].mean(0)
+        expected = torch.nn.functional.normalize(0.9 * centers[c] + 0.1 * mean, dim=0)
+        torch.testing.assert_close(bank.centroids[c], expected)
+
+
+def test_targets_are_set_each_epoch_after_the_warm_up(graph_fit, X):
+    est, spy = graph_fit
+    # epoch 0 is the warm-up; epochs 1 and 2 train towards the graph's clusters
+    assert sorted(spy.seen) == [1, 2]
+    for prototypes, owners in spy.seen.values():
+        assert prototypes.shape == (300, 32) and owners.shape == (300,)
+        np.testing.assert_allclose(prototypes.norm(dim=1), 1, rtol=1e-5)
+        assert set(owners.tolist()) <= set(range(5))
+    # read again from the key network of each epoch: the targets change
+    assert not torch.equal(spy.seen[1][1], spy.seen[2][1]) or not torch.equal(
+        spy.seen[1][0], spy.seen[2][0])
+
+
+def test_the_graph_targets_change_the_training(graph_fit, X):
+    est, _ = graph_fit
+    plain = CueCoEmbedder(**params(cluster_targets="centroids")).fit(X)
+    assert not np.array_equal(est.transform(X), plain.transform(X))
+    # without the clustering term the setting has nothing to act on
+    moco_graph = CueCoEmbedder(**params(cluster_weight=0.0)).fit(X)
+    moco = CueCoEmbedder(**params(cluster_weight=0.0, cluster_targets="centroids")).fit(X)
+    assert_array_equal(moco_graph.transform(X), moco.transform(X))
+
+
+def test_graph_targets_are_reproducible(graph_fit, X):
+    est, _ = graph_fit
+    again = CueCoEmbedder(**PARAMS).fit(X)
+    assert_array_equal(again.transform(X), est.transform(X))
+    assert_array_equal(again.predict(X), est.predict(X))
+
+
+class StopAfter(Callback):
+    def __init__(self, n):
+        self.n = n
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch + 1 == self.n:
+            trainer.stop_training = True
+
+
+def test_resume_with_graph_targets_equals_the_uninterrupted_run(graph_fit, X, tmp_path):
+    est, _ = graph_fit
+    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(2)])).fit(X)
+    resumed = CueCoEmbedder(**PARAMS).fit(X, resume_from=tmp_path / "epoch-0002.pt")
+    assert_array_equal(resumed.transform(X), est.transform(X))
+    assert_array_equal(resumed.cluster_centers_, est.cluster_centers_)
+
+
+def test_a_set_too_small_for_the_graph_trains_with_the_centroids(X):
+    spy = TargetsSpy()
+    # 12 images: no more than cluster_graph + 1, so no graph
+    est = CueCoEmbedder(**params(batch_size=4, n_clusters=3, callbacks=[spy])).fit(X[:12])
+    assert spy.seen == {}
+    plain = CueCoEmbedder(**params(batch_size=4, n_clusters=3,
+                                   cluster_targets="centroids")).fit(X[:12])
+    assert_array_equal(est.transform(X[:12]), plain.transform(X[:12]))
+
+
+def test_graph_targets_need_the_graph(X):
+    est = CueCoEmbedder(**params(cluster_graph=0))
+    with pytest.raises(ValueError, match="cluster_graph=0"):
+        est.fit(X)
+    assert not hasattr(est, "encoder_")
+    with pytest.raises(InvalidParameterError, match="cluster_targets"):
+        CueCoEmbedder(**params(cluster_targets="knn")).fit(X)
