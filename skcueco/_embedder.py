@@ -162,8 +162,8 @@ class CueCoEmbedder(
         and each key is assigned the cluster its 10 most similar key
         projections of that epoch vote for; the finer set of
         ``overclustering`` keeps its centroids. It costs one pass of the
-        key network over the training set and one read-out per epoch (a
-        13 to 27 % longer fit on the benchmark sets). Needs
+        key network over the training set and one read-out per epoch (fits
+        1.2 to 1.4 times as long on the benchmark's digits). Needs
         ``cluster_graph > 0``; on training sets too small for the graph the
         centroids are used. docs/method_results.rst, "Graph targets",
         measures it.
