@@ -2,8 +2,9 @@
 
 At the end of ``fit``, the unit projections of the training images are linked
 to their ``n_neighbors`` most similar ones (cosine). Spectral clustering of that
-graph (scikit-learn's :class:`~sklearn.cluster.SpectralClustering`, QR
-assignment) cuts it into ``f * n_clusters`` small groups for each ``f`` of
+graph (the graph's spectral embedding, then QR assignment, as scikit-learn's
+:class:`~sklearn.cluster.SpectralClustering` with ``assign_labels="cluster_qr"``)
+cuts it into ``f * n_clusters`` small groups for each ``f`` of
 ``OVERSEGMENTS``, which rarely mix classes; the groups are merged into
 ``n_clusters`` clusters by spectral clustering of the graph between them (the
 summed affinities of their members), and the ``3 * n_clusters`` groups also
@@ -31,7 +32,9 @@ import warnings
 import numpy as np
 import scipy.sparse
 import torch
+import scipy.linalg
 from sklearn.cluster import AgglomerativeClustering, SpectralClustering
+from sklearn.manifold import spectral_embedding
 
 OVERSEGMENTS = (1, 3, 5)
 """Small groups cut from the graph per cluster before they are merged (1: a direct cut)."""
@@ -93,6 +96,32 @@ def _spectral(affinity, n_clusters, seed):
         return model.fit_predict(affinity)
 
 
+def _spectral_maps(affinity, n_components, seed):
+    """The graph's spectral embedding, as :class:`~sklearn.cluster.SpectralClustering` computes it.
+
+    Its columns are ordered from the smoothest eigenvector, so the first
+    ``k`` of them are the embedding of a cut into ``k`` groups: the graph's
+    eigenproblem is solved once for every cut.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        return spectral_embedding(affinity, n_components=n_components, drop_first=False,
+                                  random_state=np.random.RandomState(seed))
+
+
+def _qr_groups(maps):
+    """QR assignment of the rows of a spectral embedding to ``maps.shape[1]`` groups.
+
+    The rule of ``SpectralClustering(assign_labels="cluster_qr")`` (Damle,
+    Minden and Ying, 2019), written out because scikit-learn exposes it only
+    through that estimator, which solves the eigenproblem again for each cut.
+    """
+    k = maps.shape[1]
+    _, _, pivots = scipy.linalg.qr(maps.T, pivoting=True)
+    u, _, vt = scipy.linalg.svd(maps[pivots[:k]].T)
+    return np.abs(maps @ (u @ vt)).argmax(axis=1)
+
+
 def modularity(affinity, labels):
     """Newman's modularity of the partition ``labels`` of the weighted graph ``affinity``.
 
@@ -128,19 +157,21 @@ def candidate_partitions(affinity, n_clusters, seed):
     the graph between groups (``f = 1``: a direct cut); ``"cut x 3,
     linkage"``: the ``3 * n_clusters`` groups merged by average linkage.
     Cuts into more than ``MAX_GROUPS`` groups are skipped, except the direct
-    cut.
+    cut. All cuts share one spectral embedding of the graph (the columns a
+    cut into ``k`` groups needs are its first ``k``).
     """
     n = affinity.shape[0]
-    found, cuts = {}, {}
+    sizes = {}
     for factor in OVERSEGMENTS:
         n_groups = min(factor * n_clusters, n // 2)
         if n_groups <= n_clusters:
-            n_groups = n_clusters
-        elif n_groups > MAX_GROUPS:
-            continue
-        if n_groups not in cuts:
-            cuts[n_groups] = _spectral(affinity, n_groups, seed)
-        groups = cuts[n_groups]
+            sizes[factor] = n_clusters
+        elif n_groups <= MAX_GROUPS:
+            sizes[factor] = n_groups
+    maps = _spectral_maps(affinity, max(sizes.values()), seed)
+    found = {}
+    for factor, n_groups in sizes.items():
+        groups = _qr_groups(maps[:, :n_groups])
         if n_groups == n_clusters:
             found[f"cut x {factor}, spectral"] = groups
             continue

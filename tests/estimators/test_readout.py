@@ -197,26 +197,46 @@ def test_the_read_out_keeps_the_candidate_of_highest_modularity(monkeypatch):
     assert seen["shape"] == (120, 120)
 
 
-def test_candidates_cut_the_graph_at_each_size_once(monkeypatch):
+def test_candidates_share_one_spectral_embedding_of_the_graph(monkeypatch):
     import skcueco._readout as module
 
     Z, _ = _arcs(100)
     A = knn_graph(torch.from_numpy(Z), 11)
-    calls = []
-    spectral = module._spectral
-    monkeypatch.setattr(module, "_spectral", lambda a, k, s: calls.append((a.shape[0], k)) or spectral(a, k, s))
+    solved, merged = [], []
+    maps, spectral = module._spectral_maps, module._spectral
+    monkeypatch.setattr(module, "_spectral_maps",
+                        lambda a, k, s: solved.append((a.shape[0], k)) or maps(a, k, s))
+    monkeypatch.setattr(module, "_spectral",
+                        lambda a, k, s: merged.append((a.shape[0], k)) or spectral(a, k, s))
     found = candidate_partitions(A, 3, seed=0)
     assert set(found) == {"cut x 1, spectral", "cut x 3, spectral", "cut x 3, linkage",
                           "cut x 5, spectral"}
     for labels in found.values():
         assert labels.shape == (200,) and set(labels) <= {0, 1, 2} and len(set(labels)) == 3
-    # the graph is cut once per size (3, 9 and 15 groups), the groups merged twice
-    assert sorted(k for n, k in calls if n == 200) == [3, 9, 15]
+    # the graph's eigenproblem is solved once, for the finest cut (15 groups);
+    # only the small graphs between groups (9 and 15 of them) go to SpectralClustering
+    assert solved == [(200, 15)]
+    assert sorted(merged) == [(9, 3), (15, 3)]
     # a graph too small for finer groups is cut once, straight into the clusters
-    calls.clear()
+    solved.clear()
+    merged.clear()
     small = candidate_partitions(knn_graph(torch.from_numpy(Z[:6]), 3), 3, seed=0)
-    assert calls == [(6, 3)] and set(small) == {"cut x 1, spectral", "cut x 3, spectral",
-                                                "cut x 5, spectral"}
+    assert solved == [(6, 3)] and not merged
+    assert set(small) == {"cut x 1, spectral", "cut x 3, spectral", "cut x 5, spectral"}
+
+
+@pytest.mark.parametrize("n_groups", [3, 9, 15])
+def test_each_cut_is_scikit_learns_spectral_clustering(n_groups):
+    """The first k columns of the shared embedding cut the graph as SpectralClustering(k) does."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from skcueco._readout import _qr_groups, _spectral, _spectral_maps
+
+    Z, _ = _arcs(100)
+    A = knn_graph(torch.from_numpy(Z), 11)
+    shared = _qr_groups(_spectral_maps(A, 15, seed=0)[:, :n_groups])
+    assert len(set(shared)) == n_groups
+    assert adjusted_rand_score(_spectral(A, n_groups, seed=0), shared) == pytest.approx(1.0)
 
 
 def test_a_large_training_set_is_read_on_a_fixed_subset(monkeypatch):
