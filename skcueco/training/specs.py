@@ -121,6 +121,7 @@ GROUPS = {"model": ModelSpec, "clustering": ClusterSpec, "optim": OptimSpec,
           "runtime": RuntimeSpec}
 # settings that may differ between a checkpoint and the run resuming it:
 # max_epochs may grow, and what is read out after training is not part of it
+# (cluster_graph is, with cluster_targets="graph": it then shapes training)
 RESUMABLE = frozenset({"max_epochs", "refine_centroids", "cluster_graph"})
 
 
@@ -150,11 +151,16 @@ class RunSpec:
         """The settings that define what is trained, as plain data by public name.
 
         Checkpoints store it; a run resumes one only with the same record
-        (:func:`~skcueco.training.checkpoint.check_checkpoint_fits`).
+        (:func:`~skcueco.training.checkpoint.check_checkpoint_fits`). The
+        settings of ``RESUMABLE`` are left out, except ``cluster_graph``
+        when the graph's clusters are the training targets.
         """
+        resumable = RESUMABLE
+        if self.clustering.targets == "graph":
+            resumable = RESUMABLE - {"cluster_graph"}
         return {name: _plain(getattr(getattr(self, group), field))
                 for name, (group, field) in sorted(PARAMETERS.items())
-                if group != "runtime" and name not in RESUMABLE}
+                if group != "runtime" and name not in resumable}
 
 
 def _plain(value):

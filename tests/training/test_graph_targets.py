@@ -125,6 +125,19 @@ def test_resume_with_graph_targets_equals_the_uninterrupted_run(graph_fit, X, tm
     resumed = CueCoEmbedder(**PARAMS).fit(X, resume_from=tmp_path / "epoch-0002.pt")
     assert_array_equal(resumed.transform(X), est.transform(X))
     assert_array_equal(resumed.cluster_centers_, est.cluster_centers_)
+    # the graph shapes the training here, so its size must match the checkpoint's
+    with pytest.raises(ValueError, match="cluster_graph=.* in the checkpoint"):
+        CueCoEmbedder(**params(cluster_graph=30)).fit(
+            X, resume_from=tmp_path / "epoch-0002.pt")
+
+
+def test_without_graph_targets_cluster_graph_may_change_on_resume(X, tmp_path):
+    base = params(cluster_targets="centroids")
+    CueCoEmbedder(**base, callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(2)]).fit(X)
+    # only the read-out after training uses the graph: the run resumes
+    resumed = CueCoEmbedder(**base, cluster_graph=30).fit(
+        X, resume_from=tmp_path / "epoch-0002.pt")
+    assert resumed.n_iter_ == base["max_epochs"]
 
 
 def test_a_set_too_small_for_the_graph_trains_with_the_centroids(X):
