@@ -75,6 +75,10 @@ def build_parser(prog=None):
     parser.add_argument("--cluster-warmup", type=warmup_value, metavar="N",
                         help="epochs trained before the clustering term switches on, or "
                         f"auto (default: the recipe's, else {DEFAULT_CLUSTER_WARMUP})")
+    parser.add_argument("--cluster-targets", choices=("centroids", "graph"),
+                        help="what the clustering term trains towards: centroids (the "
+                        "default) or graph (the neighbourhood graph's clusters, refreshed "
+                        "every epoch)")
     parser.add_argument("--batch-size", type=int, help="per process; overrides the recipe")
     parser.add_argument("--device", default="auto",
                         help="auto, cpu, cuda, cuda:1 or mps (default: auto)")
@@ -115,6 +119,8 @@ def training_params(args):
         params["max_epochs"] = args.epochs
     if args.cluster_warmup is not None:
         params["cluster_warmup"] = args.cluster_warmup
+    if args.cluster_targets is not None:
+        params["cluster_targets"] = args.cluster_targets
     if args.batch_size is not None:
         params["batch_size"] = args.batch_size
     params.update(num_workers=args.workers, random_state=args.random_state,

@@ -45,7 +45,7 @@ def test_trainer_help_names_the_module():
     result = subprocess.run([sys.executable, "-m", "skcueco.train", "--help"],
                             capture_output=True, text=True, check=True)
     assert result.stdout.startswith("usage: python -m skcueco.train ")
-    for option in ("--cluster-warmup", "--save-format", "--recipe"):
+    for option in ("--cluster-warmup", "--cluster-targets", "--save-format", "--recipe"):
         assert option in result.stdout
 
 
@@ -152,6 +152,19 @@ def test_trainer_warns_when_the_warmup_covers_the_run(tmp_path):
     assert cli_train.check_args(args) == []
     args.cluster_warmup = "auto"
     assert cli_train.check_args(args) == []
+
+
+def test_trainer_passes_the_cluster_targets(tmp_path, capsys):
+    parse = cli_train.build_parser().parse_args
+    base = ["--data", str(tmp_path), "--out", str(tmp_path / "m.pt")]
+    assert "cluster_targets" not in cli_train.training_params(parse(base))
+    for targets in ("graph", "centroids"):
+        params = cli_train.training_params(parse([*base, "--cluster-targets", targets]))
+        assert params["cluster_targets"] == targets
+    with pytest.raises(SystemExit) as info:
+        parse([*base, "--cluster-targets", "kmeans"])
+    assert info.value.code == 2
+    assert "--cluster-targets: invalid choice: 'kmeans'" in capsys.readouterr().err
 
 
 def _images(n=64, seed=0):
