@@ -36,6 +36,10 @@ Modes (default: ``fit`` and ``transform``):
   against float32 (speed and largest embedding difference), and the linear
   probe and kNN accuracy of both ``transform`` precisions on 32 px RGB
   shapes (``--quality-samples``, ``--quality-epochs``).
+- ``--cluster-targets``: whole ``fit`` calls with ``cluster_targets="graph"``
+  against the default ``"centroids"`` on the scikit-learn digits (the
+  estimator's defaults otherwise, ``--epochs``; ``--centred-digits`` also on
+  the digits centred in 28x28 frames), in seconds (goal: at most 1.3x).
 - ``--folder``: ``fit`` from a folder of ``--n-samples`` JPEG files of
   ``--file-size`` pixels decoded to ``--image-size``, with the decoded-image
   cache (``ImageSource(cache="auto")``) and without it, against ``fit`` from
@@ -131,6 +135,10 @@ def parse_args(argv=None):
                    help="default mode: also time MoCo v2 as written with lightly (PIL "
                         "transforms per image in a DataLoader; lightly's own modules when "
                         "it is installed, torchvision's transforms otherwise)")
+    p.add_argument("--cluster-targets", action="store_true",
+                   help="fit seconds with cluster_targets='graph' against 'centroids' (digits)")
+    p.add_argument("--centred-digits", action="store_true",
+                   help="with --cluster-targets: the digits centred in 28x28 frames too")
     p.add_argument("--cpu-precision", action="store_true",
                    help="bf16 against float32 fit and transform on the CPU, and the "
                         "probe/kNN change of bf16 transform")
@@ -154,7 +162,7 @@ def parse_args(argv=None):
                    help="time fit of the skcueco tree at PATH against this one")
     p.add_argument("--fit-samples", type=int, default=None,
                    help="default mode: fit on the first FIT_SAMPLES images only (all of "
-                        "them are transformed)")
+                        "them are transformed); --cluster-targets: the first of each set")
     p.add_argument("--no-transform", action="store_true",
                    help="default mode: skip the transform comparison")
     p.add_argument("--fit-once", action="store_true",
@@ -560,6 +568,37 @@ def main_progress(X, args, device):
                   goal=">= 0.98")
 
 
+def main_cluster_targets(args):
+    """Whole ``fit`` calls with graph targets against centroid targets, alternating order."""
+    import warnings
+
+    from sklearn.datasets import load_digits
+
+    sets = {"digits": load_digits().data}
+    if args.centred_digits:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from quality import load_dataset
+
+        sets["centred digits (28x28)"] = load_dataset("digits28")[0]
+    ratios = {}
+    for name, X in sets.items():
+        X = X[:args.fit_samples]
+
+        def fit(targets, X=X):
+            est = CueCoEmbedder(max_epochs=args.epochs, random_state=0, device=args.device,
+                                cluster_targets=targets)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return timed(lambda: est.fit(X), torch.device("cpu"))
+
+        results = alternate({"fit cluster_targets='graph'": lambda: fit("graph"),
+                             "fit cluster_targets='centroids'": lambda: fit("centroids")},
+                            args.rounds)
+        ratios[name] = report(f"fit seconds by cluster targets, {name}, {len(X)} images, "
+                              f"{args.epochs} epochs", results, "s", False, goal="<= 1.3")
+    return ratios
+
+
 def cpu_bf16_capability():
     """One line on what PyTorch reports of this processor's bf16 arithmetic."""
     from skcueco.training.device import cpu_has_native_bf16
@@ -779,6 +818,8 @@ def main(argv=None):
         CLOCK["now"] = time.process_time
     if args.folder:
         return main_folder(args)
+    if args.cluster_targets:
+        return main_cluster_targets(args)
     from skcueco.training.device import resolve_device
     from skcueco.training.engine import resolve_amp
 
