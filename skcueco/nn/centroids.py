@@ -14,7 +14,11 @@ from torch import nn
 
 from .kmeans import _lloyd_step, spherical_kmeans
 from .losses import assign_clusters, sinkhorn_assign
-from .vote import VOTE_NEIGHBOURS, vote_clusters
+from .vote import VOTE_NEIGHBOURS, vote_tally
+
+TARGET_CONFIDENCE = 0.7
+"""With graph targets, a key whose vote gives the winning cluster less than
+this share of the weight is assigned as without them (docs/method.rst)."""
 
 
 class CentroidBank(nn.Module):
@@ -125,7 +129,10 @@ class CentroidBank(nn.Module):
 
         With graph targets (:meth:`set_targets`), the weighted vote of each
         key's ``VOTE_NEIGHBOURS`` most similar target prototypes
-        (:func:`~skcueco.nn.vote.vote_clusters`); else :meth:`assign`.
+        (:func:`~skcueco.nn.vote.vote_tally`) where its winner holds at least
+        ``TARGET_CONFIDENCE`` of the weight, and :meth:`assign` (over all the
+        keys, to the centroids the targets set) for the keys whose
+        neighbours disagree; without targets, :meth:`assign`.
 
         Parameters
         ----------
@@ -138,8 +145,12 @@ class CentroidBank(nn.Module):
         """
         if self.target_prototypes is None:
             return self.assign(keys, self.centroids)
-        return vote_clusters(keys.float(), self.target_prototypes, self.target_owners,
-                             self.centroids.shape[0], VOTE_NEIGHBOURS)
+        n_votes = min(VOTE_NEIGHBOURS, self.target_prototypes.shape[0])
+        tally = vote_tally(keys.float(), self.target_prototypes, self.target_owners,
+                           self.centroids.shape[0], n_votes)
+        winner = tally.max(dim=1)
+        confident = winner.values >= TARGET_CONFIDENCE * tally.sum(dim=1)
+        return torch.where(confident, winner.indices, self.assign(keys, self.centroids))
 
     @torch.no_grad()
     def set_targets(self, centers, prototypes, owners):

@@ -49,13 +49,28 @@ def prototype_vote(z, prototypes, owners, n_clusters, n_votes=1, temperature=VOT
     labels : torch.Tensor of shape (N,)
         int64 cluster of each row; a tie goes to the lower cluster index.
     """
-    similarity = z @ prototypes.T  # (N, P)
     if n_votes <= 1:
-        return owners[similarity.argmax(dim=1)]
+        return owners[(z @ prototypes.T).argmax(dim=1)]
+    return vote_tally(z, prototypes, owners, n_clusters, n_votes, temperature).argmax(dim=1)
+
+
+def vote_tally(z, prototypes, owners, n_clusters, n_votes, temperature=VOTE_TEMPERATURE):
+    """The summed vote weight of each cluster, for each unit row of ``z``.
+
+    Parameters as :func:`prototype_vote` (``n_votes`` at most ``P``).
+
+    Returns
+    -------
+    tally : torch.Tensor of shape (N, n_clusters)
+        Sum of ``exp((s - s_max) / temperature)`` over the ``n_votes`` most
+        similar prototypes each cluster owns; its row maximum is the vote's
+        winner, and the winner's share of the row sum its margin.
+    """
+    similarity = z @ prototypes.T  # (N, P)
     top, idx = similarity.topk(n_votes, dim=1)  # (N, k), most similar first
     weights = torch.exp((top - top[:, :1]) / temperature)  # (N, k), in (0, 1]
     ballots = F.one_hot(owners, n_clusters).to(weights.dtype)[idx]  # (N, k, K)
-    return (weights.unsqueeze(-1) * ballots).sum(dim=1).argmax(dim=1)
+    return (weights.unsqueeze(-1) * ballots).sum(dim=1)
 
 
 def vote_clusters(z, prototypes, owners, n_clusters, n_votes=1, temperature=VOTE_TEMPERATURE):

@@ -55,29 +55,63 @@ def _unit(A):
     return torch.nn.functional.normalize(torch.as_tensor(A, dtype=torch.float32), dim=1)
 
 
+def _targets(g, noise=0.05, n=30):
+    """``n`` prototypes in 3 tight groups (near e0, e1, e2 of R^4), owned by clusters 0, 1, 2."""
+    directions = torch.eye(4)[:3]
+    owners = torch.arange(n) % 3
+    return _unit(directions[owners] + noise * torch.randn(n, 4, generator=g)), owners
+
+
 def test_the_bank_assigns_keys_by_the_vote_of_its_targets():
     g = torch.Generator().manual_seed(0)
     bank = CentroidBank(3, 4, n_overclusters=6, balance=0.5, generator=g)
-    keys = _unit(torch.randn(40, 4, generator=g))
+    prototypes, owners = _targets(g)
+    # keys in the groups; the centres are set one group off, so that the
+    # nearest centre and the vote disagree on every key
+    keys = _unit(torch.eye(4)[torch.arange(40) % 3] + 0.05 * torch.randn(40, 4, generator=g))
     bank.initialise(keys)
-    prototypes = _unit(torch.randn(30, 4, generator=g))
-    owners = torch.arange(30) % 3
-    centers = _unit(torch.randn(3, 4, generator=g))
+    centers = torch.eye(4)[[1, 2, 0]]
     overclusters = bank.overclusters.clone()
     bank.set_targets(centers, prototypes, owners)
     assert torch.equal(bank.centroids, centers)
-    assert_array_equal(bank.assign_main(keys), vote_clusters(keys, prototypes, owners, 3,
-                                                             VOTE_NEIGHBOURS))
+    assigned = bank.assign_main(keys)
+    assert_array_equal(assigned, vote_clusters(keys, prototypes, owners, 3, VOTE_NEIGHBOURS))
+    assert_array_equal(assigned, torch.arange(40) % 3)
+    assert not torch.equal(assigned, bank.assign(keys, centers))
     # the finer set keeps its centroids and its own (balanced) assignment
     assert torch.equal(bank.overclusters, overclusters)
     assert torch.equal(bank.assign(keys, bank.overclusters), bank.assign(keys, overclusters))
     # the online update moves each centroid towards the keys its targets give it
-    a = bank.assign_main(keys)
     bank.update(keys)
     for c in range(3):
-        mean = keys[a == c].mean(0)
+        mean = keys[assigned == c].mean(0)
         expected = torch.nn.functional.normalize(0.9 * centers[c] + 0.1 * mean, dim=0)
         torch.testing.assert_close(bank.centroids[c], expected)
+
+
+def test_keys_whose_neighbours_disagree_are_assigned_as_without_targets():
+    from skcueco.nn.centroids import TARGET_CONFIDENCE
+    from skcueco.nn.vote import vote_tally
+
+    g = torch.Generator().manual_seed(1)
+    bank = CentroidBank(3, 4, balance=0.5, generator=g)
+    # 5 prototypes a group: a key between two groups has all 10 of theirs as voters
+    prototypes, owners = _targets(g, noise=0.005, n=15)
+    bank.set_targets(torch.eye(4)[[1, 2, 0]], prototypes, owners)
+    # 20 keys inside group 0, 20 halfway between groups 0 and 1
+    inside = torch.eye(4)[0] + 0.05 * torch.randn(20, 4, generator=g)
+    between = torch.eye(4)[0] + torch.eye(4)[1] + 0.002 * torch.randn(20, 4, generator=g)
+    keys = _unit(torch.cat([inside, between]))
+    tally = vote_tally(keys, prototypes, owners, 3, VOTE_NEIGHBOURS)
+    share = tally.max(1).values / tally.sum(1)
+    confident = share >= TARGET_CONFIDENCE
+    assert confident[:20].all() and not confident[20:].any()
+    assigned = bank.assign_main(keys)
+    # the confident keys take the vote, the others the balanced assignment
+    # over all keys to the centroids the targets set
+    assert_array_equal(assigned[:20], torch.zeros(20, dtype=torch.long))
+    assert_array_equal(assigned[20:], bank.assign(keys, bank.centroids)[20:])
+    assert not torch.equal(assigned[20:], tally.argmax(1)[20:])
 
 
 def test_targets_are_set_each_epoch_after_the_warm_up(graph_fit, X):
@@ -157,3 +191,4 @@ def test_graph_targets_need_the_graph(X):
     assert not hasattr(est, "encoder_")
     with pytest.raises(InvalidParameterError, match="cluster_targets"):
         CueCoEmbedder(**params(cluster_targets="knn")).fit(X)
+
