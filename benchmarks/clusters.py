@@ -11,11 +11,12 @@ does not change it):
   ``n_clusters``, the partition of highest modularity kept, and a test
   image given the weighted vote of its 10 most similar training
   projections (docs/method.rst);
-- ``centroids``: ``cluster_graph=0``, the trained centroids refined by
-  k-means, as ``predict`` worked before ``cluster_graph`` (with
-  ``--set cluster_targets=graph``, which needs the graph during training,
-  the fit keeps ``cluster_graph`` and this row is the nearest trained
-  centroid).
+- ``centroids``: for a fit that trains towards the graph's clusters (the
+  default ``cluster_targets``, with the clustering term on), the nearest
+  trained centroid; for the others (MoCo v2, ``--set
+  cluster_targets=centroids``), which are fitted with ``cluster_graph=0``,
+  the trained centroids refined by k-means, as ``predict`` worked before
+  ``cluster_graph``.
 
 Both are scored on the test split (NMI, ARI and cluster accuracy), beside the
 linear probe, the weighted kNN (k=200) and k-means on the embeddings, and
@@ -101,11 +102,17 @@ def _log(text):
     print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
 
 
+def trains_on_graph(settings):
+    """Whether a fit with these settings trains towards the graph's clusters."""
+    return (settings.get("cluster_weight", 1.0) > 0
+            and settings.get("cluster_targets", "auto") in ("auto", "graph"))
+
+
 def readouts(est, X_train, X_test, y_test, n_neighbors=GRAPH_NEIGHBOURS):
     """Scores of the ``centroids`` and ``graph`` read-outs of one fitted model."""
     trained = est._trained
     if est.cluster_graph:
-        # fitted with the graph (cluster_targets="graph"): its trained centroids
+        # fitted towards the graph's clusters: its trained centroids
         z = torch.from_numpy(trained.project(*est._rows(X_test)))
         centroids = (z @ trained.centroids.T).argmax(1).numpy()
     else:
@@ -155,7 +162,7 @@ def run(args):
                     # the graph read-out is measured below, after the fit; a fit
                     # whose clustering term trains towards the graph needs it on
                     settings = {**params, **args.set}
-                    graph = GRAPH_NEIGHBOURS if settings.get("cluster_targets") == "graph" else 0
+                    graph = GRAPH_NEIGHBOURS if trains_on_graph(settings) else 0
                     est = CueCoEmbedder(max_epochs=epochs, random_state=seed, cluster_graph=graph,
                                         device=args.device, **settings)
                     start = time.perf_counter()

@@ -136,7 +136,8 @@ class CueCoEmbedder(
         does. ``fit`` also warns
         (:class:`~skcueco.training.run.TrainingCollapseWarning`) when the run
         ended collapsed: a contrastive loss at its chance value, or more than
-        90 % of the training set in one trained centroid.
+        90 % of the training set in one of the clusters the clustering term
+        trained towards.
     cluster_graph : int, default=20
         How ``fit`` reads the clusters that ``predict`` gives from the
         trained embedding. With ``k > 0``, each training image is linked to
@@ -152,21 +153,23 @@ class CueCoEmbedder(
         splits or merges them. 0: the clusters are the trained centroids
         (refined, see ``refine_centroids``). Not used by ``partial_fit``,
         nor on training sets of ``2 * n_clusters`` images or fewer.
-    cluster_targets : {"centroids", "graph"}, default="centroids"
-        What the clustering term assigns keys to. ``"centroids"``: the
-        ``n_clusters`` centroids (balanced by ``cluster_balance``), the
-        paper's form. ``"graph"``: at the start of every epoch with the
-        clustering term on, the key projections of the training set are cut
-        by the same graph read-out as ``predict``'s (``cluster_graph``
-        neighbours), the centroids move onto its clusters' mean directions,
-        and each key is assigned the cluster its 10 most similar key
-        projections of that epoch vote for; the finer set of
-        ``overclustering`` keeps its centroids. It costs one pass of the
-        key network over the training set and one read-out per epoch (fits
-        1.2 to 1.4 times as long on the benchmark's digits). Needs
+    cluster_targets : {"auto", "centroids", "graph"}, default="auto"
+        What the clustering term assigns keys to. ``"graph"``: at the start
+        of every epoch with the clustering term on, the key projections of
+        the training set are cut by the same graph read-out as
+        ``predict``'s (``cluster_graph`` neighbours), the centroids move
+        onto its clusters' mean directions, and each key is assigned the
+        cluster its 10 most similar key projections of that epoch vote for,
+        where at least 70 % of the vote's weight agrees; a key whose
+        neighbours disagree is assigned as with ``"centroids"``. The finer
+        set of ``overclustering`` keeps its centroids. It costs one pass of
+        the key network over the training set and one read-out per epoch.
+        ``"centroids"``: the ``n_clusters`` centroids (balanced by
+        ``cluster_balance``), the paper's form. ``"auto"``: ``"graph"`` when
+        ``cluster_graph > 0``, else ``"centroids"``. ``"graph"`` needs
         ``cluster_graph > 0``; on training sets too small for the graph the
         centroids are used. docs/method_results.rst, "Graph targets",
-        measures it.
+        measures both.
     cluster_update : {"online", "epoch"}, default="online"
         Only used when ``cluster_weight > 0``. ``"online"``: moving-average update of the centroids after every step.
         ``"epoch"``: k-means on the whole training set before every epoch.
@@ -372,7 +375,7 @@ class CueCoEmbedder(
         "overclustering": [Interval(numbers.Integral, 0, None, closed="left")],
         "refine_centroids": [Interval(numbers.Integral, 0, None, closed="left")],
         "cluster_graph": [Interval(numbers.Integral, 0, None, closed="left")],
-        "cluster_targets": [StrOptions({"centroids", "graph"})],
+        "cluster_targets": [StrOptions({"auto", "centroids", "graph"})],
         "cluster_update": [StrOptions({"online", "epoch"})],
         "cluster_loss": [StrOptions({"pull", "proto"})],
         "cluster_temperature": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -416,7 +419,7 @@ class CueCoEmbedder(
         overclustering=3,
         refine_centroids=10,
         cluster_graph=20,
-        cluster_targets="centroids",
+        cluster_targets="auto",
         cluster_update="online",
         cluster_loss="proto",
         cluster_temperature=0.1,

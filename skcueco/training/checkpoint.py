@@ -323,6 +323,11 @@ def read_checkpoint(path):
     return state
 
 
+TRAINED_BEFORE = {"cluster_targets": "centroids"}
+"""Settings that checkpoints of versions without them trained with: they are
+compared as if recorded (the default ``cluster_targets`` trains otherwise)."""
+
+
 def check_checkpoint_fits(state, path, settings, spec, offset, scale):
     """Refuse a checkpoint whose run differs from the one asked to resume it.
 
@@ -352,6 +357,9 @@ def check_checkpoint_fits(state, path, settings, spec, offset, scale):
     if saved_params.get("cluster_assign") == "argmax":
         # written before cluster_assign was deprecated: "argmax" is balance 0
         saved_params["cluster_balance"] = 0.0
+    for name, value in TRAINED_BEFORE.items():
+        # written before the parameter existed: it trained as this value does
+        saved_params.setdefault(name, value)
     for name, here in settings.items():
         # a parameter the writing version did not have is not compared
         if name in saved_params and saved_params[name] != here:

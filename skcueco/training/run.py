@@ -248,7 +248,8 @@ def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine
     way (``mean_cosine``, their mean pairwise cosine similarity, above
     0.99): the network maps every image to one point. Or more than 90 % of
     the training set in one cluster (``labels``: the assignments to the
-    trained centroids, None to skip the check).
+    trained centroids, or with graph targets the clusters of the last
+    partition of the keys; None to skip the check).
 
     A loss near chance alone is no sign: in the first epochs it rises
     towards (even past) chance while the queue fills with real keys.
@@ -523,10 +524,15 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         # one pass in eval mode over the training set: the statistics that
         # standardise `transform`, and the projections `predict` uses
         stats, projections = eval_pass(model, preprocess, X, batch_size, device, feature_dim)
-        # the centroids the clustering term trained, before refinement, tell
-        # whether it pulled (nearly) everything into one cluster
+        # the clusters the clustering term trained towards tell whether it
+        # pulled (nearly) everything into one: the centroids before
+        # refinement, or with graph targets the last partition of the keys
+        # (the centroids then follow the key network, which lags the
+        # projections here most in short runs)
         labels = None
-        if task.current_weight > 0:
+        if task.current_weight > 0 and model.bank.target_owners is not None:
+            labels = model.bank.target_owners.cpu()
+        elif task.current_weight > 0:
             labels = assign_clusters(projections, model.centroids).cpu()
         # mean pairwise cosine of unit rows = squared norm of their mean
         mean_cosine = projections.mean(dim=0).pow(2).sum().item()

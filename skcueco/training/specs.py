@@ -138,13 +138,17 @@ class RunSpec:
     def from_params(cls, params):
         """The groups from the estimator's ``get_params(deep=False)``.
 
-        The deprecated ``cluster_assign="argmax"`` is ``cluster_balance=0``.
+        The deprecated ``cluster_assign="argmax"`` is ``cluster_balance=0``;
+        ``cluster_targets="auto"`` is ``"graph"`` with ``cluster_graph > 0``,
+        else ``"centroids"``.
         """
         values = {group: {} for group in GROUPS}
         for name, (group, field) in PARAMETERS.items():
             values[group][field] = params[name]
         if params.get("cluster_assign") == "argmax":
             values["clustering"]["balance"] = 0.0
+        if values["clustering"]["targets"] == "auto":
+            values["clustering"]["targets"] = "graph" if params["cluster_graph"] > 0 else "centroids"
         return cls(**{group: GROUPS[group](**kw) for group, kw in values.items()})
 
     def record(self):

@@ -27,19 +27,27 @@ def clusters():
     return _load("clusters")
 
 
-def test_the_graph_read_out_of_a_centroid_fit_is_what_the_default_fit_gives(clusters):
+def test_the_graph_read_out_of_a_fit_is_what_predict_gives(clusters):
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_test = X[:300], X[300:400], y[300:400]
-    params = dict(max_epochs=2, batch_size=64, hidden_dim=64, random_state=0, amp=False)
+    params = dict(max_epochs=3, batch_size=64, hidden_dim=64, random_state=0, amp=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = CueCoEmbedder(**params, cluster_graph=0).fit(X_train)
-        graph = CueCoEmbedder(**params, cluster_graph=10).fit(X_train)
+        graph = CueCoEmbedder(**params, cluster_graph=10, cluster_targets="centroids").fit(X_train)
+        default = CueCoEmbedder(**params, cluster_graph=10).fit(X_train)
+    # centroid targets: the graph changes nothing in training, so the read-out
+    # of the fit without it is the predict of the fit with it
     scores, seconds = clusters.readouts(plain, X_train, X_test, y_test, n_neighbors=10)
     assert seconds > 0
     assert scores["centroids"] == clusters.clustering_scores(y_test, plain.predict(X_test))
     assert scores["graph"] == clusters.clustering_scores(y_test, graph.predict(X_test))
     assert scores["graph"] != scores["centroids"]
+    # the default trains towards the graph: its "graph" row is its own predict,
+    # its "centroids" row the nearest trained centroid
+    scores, _ = clusters.readouts(default, X_train, X_test, y_test, n_neighbors=10)
+    assert scores["graph"] == clusters.clustering_scores(y_test, default.predict(X_test))
+    assert scores["graph"] != clusters.clustering_scores(y_test, graph.predict(X_test))
 
 
 def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, capsys):
@@ -61,6 +69,10 @@ def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, ca
     assert saved == ["digits_2ep_cueco_seed0.skc", "digits_2ep_moco_seed0.skc"]
     moco = CueCoEmbedder.load(models / saved[1])
     assert moco.hidden_dim == 48 and moco.cluster_weight == 0
+    # CueCo trains towards the graph's clusters by default, so it keeps the
+    # graph; MoCo v2 is read from its refined centroids on the "centroids" row
+    cueco = CueCoEmbedder.load(models / saved[0])
+    assert cueco.cluster_graph == clusters.GRAPH_NEIGHBOURS > 0 and moco.cluster_graph == 0
 
     # benchmarks/readouts.py reads the same clusters again from the kept models
     readouts = _load("readouts")
@@ -105,3 +117,12 @@ def test_models_save_cannot_store_are_kept_with_joblib_and_read_again(clusters, 
     default = again[again.measure == "graph (default)"]
     graph = frame[frame.method == "moco graph"]
     assert default["nmi"].iloc[0] == pytest.approx(graph["NMI"].iloc[0])
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({}, True), ({"cluster_targets": "graph"}, True), ({"cluster_targets": "auto"}, True),
+    ({"cluster_targets": "centroids"}, False), ({"cluster_weight": 0.0}, False),
+    ({"cluster_weight": 0.0, "cluster_targets": "graph"}, False),
+])
+def test_which_fits_train_towards_the_graph(clusters, settings, expected):
+    assert clusters.trains_on_graph(settings) is expected

@@ -192,3 +192,37 @@ def test_graph_targets_need_the_graph(X):
     with pytest.raises(InvalidParameterError, match="cluster_targets"):
         CueCoEmbedder(**params(cluster_targets="knn")).fit(X)
 
+
+
+def test_auto_trains_towards_the_graph_when_there_is_one(graph_fit, X):
+    est, _ = graph_fit
+    assert CueCoEmbedder().cluster_targets == "auto"
+    auto = CueCoEmbedder(**params(cluster_targets="auto")).fit(X)
+    assert_array_equal(auto.transform(X), est.transform(X))
+    assert_array_equal(auto.predict(X), est.predict(X))
+    # without the graph, "auto" is "centroids" (no error, unlike "graph")
+    no_graph = CueCoEmbedder(**params(cluster_targets="auto", cluster_graph=0)).fit(X)
+    centroids = CueCoEmbedder(**params(cluster_targets="centroids", cluster_graph=0)).fit(X)
+    assert_array_equal(no_graph.transform(X), centroids.transform(X))
+
+
+def test_collapse_is_judged_on_the_partition_the_term_trained_towards(X, monkeypatch):
+    import warnings
+
+    import skcueco._embedder as embedder
+    from skcueco.training.run import TrainingCollapseWarning
+
+    # a fit that trains towards the graph ends without the collapse warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingCollapseWarning)
+        CueCoEmbedder(**params()).fit(X)
+    # the same fit whose graph puts every key in one cluster is warned about
+    readout = embedder.readout
+
+    def one_cluster(projections, centroids, n_neighbors, seed):
+        centers, prototypes, owners = readout(projections, centroids, n_neighbors, seed)
+        return centers, prototypes, torch.zeros_like(owners)
+
+    monkeypatch.setattr(embedder, "readout", one_cluster)
+    with pytest.warns(TrainingCollapseWarning, match="100% of the training samples"):
+        CueCoEmbedder(**params()).fit(X)
