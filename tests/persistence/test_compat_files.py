@@ -38,6 +38,9 @@ def test_model_file_gives_the_same_embeddings_and_clusters(digits):
 
 def test_model_file_keeps_its_training_state(digits):
     emb = CueCoEmbedder.load(FILES / "embedder_digits.pt")
+    # written before cluster_targets existed: it goes on training as it was
+    # trained, towards the centroids
+    assert emb.cluster_targets == "centroids"
     before = emb.transform(digits)
     emb.partial_fit(digits)
     assert emb.n_iter_ == 3
