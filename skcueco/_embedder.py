@@ -24,7 +24,8 @@ from .backbones import BACKBONE_NAMES
 from .callbacks import Callback, ProgressBar
 from .data.preprocess import input_statistics
 from .data.validation import check_input, image_format, spec_from_image_shape
-from .training.checkpoint import RunRecord, check_checkpoint_fits, read_checkpoint
+from .training.checkpoint import (TRAINED_BEFORE, RunRecord, check_checkpoint_fits,
+                                  read_checkpoint)
 from .training.run import Seeds, fit_cueco, untrained_cueco
 from .training.specs import RunSpec, Start
 
@@ -704,6 +705,9 @@ class CueCoEmbedder(
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        for name, value in TRAINED_BEFORE.items():
+            # pickled before the parameter existed: it trained as this value does
+            vars(self).setdefault(name, value)
         if "encoder_" in vars(self) and "_trained" not in vars(self):
             # pickled by a version before the Trained object
             vars(self)["_trained"] = trained_from_pickle(vars(self), self.get_params(deep=False))

@@ -81,3 +81,18 @@ def test_files_of_a_three_block_small_cnn_keep_it(tmp_path, monkeypatch):
     loaded.set_params(warm_start=True).fit(X)
     assert loaded.encoder_.depth == 3
     assert np.isfinite(loaded.transform(X)).all()
+
+
+def test_a_pickle_from_before_cluster_targets_trains_towards_the_centroids():
+    import pickle
+
+    X = np.random.default_rng(0).uniform(0, 200, size=(60, 5))
+    est = CueCoEmbedder(**FAST).fit(X)
+    state = est.__getstate__()
+    del state["cluster_targets"]  # as a version without the parameter pickled it
+    old = CueCoEmbedder.__new__(CueCoEmbedder)
+    old.__setstate__(state)
+    assert old.cluster_targets == "centroids"
+    np.testing.assert_array_equal(old.transform(X), est.transform(X))
+    # a pickle of this version keeps its setting
+    assert pickle.loads(pickle.dumps(est)).cluster_targets == "auto"
