@@ -39,7 +39,9 @@ Modes (default: ``fit`` and ``transform``):
 - ``--cluster-targets``: whole ``fit`` calls with ``cluster_targets="graph"``
   against the default ``"centroids"`` on the scikit-learn digits (the
   estimator's defaults otherwise, ``--epochs``; ``--centred-digits`` also on
-  the digits centred in 28x28 frames), in seconds (goal: at most 1.3x).
+  the digits centred in 28x28 frames; ``--large-set N`` also on ``N``
+  generated 28x28 shapes, more than the graph read-out reads), in seconds
+  (goal: at most 1.3x).
 - ``--folder``: ``fit`` from a folder of ``--n-samples`` JPEG files of
   ``--file-size`` pixels decoded to ``--image-size``, with the decoded-image
   cache (``ImageSource(cache="auto")``) and without it, against ``fit`` from
@@ -139,6 +141,8 @@ def parse_args(argv=None):
                    help="fit seconds with cluster_targets='graph' against 'centroids' (digits)")
     p.add_argument("--centred-digits", action="store_true",
                    help="with --cluster-targets: the digits centred in 28x28 frames too")
+    p.add_argument("--large-set", type=int, default=0, metavar="N",
+                   help="with --cluster-targets: N generated 28x28 shapes too")
     p.add_argument("--cpu-precision", action="store_true",
                    help="bf16 against float32 fit and transform on the CPU, and the "
                         "probe/kNN change of bf16 transform")
@@ -580,6 +584,10 @@ def main_cluster_targets(args):
         from quality import load_dataset
 
         sets["centred digits (28x28)"] = load_dataset("digits28")[0]
+    if args.large_set:
+        from skcueco._synthetic import make_shapes
+
+        sets["shapes (28x28)"] = make_shapes(args.large_set, image_size=28, random_state=0)[0]
     ratios = {}
     for name, X in sets.items():
         X = X[:args.fit_samples]

@@ -214,11 +214,36 @@ def graph_clusters(projections, n_clusters, n_neighbors, seed):
     return candidates[int(np.argmax(scores))]
 
 
+def readout_rows(n_samples, seed):
+    """The rows :func:`readout` reads of ``n_samples`` projections.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of training images.
+    seed : int
+        Seeds the subset, as in :func:`readout`.
+
+    Returns
+    -------
+    rows : ndarray of shape (READOUT_ROWS,) or None
+        None when ``n_samples <= READOUT_ROWS`` (every row is read); else a
+        fixed random subset of ``READOUT_ROWS`` rows, sorted. The same
+        ``n_samples`` and ``seed`` always give the same rows, so a caller
+        that needs only the rows read (the graph targets, at every epoch)
+        can compute just those and pass them to :func:`readout`.
+    """
+    if n_samples <= READOUT_ROWS:
+        return None
+    return np.sort(np.random.RandomState(seed % 2**32).choice(n_samples, READOUT_ROWS,
+                                                               replace=False))
+
+
 def readout(projections, centroids, n_neighbors, seed):
     """``(centers, prototypes, owners)`` from the graph clusters of ``projections``.
 
     Of more than ``READOUT_ROWS`` projections, a fixed random subset of that
-    many (seeded by ``seed``) is read.
+    many (seeded by ``seed``: :func:`readout_rows`) is read.
 
     Parameters
     ----------
@@ -242,9 +267,8 @@ def readout(projections, centroids, n_neighbors, seed):
     owners : torch.Tensor of shape (n_read,)
         The cluster of each prototype (int64).
     """
-    n = projections.shape[0]
-    if n > READOUT_ROWS:
-        rows = np.sort(np.random.RandomState(seed % 2**32).choice(n, READOUT_ROWS, replace=False))
+    rows = readout_rows(projections.shape[0], seed)
+    if rows is not None:
         projections = projections[torch.from_numpy(rows).to(projections.device)]
     labels = graph_clusters(projections, centroids.shape[0], n_neighbors, seed)
     prototypes = projections.detach().float().cpu().clone()

@@ -383,7 +383,7 @@ def untrained_cueco(X, spec, run, seeds):
 
 
 def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validate=None,
-              readout=None):
+              readout=None, readout_rows=None):
     """Train CueCo on the compact rows ``X``.
 
     Parameters
@@ -412,6 +412,11 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         trained centroids, refined by k-means. With
         ``cluster_targets="graph"``, also the clustering term's targets,
         read from the key projections at the start of every epoch.
+    readout_rows : callable, default=None
+        ``readout_rows(n_samples, seed) -> rows or None``: the rows
+        ``readout`` reads of ``n_samples`` projections (None: all). With
+        graph targets, only those rows are encoded by the key network at
+        each epoch; None encodes the whole training set.
 
     Returns
     -------
@@ -472,9 +477,15 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         clustering.ramp, optim.max_epochs, AUTO_RAMP_FRACTION)
     graph_targets = None
     if clustering.targets == "graph" and readout is not None and use_graph(clustering, X.shape[0]):
-        def graph_targets(projections):
+        # the read-out reads a fixed subset of a large training set: only its
+        # rows are encoded (X[rows, ...] stays lazy for an ImageSource)
+        rows = readout_rows(X.shape[0], seeds.model) if readout_rows is not None else None
+        X_read = X if rows is None else X[rows, ...]
+
+        def graph_targets():
+            keys = encode(model.encode_key, preprocess, model, X_read, batch_size, device)
             # every process trains towards rank 0's partition
-            found = readout(projections, model.centroids, clustering.graph, seeds.model)
+            found = readout(keys, model.centroids, clustering.graph, seeds.model)
             if distributed:
                 found = tuple(broadcast_(t.to(device)).cpu() for t in found)
             return found

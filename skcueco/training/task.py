@@ -60,11 +60,11 @@ class CueCoTask:
         Global step at which this run's momentum schedule starts (a run that
         continues an earlier one).
     graph_targets : callable, default=None
-        ``graph_targets(projections) -> (centers, prototypes, owners)``: a
-        partition of the training set's key projections (the graph read-out
-        of ``predict``, docs/method.rst). Given, it is computed again at the
-        start of every epoch with the clustering term on, and sets the
-        ``K`` centroids and how keys are assigned to them
+        ``graph_targets() -> (centers, prototypes, owners)``: a partition of
+        the key projections of the training set, or of the subset the graph
+        read-out of ``predict`` reads (docs/method.rst). Given, it is
+        computed again at the start of every epoch with the clustering term
+        on, and sets the ``K`` centroids and how keys are assigned to them
         (:meth:`~skcueco.nn.centroids.CentroidBank.set_targets`).
     """
 
@@ -120,7 +120,7 @@ class CueCoTask:
             self._overclusters_tried = True
             if self.graph_targets is not None:
                 with torch.no_grad():
-                    self.model.bank.set_targets(*self.graph_targets(self.key_features()))
+                    self.model.bank.set_targets(*self.graph_targets())
         self.current_weight = self.weight_at(epoch)
 
     def weight_at(self, epoch):

@@ -51,11 +51,14 @@ def test_throughput_queue_and_latency_modes_print_ratios(capsys):
 @pytest.mark.filterwarnings("ignore::skcueco.training.run.TrainingCollapseWarning")
 def test_throughput_cluster_targets_mode_prints_the_ratio(capsys):
     ratios = _load("throughput").main(["--cluster-targets", "--device", "cpu", "--epochs", "2",
-                                       "--rounds", "1", "--fit-samples", "400"])
+                                       "--rounds", "1", "--fit-samples", "400",
+                                       "--large-set", "450"])
     out = capsys.readouterr().out
     assert "fit seconds by cluster targets, digits, 400 images, 2 epochs" in out
+    assert "fit seconds by cluster targets, shapes (28x28), 400 images, 2 epochs" in out
     assert "fit cluster_targets='graph'" in out and "goal <= 1.3" in out
-    assert list(ratios) == ["digits"] and math.isfinite(ratios["digits"]) and ratios["digits"] > 0
+    assert list(ratios) == ["digits", "shapes (28x28)"]
+    assert all(math.isfinite(r) and r > 0 for r in ratios.values())
 
 
 def test_throughput_cpu_precision_and_folder_modes_print_ratios(capsys):

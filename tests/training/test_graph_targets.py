@@ -144,6 +144,46 @@ def test_graph_targets_are_reproducible(graph_fit, X):
     assert_array_equal(again.predict(X), est.predict(X))
 
 
+def test_on_a_large_set_only_the_rows_read_are_encoded_each_epoch(X, monkeypatch):
+    import skcueco._embedder as embedder
+    import skcueco._readout as module
+    from skcueco.training import run
+
+    monkeypatch.setattr(module, "READOUT_ROWS", 120)
+    encoded, read = [], []
+    encode, readout = run.encode, module.readout
+
+    def encode_spy(fn, preprocess, modules, rows, *args, **kwargs):
+        encoded.append(np.array(rows))
+        return encode(fn, preprocess, modules, rows, *args, **kwargs)
+
+    def readout_spy(projections, centroids, n_neighbors, seed):
+        read.append((projections.shape[0], seed))
+        return readout(projections, centroids, n_neighbors, seed)
+
+    monkeypatch.setattr(run, "encode", encode_spy)
+    monkeypatch.setattr(embedder, "readout", readout_spy)
+    spy = TargetsSpy()
+    est = CueCoEmbedder(**params(callbacks=[spy])).fit(X)
+    # epochs 1 and 2 read 120 key projections, the end of fit all 300
+    # (of which readout keeps the same 120)
+    assert [n for n, _ in read] == [120, 120, 300]
+    seed = read[0][1]
+    rows = module.readout_rows(300, seed)
+    assert rows.shape == (120,) and np.all(np.diff(rows) > 0)
+    subsets = [a for a in encoded if a.shape[0] == 120]
+    assert len(subsets) == 2
+    for subset in subsets:
+        assert_array_equal(subset, X[rows])
+    # no epoch encodes the whole set: the only full passes are the
+    # centroids' k-means after the warm-up and the eval pass after training
+    assert sum(a.shape[0] == 300 for a in encoded) == 2
+    for prototypes, owners in spy.seen.values():
+        assert prototypes.shape == (120, 32) and owners.shape == (120,)
+    # predict reads the same subset of the final projections
+    assert est.cluster_prototypes_.shape == (120, 32)
+
+
 class StopAfter(Callback):
     def __init__(self, n):
         self.n = n
