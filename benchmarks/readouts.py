@@ -141,6 +141,7 @@ def measure(path, data):
     for name, lookup in lookups(P_train, found["graph (default)"], n_clusters, seed).items():
         rows.append({"measure": f"graph (default), {name}",
                      **clustering_scores(y_test, lookup(P_test).numpy())})
+    est.set_params(embedding_space="features")
     F_train, F_test = est.transform(X_train), est.transform(X_test)
     spaces = {"standardised features": (F_train, F_test), "projections": (P_train.numpy(), P_test.numpy()),
               "pixels": scaled_inputs(X_train, X_test, kind)}
@@ -158,12 +159,18 @@ def measure(path, data):
     return rows
 
 
-def run(args):
-    rows, cache = [], {}
+def kept_models(args):
+    """``(path, match)`` of each model file in ``args.models`` named by
+    ``MODEL_NAME``, of the data sets ``args.datasets`` (all when empty)."""
     for path in sorted(args.models.iterdir()):
         match = MODEL_NAME.match(path.name)
-        if not match or (args.datasets and match["dataset"] not in args.datasets):
-            continue
+        if match and (not args.datasets or match["dataset"] in args.datasets):
+            yield path, match
+
+
+def run(args):
+    rows, cache = [], {}
+    for path, match in kept_models(args):
         name = match["dataset"]
         if name not in cache:
             cache[name] = load_dataset(name, quick=args.quick)
@@ -193,9 +200,15 @@ def markdown(frame, argv):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def kept_models_cli(argv, doc, run, markdown):
+    """The command line of a script that measures kept models again.
+
+    ``run(args)`` measures the models of ``args.models`` into a DataFrame,
+    ``markdown(frame, argv)`` writes it up; the table is printed, and
+    written to ``--out`` and ``--csv`` when given.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--models", type=Path, required=True)
     p.add_argument("--datasets", default="", help="comma-separated; default: every model found")
     p.add_argument("--threads", type=int, default=None,
@@ -220,6 +233,10 @@ def main(argv=None):
         args.out.write_text(text + "\n")
     print(text)
     return frame
+
+
+def main(argv=None):
+    return kept_models_cli(argv, __doc__, run, markdown)
 
 
 if __name__ == "__main__":

@@ -68,9 +68,11 @@ def _frozen_features(embedder, X, augment_seed=None):
     """The feature-extraction seam for heads trained on frozen embeddings.
 
     Returns ``(rows, features, augment)``: the validated compact rows of
-    ``X``, their embeddings (as ``transform``), and, when ``augment_seed``
-    is given, ``augment(rows_batch)`` -> embeddings of fresh random views of
-    a batch of those rows, on the embedder's device (the training
+    ``X``, their standardised backbone features (``transform`` with
+    ``embedding_space="features"``, whatever the embedder's own space: the
+    linear-evaluation protocol), and, when ``augment_seed`` is given,
+    ``augment(rows_batch)`` -> the features of fresh random views of a
+    batch of those rows, on the embedder's device (the training
     augmentation, drawn from a generator seeded with ``augment_seed``);
     otherwise None.
     """
@@ -349,7 +351,12 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
     def _embed(self, X):
         check_is_fitted(self)
         X2d, spec = check_input(self, X, reset=False, **_image_format(self.embedder_))
-        return self.embedder_.transform(self._embedder_input(X2d, spec))
+        X_in = self._embedder_input(X2d, spec)
+        if isinstance(self.head_, (LinearProbe, PropagationProbe)):
+            # the built-in heads read the features they were trained on,
+            # whatever the embedder's embedding_space
+            return _frozen_features(self.embedder_, X_in)[1]
+        return self.embedder_.transform(X_in)
 
     def predict(self, X):
         """Predict class labels.

@@ -24,10 +24,11 @@ from .backbones import BACKBONE_NAMES
 from .callbacks import Callback, ProgressBar
 from .data.preprocess import input_statistics
 from .data.validation import check_input, image_format, spec_from_image_shape
-from .training.checkpoint import (TRAINED_BEFORE, RunRecord, check_checkpoint_fits,
+from .training.checkpoint import (LOADED_BEFORE, RunRecord, check_checkpoint_fits,
                                   read_checkpoint)
 from .training.run import Seeds, fit_cueco, untrained_cueco
 from .training.specs import RunSpec, Start
+from .training.trained import EMBEDDING_SPACES
 
 _HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
 
@@ -82,14 +83,19 @@ class CueCoEmbedder(
     key_momentum : float, default=0.99
         Starting EMA momentum of the key network, raised to 1.0 along a
         cosine schedule over training.
-    embedding_space : {"features", "projection"}, default="features"
-        What ``transform`` returns: ``"features"``, the backbone features
-        standardised on the training set (the better input for a linear
-        model), or ``"projection"``, the unit-norm projections that the
-        contrastive and clustering terms shape and ``predict`` reads
-        (``projection_dim`` columns; their cosine neighbours are closer to
-        the classes, the better choice for kNN and retrieval). Read at
-        ``transform`` time only: changing it needs no refit.
+    embedding_space : {"joint", "features", "projection"}, default="joint"
+        What ``transform`` returns. ``"features"``: the backbone features
+        standardised on the training set (``feature_dim`` columns), the
+        input of the classifier's linear heads. ``"projection"``: the
+        unit-norm projections that the contrastive and clustering terms
+        shape and ``predict`` reads (``projection_dim`` columns; their
+        cosine neighbours are the closest to the classes). ``"joint"``:
+        both, each scaled to the same norm, side by side (``n =
+        feature_dim + projection_dim`` columns, rows of norm ``sqrt(n)``):
+        neighbours and k-means better than on the features, and a linear
+        model as good (docs/method_results.rst, "The embedding
+        ``transform`` returns"). Read at ``transform`` time only: changing
+        it needs no refit.
     n_clusters : int, default=10
         Number of centroids; about the number of classes, or more.
     cluster_weight : float, default=1.0
@@ -364,7 +370,7 @@ class CueCoEmbedder(
         "queue_size": [StrOptions({"auto"}), Interval(numbers.Integral, 0, None, closed="left")],
         "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
         "key_momentum": [Interval(numbers.Real, 0, 1, closed="both")],
-        "embedding_space": [StrOptions({"features", "projection"})],
+        "embedding_space": [StrOptions(set(EMBEDDING_SPACES))],
         "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
         "cluster_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "cluster_warmup": [
@@ -410,7 +416,7 @@ class CueCoEmbedder(
         queue_size="auto",
         temperature=0.2,
         key_momentum=0.99,
-        embedding_space="features",
+        embedding_space="joint",
         n_clusters=10,
         cluster_weight=1.0,
         cluster_warmup="auto",
@@ -699,14 +705,12 @@ class CueCoEmbedder(
     @property
     def _n_features_out(self):
         # read by ClassNamePrefixFeaturesOutMixin.get_feature_names_out
-        if self._embedding_space() == "projection":
-            return int(self.cluster_centers_.shape[1])
-        return self._trained.feature_dim
+        return self._trained.embedding_dim(self._embedding_space())
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        for name, value in TRAINED_BEFORE.items():
-            # pickled before the parameter existed: it trained as this value does
+        for name, value in LOADED_BEFORE.items():
+            # pickled before the parameter existed: it behaved as this value does
             vars(self).setdefault(name, value)
         if "encoder_" in vars(self) and "_trained" not in vars(self):
             # pickled by a version before the Trained object
@@ -769,25 +773,25 @@ class CueCoEmbedder(
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_features_out), dtype float32
-            Backbone features standardised with ``embedding_mean_`` and
-            ``embedding_scale_``, or with ``embedding_space="projection"``
-            the unit-norm projections (``projection_dim`` columns);
-            independent of batch composition.
+            In ``embedding_space``: by default the standardised backbone
+            features (with ``embedding_mean_`` and ``embedding_scale_``)
+            and the unit-norm projections, each scaled to norm
+            ``sqrt(n_features_out / 2)``, side by side; with
+            ``"features"`` the former alone, with ``"projection"`` the
+            latter. Independent of batch composition.
         """
         space = self._embedding_space()
         rows, spec = self._validate_for_inference(X)
-        if space == "projection":
-            return self._trained.project(rows, spec)
-        return self._trained.embed(rows, spec)
+        return self._trained.embedding(rows, spec, space)
 
     def _embedding_space(self):
         # read at transform time, so checked here too (set_params after fit);
         # estimators pickled before the parameter existed return the features
         space = getattr(self, "embedding_space", "features")
-        if space not in ("features", "projection"):
+        if space not in EMBEDDING_SPACES:
             raise ValueError(
-                "embedding_space must be 'features' or 'projection'; got "
-                f"{space!r}."
+                f"embedding_space must be one of {', '.join(map(repr, EMBEDDING_SPACES))}; "
+                f"got {space!r}."
             )
         return space
 
@@ -963,7 +967,7 @@ class CueCoEmbedder(
 
         export_embedder(self._trained, path, format=format, input_layout=input_layout,
                         input_dtype=input_dtype, owner=type(self).__name__,
-                        projection_output=self._embedding_space() == "projection")
+                        space=self._embedding_space())
 
     # -- tags -------------------------------------------------------------------
     def __sklearn_tags__(self):

@@ -28,6 +28,7 @@ from .data.preprocess import relayout
 from .data.validation import InputSpec
 from .nn.vote import prototype_vote
 from .training.checkpoint import atomic_write
+from .training.trained import EMBEDDING_SPACES, embedding_of
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 INPUT_LAYOUTS = ("NHWC", "NCHW", "NHW", "flat")
@@ -55,9 +56,9 @@ class InferenceGraph(nn.Module):
         vote for.
     owners : Tensor of shape (n_prototypes,)
         The cluster of each prototype (int64).
-    projection_output : bool, default=False
-        Output the unit projections as the embeddings, as ``transform`` does
-        with ``embedding_space="projection"``.
+    space : {"features", "projection", "joint"}, default="features"
+        The embeddings output, as ``transform`` returns them with this
+        ``embedding_space`` (:func:`~skcueco.training.trained.embedding_of`).
     n_clusters : int, default=None
         Number of clusters; None: ``owners.max() + 1``.
     n_votes : int, default=1
@@ -65,9 +66,11 @@ class InferenceGraph(nn.Module):
     """
 
     def __init__(self, preprocess, encoder, projector, mean, scale, prototypes, owners,
-                 projection_output=False, n_clusters=None, n_votes=1):
+                 space="features", n_clusters=None, n_votes=1):
         super().__init__()
-        self.projection_output = bool(projection_output)
+        if space not in EMBEDDING_SPACES:
+            raise ValueError(f"space must be one of {EMBEDDING_SPACES}, got {space!r}.")
+        self.space = space
         self.n_clusters = int(owners.max()) + 1 if n_clusters is None else int(n_clusters)
         self.n_votes = min(int(n_votes), int(prototypes.shape[0]))
         self.preprocess = preprocess
@@ -89,8 +92,7 @@ class InferenceGraph(nn.Module):
         Returns
         -------
         embeddings : Tensor of shape (n_samples, n_features_out), float32
-            What ``transform`` returns (the standardised features, or the
-            unit projections).
+            What ``transform`` returns in ``space``.
         clusters : Tensor of shape (n_samples,), int64
             What ``predict`` returns.
         """
@@ -98,9 +100,7 @@ class InferenceGraph(nn.Module):
         z = F.normalize(self.projector(h).float(), dim=1)  # (N, D)
         clusters = prototype_vote(z, self.prototypes, self.owners, self.n_clusters,
                                   self.n_votes)  # (N,)
-        if self.projection_output:
-            return z, clusters
-        return (h - self.mean) / self.scale, clusters
+        return embedding_of(h, self.space, self.mean, self.scale, self.projector, z), clusters
 
 
 def input_spec(spec, input_layout):
@@ -152,7 +152,7 @@ def input_spec(spec, input_layout):
     return InputSpec("image", spec.shape, False), (c, h, w)
 
 
-def inference_graph(trained, rows_spec, projection_output=False):
+def inference_graph(trained, rows_spec, space="features"):
     """An :class:`InferenceGraph` of CPU float32 copies of the trained model.
 
     The fitted model is left as it is (its device, weights and modes).
@@ -176,7 +176,7 @@ def inference_graph(trained, rows_spec, projection_output=False):
     return InferenceGraph(frozen(preprocess), frozen(trained.encoder),
                           frozen(trained.projector), trained.embedding_mean,
                           trained.embedding_scale, prototypes.cpu(), owners.cpu(),
-                          projection_output, n_clusters,
+                          space, n_clusters,
                           getattr(trained, "prototype_votes", 1)).eval()
 
 
@@ -287,7 +287,7 @@ def _torchscript_bytes(graph, example):
 
 
 def export_embedder(trained, path, *, format, input_layout, input_dtype, owner,
-                    projection_output=False):
+                    space="features"):
     """Write ``trained`` as one ONNX or TorchScript graph to ``path``.
 
     See :meth:`skcueco.CueCoEmbedder.export` for the parameters.
@@ -301,7 +301,7 @@ def export_embedder(trained, path, *, format, input_layout, input_dtype, owner,
     if format == "onnx":
         _check_onnx_exporter()
     example = _example(sample_shape, getattr(torch, input_dtype))
-    graph = inference_graph(trained, rows_spec, projection_output)
+    graph = inference_graph(trained, rows_spec, space)
     program = capture(graph, example, owner, trained.backbone)
     if format == "onnx":
         data = _onnx_bytes(program, example, owner)

@@ -31,7 +31,7 @@ from .data.preprocess import Preprocess
 from .training.trained import Trained
 from .training.device import device_available, resolve_device
 from .training.distributed import is_main_process
-from .training.checkpoint import TRAINED_BEFORE, atomic_save, check_version
+from .training.checkpoint import LOADED_BEFORE, atomic_save, check_version
 from .training.engine import copy_state
 from .training.trained import standardisation  # noqa: F401  (re-exported for old pickles)
 from .data.validation import InputSpec
@@ -358,8 +358,8 @@ def _estimator_from_meta(cls, meta, path):
             # written before cluster_assign was deprecated: "argmax" is balance 0
             if params.pop("cluster_assign") == "argmax":
                 params["cluster_balance"] = 0.0
-        for name, value in TRAINED_BEFORE.items():
-            # written before the parameter existed: it trained as this value does
+        for name, value in LOADED_BEFORE.items():
+            # written before the parameter existed: it behaved as this value does
             if name in cls._parameter_constraints:
                 params.setdefault(name, value)
         unknown = sorted(set(params) - set(cls._parameter_constraints))

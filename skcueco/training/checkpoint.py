@@ -327,6 +327,11 @@ TRAINED_BEFORE = {"cluster_targets": "centroids"}
 """Settings that checkpoints of versions without them trained with: they are
 compared as if recorded (the default ``cluster_targets`` trains otherwise)."""
 
+LOADED_BEFORE = {**TRAINED_BEFORE, "embedding_space": "features"}
+"""Settings that model files and pickles of versions without them behaved
+as: they load with these values (they trained with centroid targets, and
+``transform`` returned the standardised features)."""
+
 
 def check_checkpoint_fits(state, path, settings, spec, offset, scale):
     """Refuse a checkpoint whose run differs from the one asked to resume it.

@@ -57,6 +57,51 @@ def standardisation(stats):
     return stats["mean"].numpy().astype(np.float32), feature_scale(std)
 
 
+EMBEDDING_SPACES = ("joint", "features", "projection")
+"""What ``transform`` can return (``embedding_space``; docs/method.rst, "The embedding")."""
+
+
+def embedding_of(h, space, mean, scale, projector, z=None):
+    """The embedding in ``space`` of backbone features ``h``, as ``transform`` returns it.
+
+    The one definition of the spaces, shared by ``transform``, the
+    augmented views of the classifier's heads and the exported graph.
+
+    Parameters
+    ----------
+    h : torch.Tensor of shape (N, feature_dim)
+        Backbone features.
+    space : {"joint", "features", "projection"}
+        ``"features"``: ``f = (h - mean) / scale``, the standardised
+        features; ``"projection"``: ``z``, the unit projection of ``h``;
+        ``"joint"``: ``[f / ||f||, z] * sqrt(n / 2)``, both unit vectors
+        side by side, scaled so that each row has norm ``sqrt(n)`` (``n =
+        feature_dim + projection_dim`` columns, of the order of 1 each, as
+        the standardised features: models with their default regularisation
+        behave as on those); the cosine similarity of two rows is the mean
+        of the two spaces' similarities.
+    mean, scale : torch.Tensor of shape (feature_dim,)
+        The standardisation, on ``h``'s device.
+    projector : callable
+        The query projector.
+    z : torch.Tensor of shape (N, projection_dim), default=None
+        The unit projection of ``h``, when already computed.
+
+    Returns
+    -------
+    embedding : torch.Tensor of shape (N, n_features_out), float32
+    """
+    if space != "features" and z is None:
+        z = F.normalize(projector(h).float(), dim=1)
+    if space == "projection":
+        return z
+    f = (h.float() - mean) / scale
+    if space == "features":
+        return f
+    joint = torch.cat([F.normalize(f, dim=1), z], dim=1)
+    return joint * (joint.shape[1] / 2) ** 0.5
+
+
 def view_augmentation(augmentation, spec):
     """The augmentation that makes the views of inputs described by ``spec``."""
     image = spec.kind == "image"
@@ -175,6 +220,35 @@ class Trained:
         Z /= self.embedding_scale
         return Z
 
+    def embedding(self, X, spec, space):
+        """What ``transform`` returns for the rows ``X`` in ``space`` (:func:`embedding_of`).
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features_out), float32
+            Independent of batch composition. ``"features"`` is
+            :meth:`embed`, ``"projection"`` :meth:`project`.
+        """
+        if space == "features":
+            return self.embed(X, spec)
+        if space == "projection":
+            return self.project(X, spec)
+        mean = torch.from_numpy(self.embedding_mean).to(self.device)
+        scale = torch.from_numpy(self.embedding_scale).to(self.device)
+
+        def joint(x):
+            return embedding_of(self.encoder(x), space, mean, scale, self.projector)
+
+        return encode(joint, self.inference_preprocess(spec), (self.encoder, self.projector),
+                      X, INFERENCE_ROWS, self.device, fixed_batch=self._fixed_batch(),
+                      check_key=space).numpy()
+
+    def embedding_dim(self, space):
+        """Columns of :meth:`embedding` in ``space``."""
+        projection_dim = int(self.centroids.shape[1])
+        return {"features": self.feature_dim, "projection": projection_dim,
+                "joint": self.feature_dim + projection_dim}[space]
+
     def project(self, X, spec):
         """Unit-norm projections ``(n_samples, projection_dim)`` of the rows ``X``.
 
@@ -205,12 +279,13 @@ class Trained:
         return vote_clusters(z, self.prototypes, self.prototype_owners, n_clusters,
                              self.prototype_votes)
 
-    def augmenter(self, spec, augmentation, seed):
-        """``augment(rows_batch)`` -> standardised features of fresh random views.
+    def augmenter(self, spec, augmentation, seed, space="features"):
+        """``augment(rows_batch)`` -> embeddings in ``space`` of fresh random views.
 
-        For heads trained on augmented frozen features: the training
+        For heads trained on augmented frozen embeddings: the training
         augmentation (``augmentation`` as the estimator's parameter), drawn
-        from a generator seeded with ``seed``, on ``device``.
+        from a generator seeded with ``seed``, on ``device``; ``space`` as
+        in :func:`embedding_of` (default: the standardised features).
         """
         device = self.device
         aug = view_augmentation(augmentation, spec)
@@ -221,8 +296,8 @@ class Trained:
 
         @torch.no_grad()
         def augment(batch):
-            h = self.encoder(aug(preprocess(batch.to(device)), generator)).float()
-            return (h - mean) / scale
+            h = self.encoder(aug(preprocess(batch.to(device)), generator))
+            return embedding_of(h, space, mean, scale, self.projector)
         return augment
 
     # -- checks ---------------------------------------------------------------

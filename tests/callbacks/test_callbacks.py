@@ -151,8 +151,10 @@ def test_knn_monitor_last_value_is_that_of_the_final_model(knn_fit, digits):
     est, monitor = knn_fit
     X, y = digits
     # the raw features of the final model, standardised on the bank
+    est.set_params(embedding_space="features")
     bank, queries = (est.transform(Z) * est.embedding_scale_ + est.embedding_mean_
                      for Z in (X[:200], X[200:]))
+    est.set_params(embedding_space="joint")
     mean, scale = bank.mean(axis=0), feature_scale(bank.std(axis=0))
     expected = knn_accuracy((bank - mean) / scale, y[:200], (queries - mean) / scale,
                             y[200:], k=monitor.k, temperature=monitor.temperature)

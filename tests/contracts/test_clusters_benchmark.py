@@ -88,6 +88,25 @@ def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, ca
     assert "| only the cut x 3, spectral |" in (tmp_path / "r.md").read_text()
     probes = again[again.measure.str.startswith("linear probe")]
     assert len(probes) == 4 and probes.accuracy.between(0, 1).all()
+
+    # benchmarks/spaces.py measures transform in each space of the same models
+    spaces_script = _load("spaces")
+    by_space = spaces_script.main(["--quick", "--models", str(models),
+                                   "--out", str(tmp_path / "s.md")])
+    kept = by_space[by_space.space != "pixels"]
+    assert sorted(kept.space.unique()) == ["features", "joint", "projection"]
+    assert len(kept) == 6  # 2 models, 3 spaces
+    measured = ["probe", "kNN k=200", "kNN k=20", "k-means NMI"]
+    assert kept[measured].apply(lambda c: c.between(0, 1)).all().all()
+    # the default space's row is the quality benchmark's probe and kNN of the fit
+    joint = kept[kept.space == "joint"].set_index("method")
+    for method in ("cueco", "moco"):
+        row = frame[frame.method == f"{method} graph"].iloc[0]
+        assert joint.loc[method, "probe"] == pytest.approx(row["probe"])
+        assert joint.loc[method, "kNN k=200"] == pytest.approx(row["kNN"])
+        assert joint.loc[method, "k-means NMI"] == pytest.approx(row["k-means NMI"])
+    text = (tmp_path / "s.md").read_text()
+    assert "| joint |" in text and "| raw pixels |" in text
     assert (clustered["NMI"].between(0, 1)).all()
     assert "| cueco graph |" in out.read_text()
     assert set(__import__("pandas").read_csv(csv).method) == methods

@@ -65,7 +65,7 @@ def test_head_only_search(tmp_path, monkeypatch, capsys):
 
 def test_images_on_disk(tmp_path, monkeypatch, capsys):
     out = run_block(BLOCKS[3], tmp_path, monkeypatch, capsys)
-    assert out.strip() == "(1, 512)"
+    assert out.strip() == "(1, 640)"
 
 
 def test_readme_shows_the_two_setup_commands():

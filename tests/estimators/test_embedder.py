@@ -244,6 +244,15 @@ def test_transform_accepts_other_layout_of_same_images(fitted_rgb):
 # -- output ----------------------------------------------------------------------
 
 
+def _features(est, X):
+    """The standardised backbone features (``embedding_space="features"``)."""
+    own = est.embedding_space
+    try:
+        return est.set_params(embedding_space="features").transform(X)
+    finally:
+        est.set_params(embedding_space=own)
+
+
 def test_transform_output_dtype_shape_and_names(fitted_rgb):
     est, X = fitted_rgb
     Z = est.transform(X)
@@ -251,10 +260,11 @@ def test_transform_output_dtype_shape_and_names(fitted_rgb):
     names = est.get_feature_names_out()
     assert Z.shape == (len(X), len(names))
     assert list(names) == [f"cuecoembedder{i}" for i in range(Z.shape[1])]
-    # the width is the backbone's: what the encoder itself returns
+    # the width is the backbone's (what the encoder itself returns) and the
+    # projection's, side by side
     with torch.no_grad():
         out = est.encoder_(torch.zeros(2, *est.image_shape_))
-    assert out.shape[1] == Z.shape[1]
+    assert out.shape[1] + est.projection_dim == Z.shape[1]
 
 
 def test_float64_input_gives_float32_output(fitted_vec):
@@ -343,7 +353,7 @@ def test_predict_is_the_vote_of_the_nearest_prototypes(fitted_rgb):
     est, X = fitted_rgb
     projector = copy.deepcopy(est._trained.projector).eval()
     # the backbone features behind the standardised embeddings
-    h = est.transform(X) * est.embedding_scale_ + est.embedding_mean_
+    h = _features(est, X) * est.embedding_scale_ + est.embedding_mean_
     with torch.no_grad():
         z = projector(torch.as_tensor(h))
     z = torch.nn.functional.normalize(z, dim=1)
@@ -377,7 +387,7 @@ def test_transform_standardises_the_backbone_features(fitted_rgb):
     np.testing.assert_allclose(est.embedding_mean_, h.mean(axis=0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(est.embedding_scale_[live], std[live], rtol=1e-3)
     assert (est.embedding_scale_[~live] == 1).all()  # constant features: not blown up
-    Z = est.transform(X)
+    Z = _features(est, X)
     np.testing.assert_allclose(Z, (h - h.mean(axis=0)) / est.embedding_scale_,
                                rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(Z[:, live].std(axis=0), 1, rtol=1e-3)
@@ -675,8 +685,9 @@ def test_custom_backbone_is_used_and_not_modified(rgb_u8, fast_params):
     assert backbone.training  # its mode is not changed either
     assert est.encoder_ is not backbone
     Z = est.transform(rgb_u8)
-    assert Z.shape == (len(rgb_u8), 16)
-    assert len(est.get_feature_names_out()) == 16
+    # the custom backbone's 16 features and the projection, side by side
+    assert Z.shape == (len(rgb_u8), 16 + est.projection_dim)
+    assert len(est.get_feature_names_out()) == 16 + est.projection_dim
     # the copy was trained
     trained = est.encoder_.state_dict()
     assert any(not torch.equal(before[k], trained[k].cpu()) for k in before)

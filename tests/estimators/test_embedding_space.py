@@ -1,4 +1,5 @@
-"""``embedding_space``: transform returns the standardised features or the unit projections."""
+"""``embedding_space``: transform returns the standardised features, the unit
+projections, or both side by side (``"joint"``, the default)."""
 
 import importlib.util
 import pickle
@@ -7,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from skcueco import CueCoEmbedder
+from sklearn.frozen import FrozenEstimator
+
+from skcueco import CueCoClassifier, CueCoEmbedder
 from skcueco.nn.vote import vote_clusters
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None
@@ -35,22 +38,71 @@ def test_projection_space_is_what_predict_reads(fitted):
         names = est.get_feature_names_out()
         assert len(names) == Z.shape[1] and names[0] == "cuecoembedder0"
     finally:
-        est.set_params(embedding_space="features")
+        est.set_params(embedding_space="joint")
+
+
+def _in(est, space, X):
+    """``transform`` of ``X`` in ``space``, the estimator's own space restored."""
+    own = est.embedding_space
+    try:
+        return est.set_params(embedding_space=space).transform(X)
+    finally:
+        est.set_params(embedding_space=own)
+
+
+def test_the_default_space_is_joint(fitted):
+    est, X = fitted
+    assert CueCoEmbedder().embedding_space == "joint"
+    np.testing.assert_array_equal(est.transform(X), _in(est, "joint", X))
+
+
+def test_joint_is_the_unit_features_and_projections_side_by_side(fitted):
+    est, X = fitted
+    Z, F, P = est.transform(X), _in(est, "features", X), _in(est, "projection", X)
+    n_features, n_projection = F.shape[1], P.shape[1]
+    assert Z.dtype == np.float32 and Z.shape == (len(X), n_features + n_projection)
+    assert len(est.get_feature_names_out()) == Z.shape[1]
+    # each half is a unit vector times sqrt(n / 2): rows of norm sqrt(n)
+    n = Z.shape[1]
+    unit_features = F / np.linalg.norm(F, axis=1, keepdims=True)
+    np.testing.assert_allclose(Z[:, :n_features], unit_features * np.sqrt(n / 2), atol=1e-5)
+    np.testing.assert_allclose(Z[:, n_features:], P * np.sqrt(n / 2), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), np.sqrt(n), rtol=1e-5)
+    # so a cosine similarity is the mean of the two spaces' similarities
+    cosine = (Z @ Z.T) / n
+    both = 0.5 * (unit_features @ unit_features.T + P @ P.T)
+    np.testing.assert_allclose(cosine, both, atol=1e-5)
+    # bitwise the same whatever the batch: a row alone, then in the whole set
+    np.testing.assert_array_equal(est.transform(X[3:4]), Z[3:4])
 
 
 def test_switching_the_space_needs_no_refit_and_leaves_the_features(fitted):
     est, X = fitted
-    before = est.transform(X)
+    before = _in(est, "features", X)
     state = pickle.dumps(est._trained.encoder.state_dict())
-    est.set_params(embedding_space="projection")
-    projected = est.transform(X)
-    est.set_params(embedding_space="features")
-    after = est.transform(X)
+    projected = _in(est, "projection", X)
+    joint = est.transform(X)
+    after = _in(est, "features", X)
     np.testing.assert_array_equal(before, after)
     assert before.shape[1] != projected.shape[1]
+    assert joint.shape[1] == before.shape[1] + projected.shape[1]
     assert pickle.dumps(est._trained.encoder.state_dict()) == state
     # the features are standardised on the training set, the projections are not
     np.testing.assert_allclose(before.mean(0), 0.0, atol=1e-4)
+
+
+def test_the_classifier_heads_read_the_features_in_any_space(fitted):
+    est, X = fitted
+    y = np.arange(len(X)) % 3
+    params = dict(head="linear", head_epochs=3, random_state=0)
+    found = {}
+    for space in ("features", "joint", "projection"):
+        est.set_params(embedding_space=space)
+        clf = CueCoClassifier(embedder=FrozenEstimator(est), **params).fit(X, y)
+        found[space] = clf.predict_proba(X)
+    est.set_params(embedding_space="joint")
+    np.testing.assert_array_equal(found["joint"], found["features"])
+    np.testing.assert_array_equal(found["projection"], found["features"])
 
 
 def test_pandas_output_follows_the_space(fitted):
@@ -62,7 +114,7 @@ def test_pandas_output_follows_the_space(fitted):
         assert isinstance(frame, pd.DataFrame)
         assert frame.shape == (len(X), est.cluster_centers_.shape[1])
     finally:
-        est.set_params(embedding_space="features").set_output(transform="default")
+        est.set_params(embedding_space="joint").set_output(transform="default")
 
 
 def test_bad_space_is_refused_at_fit_and_at_transform(fitted, fast_params, make_images):
@@ -71,10 +123,11 @@ def test_bad_space_is_refused_at_fit_and_at_transform(fitted, fast_params, make_
     est, X = fitted
     est.set_params(embedding_space="logits")
     try:
-        with pytest.raises(ValueError, match="embedding_space must be 'features' or 'projection'"):
+        with pytest.raises(ValueError, match="embedding_space must be one of 'joint', "
+                                             "'features', 'projection'; got 'logits'"):
             est.transform(X)
     finally:
-        est.set_params(embedding_space="features")
+        est.set_params(embedding_space="joint")
 
 
 def test_the_space_is_saved_and_an_older_pickle_returns_the_features(fitted, tmp_path):
@@ -84,14 +137,18 @@ def test_the_space_is_saved_and_an_older_pickle_returns_the_features(fitted, tmp
         est.save(tmp_path / "m.pt", training_state=False)
         expected = est.transform(X)
     finally:
-        est.set_params(embedding_space="features")
+        est.set_params(embedding_space="joint")
     loaded = CueCoEmbedder.load(tmp_path / "m.pt")
     assert loaded.embedding_space == "projection"
     np.testing.assert_array_equal(loaded.transform(X), expected)
-    # an estimator pickled before the parameter existed has no such attribute
-    old = pickle.loads(pickle.dumps(est))
-    del old.__dict__["embedding_space"]
-    np.testing.assert_array_equal(old.transform(X), est.transform(X))
+    # an estimator pickled before the parameter existed has no such attribute:
+    # it returns the features, as it did then
+    state = est.__getstate__()
+    del state["embedding_space"]
+    old = CueCoEmbedder.__new__(CueCoEmbedder)
+    old.__setstate__(state)
+    assert old.embedding_space == "features"
+    np.testing.assert_array_equal(old.transform(X), _in(est, "features", X))
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime")
@@ -108,5 +165,22 @@ def test_export_outputs_the_projections_transform_returns(fitted, tmp_path):
         np.testing.assert_allclose(embeddings, est.transform(X[:37]), atol=1e-4)
         np.testing.assert_array_equal(clusters, est.predict(X[:37]))
     finally:
-        est.set_params(embedding_space="features")
+        est.set_params(embedding_space="joint")
     assert torch.is_tensor(est._trained.centroids)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("space", ["joint", "features", "projection"])
+def test_torchscript_export_outputs_what_transform_returns(fitted, tmp_path, space):
+    est, X = fitted
+    est.set_params(embedding_space=space)
+    try:
+        est.export(tmp_path / "m.pt", format="torchscript", input_layout="NHW")
+        expected = est.transform(X[:37])
+    finally:
+        est.set_params(embedding_space="joint")
+    graph = torch.jit.load(str(tmp_path / "m.pt"))
+    with torch.no_grad():
+        embeddings, clusters = graph(torch.from_numpy(X[:37].astype(np.float32)))
+    np.testing.assert_allclose(embeddings.numpy(), expected, atol=1e-4)
+    np.testing.assert_array_equal(clusters.numpy(), est.predict(X[:37]))

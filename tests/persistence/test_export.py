@@ -291,11 +291,11 @@ def test_serving_page_snippets_run_as_printed(tmp_path, monkeypatch, capsys):
     exec(compile(serve, "serving.rst", "exec"), serving)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "[('input', ['batch', 8, 8], 'tensor(float)')]"  # as the page shows it
-    assert out[1].startswith("(5, 128) [")
+    assert out[1].startswith("(5, 256) [")
     est = namespace["est"]
     assert_allclose(serving["embeddings"], est.transform(images[:5]), rtol=0, atol=ATOL)
     assert_array_equal(serving["clusters"], est.predict(images[:5]))
-    assert out[1] == f"(5, 128) {est.predict(images[:5])}"
+    assert out[1] == f"(5, 256) {est.predict(images[:5])}"
 
 
 def test_latency_benchmark_quick_mode(capsys):

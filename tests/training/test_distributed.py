@@ -105,7 +105,8 @@ def test_train_cli_under_torchrun_saves_once_and_resumes(tmp_path):
     assert result.stdout.count("model written to") == 1  # rank 0 reports and saves
     assert sorted(p.name for p in ckpt.iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
     first = CueCoEmbedder.load(out)
-    assert first.n_iter_ == 2 and first.transform(X).shape == (128, first.encoder_.out_dim)
+    assert first.n_iter_ == 2 and first.transform(X).shape == (
+        128, first.encoder_.out_dim + first.projection_dim)
 
     # --resume continues from the newest checkpoint up to the new --epochs
     cmd[cmd.index("--epochs") + 1] = "3"
