@@ -107,13 +107,15 @@ plt.show()
 # The cluster benchmark of the repository does exactly that, over 3 seeds
 # at 40 epochs with the defaults (``python benchmarks/clusters.py --datasets
 # digits --epochs 40 --models DIR``, then ``python benchmarks/readouts.py
-# --models DIR``; mean ± standard deviation on the held-out split):
+# --models DIR`` and ``python benchmarks/spaces.py --models DIR`` for the
+# probe and k-means on ``transform``; mean ± standard deviation on the
+# held-out split):
 #
 # ==============  =============  =============  =============  =============
 # method          linear probe   k-means NMI    predict NMI    predict ARI
 # ==============  =============  =============  =============  =============
-# CueCo           0.993 ± 0.001  0.881 ± 0.032  0.946 ± 0.008  0.929 ± 0.010
-# MoCo v2         0.993 ± 0.001  0.876 ± 0.015  0.928 ± 0.019  0.896 ± 0.040
+# CueCo           0.992 ± 0.001  0.924 ± 0.011  0.946 ± 0.008  0.929 ± 0.010
+# MoCo v2         0.994 ± 0.003  0.902 ± 0.013  0.928 ± 0.019  0.896 ± 0.040
 # ==============  =============  =============  =============  =============
 #
 # On digits the clustering term leaves the probe where it is, and

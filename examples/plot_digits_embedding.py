@@ -140,8 +140,10 @@ plt.show()
 # Linear probe: CueCo embeddings against raw pixels
 # -------------------------------------------------
 #
-# ``transform`` returns the backbone features of the trained network (128
-# values per image for the small CNN). A standardised logistic regression
+# ``transform`` returns the standardised backbone features of the trained
+# network and its unit projections, side by side (128 + 128 values per
+# image for the small CNN; ``embedding_space`` picks either alone). A
+# standardised logistic regression
 # is trained on the embeddings of the training images with their labels and
 # scored on the held-out images. The same probe on the 64 raw pixel values is
 # the baseline that the embeddings should beat.
