@@ -43,9 +43,9 @@ class CueCoEmbedder(
     of keys (spreading images apart) plus a clustering loss that pulls each
     projection towards the centroid its other view's key is assigned to.
     ``transform`` returns the backbone features of the query network,
-    standardised with their training-set mean and standard deviation, so that
-    cosine similarities and distances between embeddings weigh every feature
-    alike.
+    standardised with their training-set mean and standard deviation (so
+    that cosine similarities and distances weigh every feature alike), and
+    the unit projections, side by side (``embedding_space``).
 
     The parameters come in groups, in this order: the networks and the
     contrastive term (``backbone`` to ``embedding_space``); the clusters
@@ -292,13 +292,13 @@ class CueCoEmbedder(
         the graph, the centroids themselves, and the most similar decides.
     cluster_prototype_labels_ : ndarray of shape (n_prototypes,)
         The cluster of each prototype.
-    embedding_mean_ : ndarray of shape (n_features_out,), dtype float32
+    embedding_mean_ : ndarray of shape (feature_dim,), dtype float32
         Mean backbone feature over the training set (in eval mode, at the end
         of ``fit``; pooled over the ``partial_fit`` calls since).
-    embedding_scale_ : ndarray of shape (n_features_out,), dtype float32
+    embedding_scale_ : ndarray of shape (feature_dim,), dtype float32
         Standard deviation of each backbone feature over the same rows (1
-        for constant features). :meth:`transform` returns
-        ``(features - embedding_mean_) / embedding_scale_``.
+        for constant features). :meth:`transform` standardises the
+        features as ``(features - embedding_mean_) / embedding_scale_``.
     queue_size_ : int
         Number of queued negative keys used (``queue_size`` resolved).
     cluster_warmup_ : int
