@@ -360,7 +360,7 @@ class CueCoEmbedder(
     >>> X, _ = load_digits(return_X_y=True)
     >>> emb = CueCoEmbedder(max_epochs=2, random_state=0).fit(X)
     >>> emb.transform(X[:5]).shape
-    (5, 128)
+    (5, 256)
     """
 
     _parameter_constraints = {
