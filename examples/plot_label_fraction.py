@@ -91,8 +91,8 @@ print(f"{len(X_train)} training images, {len(X_test)} held-out images")
 # ``CueCoClassifier.fit(X, y)`` pretrains its embedder on **every** row of
 # ``X`` and then trains its head. Here 10 % of the training labels are kept.
 # ``head="linear"`` is the linear-evaluation protocol: a linear layer on the
-# standardised backbone features of the labeled rows, trained by SGD while the
-# backbone stays fixed. (The default head, ``"propagation"``, would first
+# embeddings of the labeled rows (what ``transform`` returns), trained by SGD
+# while the backbone stays fixed. (The default head, ``"propagation"``, would first
 # spread the labels to the unlabeled rows; this example compares label
 # spreading separately below.)
 

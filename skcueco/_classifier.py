@@ -68,20 +68,20 @@ def _frozen_features(embedder, X, augment_seed=None):
     """The feature-extraction seam for heads trained on frozen embeddings.
 
     Returns ``(rows, features, augment)``: the validated compact rows of
-    ``X``, their standardised backbone features (``transform`` with
-    ``embedding_space="features"``, whatever the embedder's own space: the
-    linear-evaluation protocol), and, when ``augment_seed`` is given,
-    ``augment(rows_batch)`` -> the features of fresh random views of a
+    ``X``, their embeddings (as ``transform``, in the embedder's
+    ``embedding_space``), and, when ``augment_seed`` is given,
+    ``augment(rows_batch)`` -> the embeddings of fresh random views of a
     batch of those rows, on the embedder's device (the training
     augmentation, drawn from a generator seeded with ``augment_seed``);
     otherwise None.
     """
     rows, spec = embedder._rows(X)
     trained = embedder._trained
+    space = embedder._embedding_space()
     augment = None
     if augment_seed is not None:
-        augment = trained.augmenter(spec, embedder.augmentation, augment_seed)
-    return rows, trained.embed(rows, spec), augment
+        augment = trained.augmenter(spec, embedder.augmentation, augment_seed, space)
+    return rows, trained.embedding(rows, spec, space), augment
 
 
 class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
@@ -104,9 +104,10 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         so it also works inside ``GridSearchCV``).
     head : {"propagation", "linear"} or classifier, default="propagation"
         ``"linear"``: the linear-evaluation protocol, a linear layer trained in
-        PyTorch on the frozen backbone features (standardised) of the labeled
-        rows, on the embedder's device, by SGD with momentum 0.9 and a cosine
-        schedule.
+        PyTorch on the frozen embeddings (``transform``'s: by default the
+        standardised backbone features and the projections side by side) of
+        the labeled rows, on the embedder's device, by SGD with momentum 0.9
+        and a cosine schedule.
 
         ``"propagation"``: semi-supervised. The labels are first spread over
         the symmetric ``head_n_neighbors``-nearest-neighbour graph of the
@@ -351,12 +352,7 @@ class CueCoClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
     def _embed(self, X):
         check_is_fitted(self)
         X2d, spec = check_input(self, X, reset=False, **_image_format(self.embedder_))
-        X_in = self._embedder_input(X2d, spec)
-        if isinstance(self.head_, (LinearProbe, PropagationProbe)):
-            # the built-in heads read the features they were trained on,
-            # whatever the embedder's embedding_space
-            return _frozen_features(self.embedder_, X_in)[1]
-        return self.embedder_.transform(X_in)
+        return self.embedder_.transform(self._embedder_input(X2d, spec))
 
     def predict(self, X):
         """Predict class labels.

@@ -141,15 +141,6 @@ def test_multiclass_outputs(fitted, digits):
     assert score > 0.5  # chance is 0.1
 
 
-def _features(embedder, X):
-    """The standardised backbone features: what the built-in heads read."""
-    space = embedder.get_params()["embedding_space"]
-    try:
-        return embedder.set_params(embedding_space="features").transform(X)
-    finally:
-        embedder.set_params(embedding_space=space)
-
-
 def test_fitted_embedder_and_head(fitted, digits):
     X, _ = digits
     assert isinstance(fitted.embedder_, CueCoEmbedder)
@@ -160,7 +151,7 @@ def test_fitted_embedder_and_head(fitted, digits):
 
     assert isinstance(fitted.head_.module_, LinearHead)
     assert not fitted.head_.module_.training
-    n_features = _features(fitted.embedder_, X[:2]).shape[1]
+    n_features = fitted.embedder_.transform(X[:2]).shape[1]
     assert fitted.head_.module_.linear.in_features == n_features
     assert fitted.head_.module_.linear.out_features == 10
 
@@ -263,10 +254,10 @@ def test_unlabeled_rows_pretrain_the_embedder_only(digits, fit_calls):
     assert_array_equal(clf.classes_, np.arange(10))
     assert clf.head_.module_.linear.out_features == 10
     # the head's frozen standardisation is that of the labeled rows' features
-    features = _features(clf.embedder_, X[labeled])
+    features = clf.embedder_.transform(X[labeled])
     assert_allclose(clf.head_.module_.mean.numpy(), features.mean(axis=0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(
-        clf.head_.module_.mean.numpy(), _features(clf.embedder_, X).mean(axis=0), rtol=1e-3
+        clf.head_.module_.mean.numpy(), clf.embedder_.transform(X).mean(axis=0), rtol=1e-3
     )
     assert set(clf.predict(X)) <= set(range(10))
     assert clf.score(X[labeled], y[labeled]) > 0.5
@@ -296,7 +287,7 @@ def test_unlabeled_none_makes_minus_one_a_class(digits, fit_calls):
     assert fit_calls == [N_SAMPLES]
     assert_array_equal(clf.classes_, np.arange(-1, 10))
     assert clf.head_.module_.linear.out_features == 11
-    assert_allclose(clf.head_.module_.mean.numpy(), _features(clf.embedder_, X).mean(axis=0),
+    assert_allclose(clf.head_.module_.mean.numpy(), clf.embedder_.transform(X).mean(axis=0),
                     rtol=1e-5, atol=1e-6)
     assert clf.predict_proba(X).shape == (N_SAMPLES, 11)
 

@@ -91,18 +91,28 @@ def test_switching_the_space_needs_no_refit_and_leaves_the_features(fitted):
     np.testing.assert_allclose(before.mean(0), 0.0, atol=1e-4)
 
 
-def test_the_classifier_heads_read_the_features_in_any_space(fitted):
+def test_the_classifier_heads_read_the_space_transform_returns(fitted):
     est, X = fitted
     y = np.arange(len(X)) % 3
     params = dict(head="linear", head_epochs=3, random_state=0)
-    found = {}
     for space in ("features", "joint", "projection"):
         est.set_params(embedding_space=space)
-        clf = CueCoClassifier(embedder=FrozenEstimator(est), **params).fit(X, y)
-        found[space] = clf.predict_proba(X)
-    est.set_params(embedding_space="joint")
-    np.testing.assert_array_equal(found["joint"], found["features"])
-    np.testing.assert_array_equal(found["projection"], found["features"])
+        try:
+            clf = CueCoClassifier(embedder=FrozenEstimator(est), **params).fit(X, y)
+            Z = est.transform(X)
+        finally:
+            est.set_params(embedding_space="joint")
+        # trained and read in the same space: the head's width and its
+        # standardisation are those of transform's output
+        assert clf.head_.module_.linear.in_features == Z.shape[1]
+        np.testing.assert_allclose(clf.head_.module_.mean.numpy(), Z.mean(axis=0),
+                                   rtol=1e-4, atol=1e-5)
+        est.set_params(embedding_space=space)
+        try:
+            np.testing.assert_array_equal(clf.predict_proba(X),
+                                          clf.head_.predict_proba(est.transform(X)))
+        finally:
+            est.set_params(embedding_space="joint")
 
 
 def test_pandas_output_follows_the_space(fitted):

@@ -157,11 +157,7 @@ def test_propagation_head_learns_from_unlabeled_rows(digits, frozen):
     assert clf.head_.label_distributions_.shape == (N_SAMPLES, 10)
     assert_array_equal(clf.head_.transduction_[labeled], y[labeled])
     # the layer's standardisation comes from every row, not the 40 labeled ones
-    # (the standardised features, which the built-in heads read)
-    space = frozen.estimator.embedding_space
-    frozen.estimator.set_params(embedding_space="features")
     Z = frozen.transform(X)
-    frozen.estimator.set_params(embedding_space=space)
     assert_allclose(clf.head_.module_.mean.numpy(), Z.mean(axis=0), rtol=1e-4, atol=1e-5)
     # propagated labels are mostly right, and the head beats the linear one
     assert np.mean(clf.head_.transduction_[~labeled] == y[~labeled]) > 0.6
