@@ -6,8 +6,11 @@ script loads them again and, for each ``embedding_space`` (``"features"``,
 and with the same protocols as the quality benchmark
 (:func:`skcueco.evaluation.evaluate_embedder`: the standardised linear
 probe, the weighted kNN vote with k=200 and k-means NMI), plus the kNN vote
-with k=20. Nothing is trained again: the space is read at ``transform``
-time. The raw pixels' probe and kNN head each set's table.
+with k=20 and the NMI of ``predict``'s read-out (the clusters of the
+neighbourhood graph, then the vote of the nearest training rows) made in
+that space, to see which space the clusters are best read in. Nothing is
+trained again: the space is read at ``transform`` time. The raw pixels'
+probe and kNN head each set's table.
 
 Examples
 --------
@@ -24,18 +27,23 @@ import warnings
 from pathlib import Path
 
 import joblib
+import numpy as np
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clusters import GRAPH_NEIGHBOURS, clustering_scores  # noqa: E402
 from quality import load_dataset, scaled_inputs  # noqa: E402
 from readouts import kept_models, kept_models_cli, knn_accuracy  # noqa: E402
 
-from skcueco import CueCoEmbedder  # noqa: E402
+from skcueco import CueCoEmbedder, _readout  # noqa: E402
 from skcueco.evaluation import evaluate_features  # noqa: E402
+from skcueco.nn.vote import VOTE_NEIGHBOURS, vote_clusters  # noqa: E402
 from skcueco.training.trained import EMBEDDING_SPACES  # noqa: E402
 
 METRICS = {("linear", "accuracy"): "probe", ("knn", "accuracy"): "kNN k=200",
            ("kmeans", "nmi"): "k-means NMI"}
+READOUT = "graph read-out NMI"
 
 
 def scores(Z_train, y_train, Z_test, y_test, seed):
@@ -49,14 +57,37 @@ def scores(Z_train, y_train, Z_test, y_test, seed):
     return row
 
 
+def readout_nmi(Z_train, Z_test, y_test, n_clusters, n_neighbors, seed):
+    """NMI of ``predict``'s read-out made on the rows of ``Z_train`` instead of the projections.
+
+    The same steps as the estimator's: a fixed subset of at most
+    ``READOUT_ROWS`` unit rows, the clusters of their neighbourhood graph,
+    then each test row given the weighted vote of its nearest read rows.
+    """
+    A = torch.nn.functional.normalize(torch.from_numpy(np.asarray(Z_train, np.float32)), dim=1)
+    B = torch.nn.functional.normalize(torch.from_numpy(np.asarray(Z_test, np.float32)), dim=1)
+    rows = _readout.readout_rows(len(A), seed)
+    if rows is not None:
+        A = A[torch.from_numpy(rows)]
+    labels = _readout.graph_clusters(A, n_clusters, n_neighbors, seed)
+    owners = torch.from_numpy(labels.astype(np.int64))
+    predicted = vote_clusters(B, A, owners, n_clusters, VOTE_NEIGHBOURS).numpy()
+    return clustering_scores(y_test, predicted)["nmi"]
+
+
 def measure(path, data, seed):
     X_train, X_test, y_train, y_test, _ = data
     est = CueCoEmbedder.load(path) if path.suffix == ".skc" else joblib.load(path)
+    n_clusters = est._trained.centroids.shape[0]
+    n_neighbors = est.cluster_graph or GRAPH_NEIGHBOURS
+    model_seed = est._seeds().model
     rows = []
     for space in EMBEDDING_SPACES:
         est.set_params(embedding_space=space)
-        rows.append({"space": space, **scores(est.transform(X_train), y_train,
-                                              est.transform(X_test), y_test, seed)})
+        Z_train, Z_test = est.transform(X_train), est.transform(X_test)
+        rows.append({"space": space, **scores(Z_train, y_train, Z_test, y_test, seed),
+                     READOUT: readout_nmi(Z_train, Z_test, y_test, n_clusters, n_neighbors,
+                                         model_seed)})
     return rows
 
 
@@ -79,11 +110,13 @@ def run(args):
 
 
 def markdown(frame, argv):
-    columns = ["probe", "kNN k=200", "kNN k=20", "k-means NMI"]
+    columns = ["probe", "kNN k=200", "kNN k=20", "k-means NMI", READOUT]
     lines = [f"# The embedding `transform` returns, by `embedding_space` ({datetime.date.today()})",
              "", f"`python benchmarks/spaces.py {shlex.join(argv)}`", "",
              "Mean ± std over the seeds of each model, on the test split; probe, kNN (k=200) "
-             "and k-means NMI as `skcueco.evaluation.evaluate_embedder` measures them.", ""]
+             "and k-means NMI as `skcueco.evaluation.evaluate_embedder` measures them; the "
+             "graph read-out NMI is `predict`'s read-out made in that space (in the "
+             "projection space it is `predict` itself).", ""]
     pixels = frame[frame.space == "pixels"].set_index("dataset")
     models = frame[frame.space != "pixels"]
     for (name, epochs, method), g in models.groupby(["dataset", "epochs", "method"], sort=True):
@@ -92,7 +125,8 @@ def markdown(frame, argv):
         if name in pixels.index:
             px = pixels.loc[name]
             lines.append("| raw pixels | " + " | ".join(
-                "" if col == "k-means NMI" else f"{px[col]:.3f}" for col in columns) + " |")
+                "" if col in ("k-means NMI", READOUT) else f"{px[col]:.3f}" for col in columns)
+                + " |")
         for space in EMBEDDING_SPACES:
             m = g[g.space == space]
             lines.append(f"| {space} | " + " | ".join(

@@ -105,6 +105,12 @@ def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, ca
         assert joint.loc[method, "probe"] == pytest.approx(row["probe"])
         assert joint.loc[method, "kNN k=200"] == pytest.approx(row["kNN"])
         assert joint.loc[method, "k-means NMI"] == pytest.approx(row["k-means NMI"])
+    # predict's read-out made in the projection space is predict itself
+    readout = kept.set_index(["method", "space"])[spaces_script.READOUT]
+    assert readout.between(0, 1).all()
+    for method in ("cueco", "moco"):
+        assert readout.loc[(method, "projection")] == pytest.approx(
+            graph.loc[f"{method} graph", "NMI"])
     text = (tmp_path / "s.md").read_text()
     assert "| joint |" in text and "| raw pixels |" in text
     assert (clustered["NMI"].between(0, 1)).all()
