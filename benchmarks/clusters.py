@@ -1,7 +1,8 @@
 """The clusters CueCo gives (``predict``) against their anchors, on the quality data sets.
 
 For every data set, number of epochs and seed, this script fits CueCo's
-defaults and MoCo v2 (``cluster_weight=0``) once each and reads their clusters
+defaults and MoCo v2 (``cluster_weight=0``, with MoCo v2's key momentum
+schedule, 0.99 to 1: ``key_momentum=0.99``) once each and reads their clusters
 two ways from the same fitted model (the read-out comes after training and
 does not change it):
 
@@ -69,7 +70,7 @@ from skcueco.evaluation import cluster_accuracy, evaluate_embedder, evaluate_fea
 
 QUICK_EPOCHS = 2
 PCA_DIM = 64
-METHODS = {"cueco": {}, "moco": {"cluster_weight": 0.0}}
+METHODS = {"cueco": {}, "moco": {"cluster_weight": 0.0, "key_momentum": 0.99}}
 GRAPH_NEIGHBOURS = CueCoEmbedder().cluster_graph
 COLUMNS = ["probe", "kNN", "k-means NMI", "NMI", "ARI", "ACC", "fit s", "readout s"]
 

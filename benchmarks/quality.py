@@ -29,7 +29,8 @@ occluded; read with ResNet-18 by default, like ``shapes32rgb``), and the
 tabular ``wine`` and ``breast_cancer`` (scikit-learn; the MLP backbone).
 
 Methods: ``cueco`` (``CueCoEmbedder`` defaults, ``max_epochs=--epochs``),
-``moco`` (the same with ``cluster_weight=0``), ``untrained`` (the same network
+``moco`` (the same with ``cluster_weight=0``, and MoCo v2's key momentum
+schedule, ``key_momentum=0.99``), ``untrained`` (the same network
 at initialisation), ``pixels`` (the raw inputs: images scaled to [0, 1] and
 centred, tables standardised), ``pca`` (``pixels`` reduced by PCA to at most
 64 dimensions; with 64 features or fewer only a rotation, so its kNN and
@@ -78,7 +79,7 @@ DATASETS = ("digits", "digits28", "shapes28", "shapes32rgb", "digits_lt", "shape
             "strokes28", "scenes32rgb", "wine", "breast_cancer")
 LT_IMBALANCE = 10  # largest class / smallest class of the long-tailed sets
 METHODS = ("cueco", "moco", "untrained", "pca", "pixels")
-TRAINED = {"cueco": {}, "moco": {"cluster_weight": 0.0}}
+TRAINED = {"cueco": {}, "moco": {"cluster_weight": 0.0, "key_momentum": 0.99}}
 
 # the table's columns: (header, protocol, metric)
 COLUMNS = [
