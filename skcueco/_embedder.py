@@ -166,15 +166,17 @@ class CueCoEmbedder(
         nor on training sets of ``2 * n_clusters`` images or fewer.
     cluster_targets : {"auto", "centroids", "graph"}, default="auto"
         What the clustering term assigns keys to. ``"graph"``: at the start
-        of every epoch with the clustering term on, the key projections of
-        the training set are cut by the same graph read-out as
-        ``predict``'s (``cluster_graph`` neighbours), the centroids move
-        onto its clusters' mean directions, and each key is assigned the
-        cluster its 10 most similar key projections of that epoch vote for,
-        where at least 70 % of the vote's weight agrees; a key whose
-        neighbours disagree is assigned as with ``"centroids"``. The finer
-        set of ``overclustering`` keeps its centroids. It costs one pass of
-        the key network over the training set and one read-out per epoch.
+        of the first epoch with the clustering term on, and of every third
+        epoch after it, the key projections of the training set are cut by
+        the same graph read-out as ``predict``'s (``cluster_graph``
+        neighbours), the centroids move onto its clusters' mean directions,
+        and until the next read each key is assigned the cluster its 10 most
+        similar key projections of that partition vote for, where at least
+        70 % of the vote's weight agrees; a key whose neighbours disagree is
+        assigned as with ``"centroids"``. The finer set of
+        ``overclustering`` keeps its centroids. Each read costs one pass of
+        the key network over the training set (at most 5,000 images of it)
+        and one read-out.
         ``"centroids"``: the ``n_clusters`` centroids (balanced by
         ``cluster_balance``), the paper's form. ``"auto"``: ``"graph"`` when
         ``cluster_graph > 0``, else ``"centroids"``. ``"graph"`` needs

@@ -230,7 +230,7 @@ def readout_rows(n_samples, seed):
         None when ``n_samples <= READOUT_ROWS`` (every row is read); else a
         fixed random subset of ``READOUT_ROWS`` rows, sorted. The same
         ``n_samples`` and ``seed`` always give the same rows, so a caller
-        that needs only the rows read (the graph targets, at every epoch)
+        that needs only the rows read (the graph targets, every few epochs)
         can compute just those and pass them to :func:`readout`.
     """
     if n_samples <= READOUT_ROWS:

@@ -79,8 +79,8 @@ class CentroidBank(nn.Module):
                              torch.zeros(n_overclusters, dtype=torch.long))
         self.overclusters_on = False
         # graph targets (set_targets): labelled unit projections whose vote
-        # assigns keys to the K centroids; not part of the state, as they are
-        # set again at the start of every epoch
+        # assigns keys to the K centroids; not module buffers (their number
+        # varies): the training task saves and restores them
         self.target_prototypes = None
         self.target_owners = None
 
@@ -174,6 +174,32 @@ class CentroidBank(nn.Module):
         self.centroids.copy_(centers.to(device=device, dtype=self.centroids.dtype))
         self.centroids_ready.fill_(True)
         self.empty_steps.zero_()
+        self.restore_targets(prototypes, owners)
+
+    @torch.no_grad()
+    def restore_targets(self, prototypes, owners):
+        """Assign keys by the vote of ``prototypes`` again, the centroids left as they are.
+
+        For a resumed run: the targets a saved state trained towards, while
+        the centroids come back with the rest of the state.
+
+        Parameters
+        ----------
+        prototypes : torch.Tensor of shape (P, D)
+            Unit projections, each owned by a cluster.
+        owners : torch.Tensor of shape (P,)
+            The cluster of each prototype, in ``[0, K)``.
+        """
+        if prototypes.ndim != 2 or prototypes.shape[1] != self.centroids.shape[1] \
+                or owners.shape != prototypes.shape[:1]:
+            raise ValueError(
+                f"Graph targets of shape {tuple(prototypes.shape)} with owners of shape "
+                f"{tuple(owners.shape)} do not fit centroids of dimension "
+                f"{self.centroids.shape[1]}.")
+        if owners.numel() and not 0 <= int(owners.min()) <= int(owners.max()) \
+                < self.centroids.shape[0]:
+            raise ValueError(f"Graph target owners must lie in [0, {self.centroids.shape[0]}).")
+        device = self.centroids.device
         self.target_prototypes = prototypes.to(device=device, dtype=torch.float32)
         self.target_owners = owners.to(device=device, dtype=torch.int64)
 

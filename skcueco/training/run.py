@@ -55,6 +55,13 @@ AUTO_WARMUP_FRACTION = 0.15
 """``cluster_warmup="auto"``: this fraction of ``max_epochs``, rounded down."""
 AUTO_RAMP_FRACTION = 0.1
 """``cluster_ramp="auto"``: this fraction of ``max_epochs``, rounded down."""
+GRAPH_REFRESH_EPOCHS = 3
+"""With graph targets, the key projections' graph clusters are read again every
+this many epochs (from the first epoch with the clustering term on): each
+read costs a pass of the key network and a read-out, which on small images
+weighs as much as a third of an epoch, while the clusters move little from
+one epoch to the next (docs/method_results.rst, "How often the targets are
+read")."""
 # collapse: the final contrastive loss within this fraction of its chance value
 # while the mean cosine similarity of the projections exceeds COLLAPSE_COSINE,
 # or the largest cluster holding more than this share of the training set
@@ -411,7 +418,8 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         ``cluster_graph > 0`` and the training set is large enough; else the
         trained centroids, refined by k-means. With
         ``cluster_targets="graph"``, also the clustering term's targets,
-        read from the key projections at the start of every epoch.
+        read from the key projections at the start of the first epoch with
+        the clustering term on and every ``GRAPH_REFRESH_EPOCHS`` after it.
     readout_rows : callable, default=None
         ``readout_rows(n_samples, seed) -> rows or None``: the rows
         ``readout`` reads of ``n_samples`` projections (None: all). With
@@ -509,6 +517,7 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         encoders=encoders,
         step_offset=start.step_offset(),
         graph_targets=graph_targets,
+        graph_refresh=GRAPH_REFRESH_EPOCHS,
     )
     trainer = Trainer(
         device=device, max_epochs=start.done_epochs() + n_epochs, callbacks=callbacks,
@@ -527,6 +536,9 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         sync_buffers(model)
         encoders.close()
     train_state = copy_state(trainer.state_dict())
+    # the last graph targets serve a resumed checkpoint only: a warm start
+    # reads its own at its first epoch, and model files stay their size
+    train_state.get("task", {}).pop("graph_targets", None)
     if not task.centroids_ready:
         # the warm-up lasted the whole run: centroids still serve `predict`
         # (the training state keeps them unset, for a warm start to set them)

@@ -53,7 +53,8 @@ class ClusterSpec:
     """Neighbours per image in the graph that sets the clusters at the end (0: off)."""
     targets: str
     """``"centroids"``: keys are assigned to the centroids; ``"graph"``: to
-    the clusters of the graph of the key projections, read every epoch."""
+    the clusters of the graph of the key projections, read every
+    ``GRAPH_REFRESH_EPOCHS`` epochs."""
     update: str
     loss: str
     temperature: float

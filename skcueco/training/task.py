@@ -63,16 +63,20 @@ class CueCoTask:
         ``graph_targets() -> (centers, prototypes, owners)``: a partition of
         the key projections of the training set, or of the subset the graph
         read-out of ``predict`` reads (docs/method.rst). Given, it is
-        computed again at the start of every epoch with the clustering term
-        on, and sets the ``K`` centroids and how keys are assigned to them
+        computed at the start of the first epoch with the clustering term on
+        and every ``graph_refresh`` epochs after it, and sets the ``K``
+        centroids and how keys are assigned to them
         (:meth:`~skcueco.nn.centroids.CentroidBank.set_targets`).
+    graph_refresh : int, default=1
+        Epochs between two computations of ``graph_targets``. The targets in
+        use are part of the task's state, so a resumed run goes on with them.
     """
 
     def __init__(self, model, preprocess, augmentation, generator, *, total_steps,
                  key_momentum, cluster_weight, cluster_warmup, cluster_update,
                  key_features, reseed_after, loader_generator=None,
                  channels_last=False, sampler=None, encoders=None, final_momentum=1.0,
-                 step_offset=0, cluster_ramp=0, graph_targets=None):
+                 step_offset=0, cluster_ramp=0, graph_targets=None, graph_refresh=1):
         self.model = model
         self.preprocess = preprocess
         self.augmentation = augmentation
@@ -91,6 +95,7 @@ class CueCoTask:
         self.current_weight = 0.0
         self.step_offset = step_offset
         self.graph_targets = graph_targets
+        self.graph_refresh = graph_refresh
         self.n_reseeded = 0
         self._keys = None
         # a state written before the over-clustering set existed: its set is
@@ -118,10 +123,20 @@ class CueCoTask:
             elif self.model.bank.wants_overclusters and not self._overclusters_tried:
                 self.model.bank.initialise_overclusters(self.key_features(), broadcast=broadcast_)
             self._overclusters_tried = True
-            if self.graph_targets is not None:
+            if self.graph_targets is not None and self.refreshes_targets(epoch):
                 with torch.no_grad():
                     self.model.bank.set_targets(*self.graph_targets())
         self.current_weight = self.weight_at(epoch)
+
+    def refreshes_targets(self, epoch):
+        """Whether the graph targets are computed at the start of ``epoch``.
+
+        At the first epoch with the clustering term on, every
+        ``graph_refresh`` epochs after it, and whenever the bank holds no
+        targets (a run resumed from a state written without them).
+        """
+        return (self.model.bank.target_owners is None
+                or (epoch - self.cluster_warmup) % self.graph_refresh == 0)
 
     def weight_at(self, epoch):
         """``lambda`` of ``epoch``: 0 in the warm-up, then a linear ramp to ``cluster_weight``."""
@@ -171,6 +186,13 @@ class CueCoTask:
             state["loader_rng"] = self.loader_generator.get_state()
         if self.encoders is not None:
             state.update(self.encoders.state_dict())
+        if self.model.bank.target_owners is not None:
+            # the graph targets last computed: a resumed run trains towards
+            # them until their next refresh, as the uninterrupted run does
+            state["graph_targets"] = {
+                "prototypes": self.model.bank.target_prototypes.detach().cpu(),
+                "owners": self.model.bank.target_owners.detach().cpu(),
+            }
         return state
 
     def load_state_dict(self, state):
@@ -183,3 +205,6 @@ class CueCoTask:
             self.loader_generator.set_state(state["loader_rng"])
         if self.encoders is not None:
             self.encoders.load_state_dict(state)
+        if "graph_targets" in state and self.graph_targets is not None:
+            self.model.bank.restore_targets(state["graph_targets"]["prototypes"],
+                                            state["graph_targets"]["owners"])

@@ -1,8 +1,11 @@
 """cluster_targets="graph": the clustering term assigns keys to the graph's clusters.
 
-Fits use 300 digits, batches of 64 and 3 epochs on the CPU (warm-up 1 epoch),
-so the targets are set at the start of epochs 1 and 2.
+Fits use 300 digits, batches of 64 and 5 epochs on the CPU (warm-up 1 epoch),
+so the targets are read at the start of epochs 1 and 4 (every
+``GRAPH_REFRESH_EPOCHS = 3`` epochs).
 """
+
+import copy
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from skcueco.nn.centroids import CentroidBank
 from skcueco.nn.vote import VOTE_NEIGHBOURS, vote_clusters
 
 PARAMS = dict(
-    max_epochs=3, batch_size=64, hidden_dim=64, projection_dim=32, queue_size=128,
+    max_epochs=5, batch_size=64, hidden_dim=64, projection_dim=32, queue_size=128,
     n_clusters=5, cluster_warmup=1, random_state=0, device="cpu",
     cluster_targets="graph",
 )
@@ -114,17 +117,23 @@ def test_keys_whose_neighbours_disagree_are_assigned_as_without_targets():
     assert not torch.equal(assigned[20:], tally.argmax(1)[20:])
 
 
-def test_targets_are_set_each_epoch_after_the_warm_up(graph_fit, X):
+def test_targets_are_read_every_few_epochs_after_the_warm_up(graph_fit, X):
+    from skcueco.training.run import GRAPH_REFRESH_EPOCHS
+
+    assert GRAPH_REFRESH_EPOCHS == 3
     est, spy = graph_fit
-    # epoch 0 is the warm-up; epochs 1 and 2 train towards the graph's clusters
-    assert sorted(spy.seen) == [1, 2]
+    # epoch 0 is the warm-up; epochs 1 to 4 train towards the graph's clusters
+    assert sorted(spy.seen) == [1, 2, 3, 4]
     for prototypes, owners in spy.seen.values():
         assert prototypes.shape == (300, 32) and owners.shape == (300,)
         np.testing.assert_allclose(prototypes.norm(dim=1), 1, rtol=1e-5)
         assert set(owners.tolist()) <= set(range(5))
-    # read again from the key network of each epoch: the targets change
-    assert not torch.equal(spy.seen[1][1], spy.seen[2][1]) or not torch.equal(
-        spy.seen[1][0], spy.seen[2][0])
+    # read at epoch 1, kept through epochs 2 and 3, read again at epoch 4
+    # from the key network of that epoch
+    for epoch in (2, 3):
+        assert torch.equal(spy.seen[epoch][0], spy.seen[1][0])
+        assert torch.equal(spy.seen[epoch][1], spy.seen[1][1])
+    assert not torch.equal(spy.seen[4][0], spy.seen[1][0])
 
 
 def test_the_graph_targets_change_the_training(graph_fit, X):
@@ -165,7 +174,7 @@ def test_on_a_large_set_only_the_rows_read_are_encoded_each_epoch(X, monkeypatch
     monkeypatch.setattr(embedder, "readout", readout_spy)
     spy = TargetsSpy()
     est = CueCoEmbedder(**params(callbacks=[spy])).fit(X)
-    # epochs 1 and 2 read 120 key projections, the end of fit all 300
+    # epochs 1 and 4 read 120 key projections, the end of fit all 300
     # (of which readout keeps the same 120)
     assert [n for n, _ in read] == [120, 120, 300]
     seed = read[0][1]
@@ -194,15 +203,50 @@ class StopAfter(Callback):
 
 
 def test_resume_with_graph_targets_equals_the_uninterrupted_run(graph_fit, X, tmp_path):
-    est, _ = graph_fit
-    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(2)])).fit(X)
-    resumed = CueCoEmbedder(**PARAMS).fit(X, resume_from=tmp_path / "epoch-0002.pt")
+    est, spy = graph_fit
+    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(3)])).fit(X)
+    # epoch 3 trains towards the targets read at epoch 1: the checkpoint
+    # after epoch 3 carries them
+    saved = torch.load(tmp_path / "epoch-0003.pt", weights_only=True)["task"]["graph_targets"]
+    assert torch.equal(saved["prototypes"], spy.seen[1][0])
+    assert torch.equal(saved["owners"], spy.seen[1][1])
+    resumed = CueCoEmbedder(**PARAMS).fit(X, resume_from=tmp_path / "epoch-0003.pt")
     assert_array_equal(resumed.transform(X), est.transform(X))
     assert_array_equal(resumed.cluster_centers_, est.cluster_centers_)
     # the graph shapes the training here, so its size must match the checkpoint's
     with pytest.raises(ValueError, match="cluster_graph=.* in the checkpoint"):
         CueCoEmbedder(**params(cluster_graph=30)).fit(
-            X, resume_from=tmp_path / "epoch-0002.pt")
+            X, resume_from=tmp_path / "epoch-0003.pt")
+
+
+def test_a_state_without_targets_reads_them_when_resumed(X, tmp_path):
+    # a checkpoint written before the targets were part of the state: the
+    # resumed run reads them at its first epoch instead of training without
+    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(2)])).fit(X)
+    state = torch.load(tmp_path / "epoch-0002.pt", weights_only=True)
+    del state["task"]["graph_targets"]
+    torch.save(state, tmp_path / "epoch-0002.pt")
+    spy = TargetsSpy()
+    resumed = CueCoEmbedder(**params(callbacks=[spy])).fit(
+        X, resume_from=tmp_path / "epoch-0002.pt")
+    assert resumed.n_iter_ == PARAMS["max_epochs"]
+    # read at epoch 2 (no targets), kept at 3, read again at 4 as scheduled
+    assert sorted(spy.seen) == [2, 3, 4]
+    assert torch.equal(spy.seen[3][0], spy.seen[2][0])
+    assert not torch.equal(spy.seen[4][0], spy.seen[2][0])
+
+
+def test_fitted_models_keep_no_graph_targets(graph_fit):
+    est, _ = graph_fit
+    assert "graph_targets" not in est._trained.train_state["task"]
+    # a warm start reads its own targets at its first epoch with the term on
+    spy = TargetsSpy()
+    warm = copy.deepcopy(est).set_params(warm_start=True, max_epochs=2, callbacks=[spy])
+    warm.fit(load_digits().data[:300])
+    assert sorted(spy.seen) == [5, 6]
+    # read from the warm start's own key network, not the last run's targets
+    assert spy.seen[5][0].shape == (300, 32)
+    assert torch.equal(spy.seen[6][0], spy.seen[5][0])
 
 
 def test_without_graph_targets_cluster_graph_may_change_on_resume(X, tmp_path):
