@@ -167,9 +167,10 @@ class CueCoEmbedder(
     cluster_targets : {"auto", "centroids", "graph"}, default="auto"
         What the clustering term assigns keys to. ``"graph"``: at the start
         of the first epoch with the clustering term on, and of every third
-        epoch after it, the key projections of the training set are cut by
-        the same graph read-out as ``predict``'s (``cluster_graph``
-        neighbours), the centroids move onto its clusters' mean directions,
+        epoch after it (every epoch with ``cluster_update="epoch"``), the key
+        projections of the training set are cut by the same graph read-out
+        as ``predict``'s (``cluster_graph`` neighbours), the centroids move
+        onto its clusters' mean directions,
         and until the next read each key is assigned the cluster its 10 most
         similar key projections of that partition vote for, where at least
         70 % of the vote's weight agrees; a key whose neighbours disagree is

@@ -133,9 +133,12 @@ class CueCoTask:
 
         At the first epoch with the clustering term on, every
         ``graph_refresh`` epochs after it, and whenever the bank holds no
-        targets (a run resumed from a state written without them).
+        targets (a run resumed from a state written without them). With
+        ``cluster_update="epoch"``, at every epoch: its k-means has just
+        replaced the centroids, whose order must be the targets' again.
         """
         return (self.model.bank.target_owners is None
+                or self.cluster_update == "epoch"
                 or (epoch - self.cluster_warmup) % self.graph_refresh == 0)
 
     def weight_at(self, epoch):

@@ -136,6 +136,29 @@ def test_targets_are_read_every_few_epochs_after_the_warm_up(graph_fit, X):
     assert not torch.equal(spy.seen[4][0], spy.seen[1][0])
 
 
+def test_with_epoch_updates_the_targets_are_read_every_epoch(X):
+    # cluster_update="epoch" re-fits the centroids by k-means before every
+    # epoch: the targets are read again each time, so that the centroids
+    # stay the clusters the vote assigns keys to
+    class CentroidsSpy(TargetsSpy):
+        def on_epoch_end(self, trainer, epoch, logs):
+            super().on_epoch_end(trainer, epoch, logs)
+            self.centroids = getattr(self, "centroids", {})
+            self.centroids[epoch] = trainer.task.model.bank.centroids.clone()
+
+    spy = CentroidsSpy()
+    CueCoEmbedder(**params(cluster_update="epoch", callbacks=[spy])).fit(X)
+    assert sorted(spy.seen) == [1, 2, 3, 4]
+    for epoch in (2, 3):
+        assert not torch.equal(spy.seen[epoch][0], spy.seen[epoch - 1][0])
+    # without online updates each centroid stays the mean direction of the
+    # prototypes the targets give it, epoch after epoch
+    for epoch, (prototypes, owners) in spy.seen.items():
+        for c in owners.unique():
+            mean = torch.nn.functional.normalize(prototypes[owners == c].mean(0), dim=0)
+            torch.testing.assert_close(spy.centroids[epoch][c], mean, atol=1e-5, rtol=0)
+
+
 def test_the_graph_targets_change_the_training(graph_fit, X):
     est, _ = graph_fit
     plain = CueCoEmbedder(**params(cluster_targets="centroids")).fit(X)
