@@ -114,10 +114,18 @@ def knn_accuracy(Z_train, y_train, Z_test, y_test, k):
     return knn.fit(Z_train, y_train).score(Z_test, y_test)
 
 
+def _probe(seed):
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=_PROBE_MAX_ITER, random_state=seed))
+
+
 def linear_probe(A, y_train, B, y_test, seed):
     """Test accuracy of the quality benchmark's probe (standardised logistic regression)."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=_PROBE_MAX_ITER, random_state=seed))
-    return probe.fit(A, y_train).score(B, y_test)
+    return _probe(seed).fit(A, y_train).score(B, y_test)
+
+
+def probe_predictions(A, y_train, B, seed):
+    """The classes that probe predicts for the rows of ``B``."""
+    return _probe(seed).fit(A, y_train).predict(B)
 
 
 def measure(path, data):

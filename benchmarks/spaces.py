@@ -12,6 +12,12 @@ that space, to see which space the clusters are best read in. Nothing is
 trained again: the space is read at ``transform`` time. The raw pixels'
 probe and kNN head each set's table.
 
+The "probe labels NMI" and "probe labels ACC" columns score the linear
+probe's predictions of the test split as if they were clusters: what a
+head trained with every label gives, the reference an unsupervised
+``predict`` is measured against (no clustering read from that space can be
+expected to beat it).
+
 Examples
 --------
 ::
@@ -34,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clusters import GRAPH_NEIGHBOURS, clustering_scores  # noqa: E402
 from quality import load_dataset, scaled_inputs  # noqa: E402
-from readouts import kept_models, kept_models_cli, knn_accuracy  # noqa: E402
+from readouts import kept_models, kept_models_cli, knn_accuracy, probe_predictions  # noqa: E402
 
 from skcueco import CueCoEmbedder, _readout  # noqa: E402
 from skcueco.evaluation import evaluate_features  # noqa: E402
@@ -44,6 +50,7 @@ from skcueco.training.trained import EMBEDDING_SPACES  # noqa: E402
 METRICS = {("linear", "accuracy"): "probe", ("knn", "accuracy"): "kNN k=200",
            ("kmeans", "nmi"): "k-means NMI"}
 READOUT = "graph read-out NMI"
+REFERENCE = ("probe labels NMI", "probe labels ACC")
 
 
 def scores(Z_train, y_train, Z_test, y_test, seed):
@@ -54,6 +61,8 @@ def scores(Z_train, y_train, Z_test, y_test, seed):
     value = {(p, m): v for p, m, v in quality.itertuples(index=False)}
     row = {name: value[key] for key, name in METRICS.items()}
     row["kNN k=20"] = knn_accuracy(Z_train, y_train, Z_test, y_test, 20)
+    labels = clustering_scores(y_test, probe_predictions(Z_train, y_train, Z_test, seed))
+    row[REFERENCE[0]], row[REFERENCE[1]] = labels["nmi"], labels["cluster_accuracy"]
     return row
 
 
@@ -110,13 +119,14 @@ def run(args):
 
 
 def markdown(frame, argv):
-    columns = ["probe", "kNN k=200", "kNN k=20", "k-means NMI", READOUT]
+    columns = ["probe", "kNN k=200", "kNN k=20", "k-means NMI", READOUT, *REFERENCE]
     lines = [f"# The embedding `transform` returns, by `embedding_space` ({datetime.date.today()})",
              "", f"`python benchmarks/spaces.py {shlex.join(argv)}`", "",
              "Mean ± std over the seeds of each model, on the test split; probe, kNN (k=200) "
              "and k-means NMI as `skcueco.evaluation.evaluate_embedder` measures them; the "
              "graph read-out NMI is `predict`'s read-out made in that space (in the "
-             "projection space it is `predict` itself).", ""]
+             "projection space it is `predict` itself); the probe labels' NMI and ACC score "
+             "the probe's test predictions as clusters, the supervised reference for them.", ""]
     pixels = frame[frame.space == "pixels"].set_index("dataset")
     models = frame[frame.space != "pixels"]
     for (name, epochs, method), g in models.groupby(["dataset", "epochs", "method"], sort=True):

@@ -98,6 +98,13 @@ def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, ca
     assert len(kept) == 6  # 2 models, 3 spaces
     measured = ["probe", "kNN k=200", "kNN k=20", "k-means NMI"]
     assert kept[measured].apply(lambda c: c.between(0, 1)).all().all()
+    # the probe's own labels, scored as clusters: matching them to the classes
+    # can only do as well as the probe or better, and they are no better than
+    # perfect; an NMI of 1 would mean the probe made no mistake
+    reference = list(spaces_script.REFERENCE)
+    assert kept[reference].apply(lambda c: c.between(0, 1)).all().all()
+    assert (kept["probe labels ACC"] >= kept["probe"] - 1e-12).all()
+    assert ((kept["probe labels NMI"] < 1) == (kept["probe"] < 1)).all()
     # the default space's row is the quality benchmark's probe and kNN of the fit
     joint = kept[kept.space == "joint"].set_index("method")
     for method in ("cueco", "moco"):
