@@ -86,7 +86,7 @@ class CueCoEmbedder(
         (the paper recipes keep it); 0.98 lets the key network follow the
         queries faster in the few hundred steps of a short run, which gave
         better clusters and neighbours on most benchmark sets
-        (docs/method_results.rst, "EMA momentum of the key network").
+        (docs/method_results.rst, "The key network's momentum").
     embedding_space : {"joint", "features", "projection"}, default="joint"
         What ``transform`` returns. ``"features"``: the backbone features
         standardised on the training set (``feature_dim`` columns), the
