@@ -99,7 +99,7 @@ plt.show()
 # The two objectives share the contrastive term, so their linear-probe and
 # kNN accuracies are usually close; the clustering term is meant to make the
 # embeddings more compact around the centroids, which shows first in the
-# clustering scores, especially in those of the embedder's own centroids
+# clustering scores, especially in those of the embedder's own clusters
 # (``predict``). One seed and 15 epochs on 1,347 small images leave a lot of
 # noise: repeat with several ``random_state`` values, and train longer,
 # before drawing conclusions.

@@ -11,7 +11,7 @@ embeddings are:
   held-out images) on CueCo embeddings against the same probe on raw pixels;
 - the training curves stored in ``history_``, with the contrastive and the
   clustering terms of the loss;
-- how well the centroids learned during training recover the ten digits
+- how well the clusters learned during training recover the ten digits
   (adjusted Rand index of ``predict``);
 - a 2-D t-SNE map of the held-out embeddings, coloured by the true digit
   and by the predicted cluster.
@@ -166,9 +166,10 @@ print(f"Raw pixels probe accuracy: {raw_accuracy:.4f}")
 # Clusters found during training
 # ------------------------------
 #
-# The centroids are a by-product of training. ``predict`` assigns each image
-# to its nearest centroid (10 by default, ``n_clusters``); the cluster indices
-# are arbitrary, so they are compared with the true digits by the adjusted
+# The clusters are a by-product of training. At the end of ``fit`` the
+# neighbourhood graph of the training images is cut into ``n_clusters``
+# clusters (10 by default), and ``predict`` gives each image the cluster its
+# most similar training images vote for; the cluster indices are arbitrary, so they are compared with the true digits by the adjusted
 # Rand index (1 is a perfect match up to renaming, 0 is chance).
 
 clusters = embedder.predict(X_test)
@@ -214,5 +215,5 @@ plt.show()
 #   third baseline.
 # - ``cluster_weight=0`` turns the clustering term off, which is exactly
 #   symmetric MoCo v2, the method CueCo extends.
-# - ``n_clusters`` sets the number of centroids that ``predict`` chooses
-#   from; about the number of classes, or more.
+# - ``n_clusters`` sets the number of clusters that ``predict`` gives;
+#   about the number of classes, or more.

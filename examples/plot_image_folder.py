@@ -95,7 +95,8 @@ print(f"Trained {embedder.n_iter_} epochs on {embedder.device_}; "
 # Each patch comes from one of two photographs with different colours and
 # textures, but the patches vary in scale and position. The embeddings,
 # trained to ignore crops and colour changes, separate the two photographs
-# better than the pixels do, with 128 values instead of 1,728.
+# better than the pixels do, with 256 values (128 features and a 128-value
+# projection) instead of 1,728.
 
 Z = embedder.transform(images)
 pixels = images[np.arange(len(images))] / 255.0

@@ -102,7 +102,8 @@ plt.show()
 
 # %%
 # The clusters learned during training can be compared with the classes:
-# ``predict`` assigns each row to its nearest centroid.
+# ``predict`` gives each row the cluster its most similar training rows vote
+# for.
 
 from sklearn.metrics import adjusted_rand_score
 
