@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATASETS, _parse_value, load_dataset, scaled_inputs  # noqa: E402
 
 from skcueco import CueCoEmbedder, __version__  # noqa: E402
-from skcueco._readout import readout  # noqa: E402
+from skcueco._readout import readout, readout_rows, uses_views  # noqa: E402
 from skcueco.nn.vote import VOTE_NEIGHBOURS, vote_clusters  # noqa: E402
 from skcueco.evaluation import cluster_accuracy, evaluate_embedder, evaluate_features  # noqa: E402
 
@@ -120,9 +120,17 @@ def readouts(est, X_train, X_test, y_test, n_neighbors=GRAPH_NEIGHBOURS):
         centroids = est.predict(X_test)
     rows = {"centroids": clustering_scores(y_test, centroids)}
     start = time.perf_counter()
-    P = torch.from_numpy(trained.project(*est._rows(X_train)))
-    # as fit does: the trained centroids for empty clusters, the model's seed
-    _, prototypes, owners = readout(P, trained.centroids, n_neighbors, est._seeds().model)
+    X_rows, spec = est._rows(X_train)
+    P = torch.from_numpy(trained.project(X_rows, spec))
+    # as fit does: the views of the rows read, the trained centroids for
+    # empty clusters, the model's seed
+    seed = est._seeds().model
+    views = None
+    if uses_views(spec):
+        read = readout_rows(X_rows.shape[0], seed)
+        views = trained.read_views(X_rows if read is None else X_rows[read], spec,
+                                   est.augmentation, uses_views(spec), seed)
+    _, prototypes, owners = readout(P, trained.centroids, n_neighbors, seed, views=views)
     seconds = time.perf_counter() - start
     z = torch.from_numpy(trained.project(*est._rows(X_test)))
     labels = vote_clusters(z, prototypes, owners, trained.centroids.shape[0], VOTE_NEIGHBOURS)

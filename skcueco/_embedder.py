@@ -18,7 +18,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import restored_on_error
-from ._readout import readout, readout_rows
+from ._readout import readout, readout_rows, uses_views
 from ._persistence import TorchStateMixin, load_embedder, save_embedder, trained_from_pickle
 from .backbones import BACKBONE_NAMES
 from .callbacks import Callback, ProgressBar
@@ -624,7 +624,7 @@ class CueCoEmbedder(
         trained = fit_cueco(
             X, spec, run, self._seeds(), start, callbacks=callbacks,
             validate=lambda X_other: self._flatten_like_fit(X_other, spec),
-            readout=readout, readout_rows=readout_rows,
+            readout=readout, readout_rows=readout_rows, readout_views=uses_views(spec),
         )
         self._publish(trained)
         return self

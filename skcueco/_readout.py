@@ -49,6 +49,26 @@ MAX_GROUPS = 200
 the eigenvectors of a cut grow with its number of groups."""
 KNN_CHUNK_VALUES = 1 << 24
 """Similarities computed at once while building the graph (64 MB of float32)."""
+READOUT_VIEWS = 4
+"""Random views (the training augmentation) of each image read, whose unit
+projections are added to its own before the graph is built, on images of
+``VIEWS_MIN_SIDE`` pixels and more; the prototypes stay the images' own
+projections."""
+VIEWS_MIN_SIDE = 16
+"""The shorter image side from which the read-out adds views: on smaller images
+a crop keeps too little of the image (on the 8x8 digits the views cost the
+clusters; docs/method_results.rst)."""
+
+
+def uses_views(spec):
+    """Number of views the read-out adds for training rows described by ``spec``.
+
+    ``READOUT_VIEWS`` for images whose shorter side has at least
+    ``VIEWS_MIN_SIDE`` pixels, else 0 (vectors and small images).
+    """
+    if spec.kind != "image" or min(spec.shape[1:]) < VIEWS_MIN_SIDE:
+        return 0
+    return READOUT_VIEWS
 
 
 def knn_graph(Z, n_neighbors):
@@ -239,11 +259,15 @@ def readout_rows(n_samples, seed):
                                                                replace=False))
 
 
-def readout(projections, centroids, n_neighbors, seed):
+def readout(projections, centroids, n_neighbors, seed, views=None):
     """``(centers, prototypes, owners)`` from the graph clusters of ``projections``.
 
     Of more than ``READOUT_ROWS`` projections, a fixed random subset of that
-    many (seeded by ``seed``: :func:`readout_rows`) is read.
+    many (seeded by ``seed``: :func:`readout_rows`) is read. With ``views``,
+    the graph links the images by their projection plus the views' (the sum,
+    normalised): a view-averaged projection keeps less of what an
+    augmentation changes (position, crop, colour) and more of what it keeps,
+    which the clusters should follow.
 
     Parameters
     ----------
@@ -256,6 +280,10 @@ def readout(projections, centroids, n_neighbors, seed):
         Neighbours per image in the graph.
     seed : int
         Seeds the subset and the eigensolver.
+    views : torch.Tensor of shape (n_read, dim), default=None
+        The sum of the unit projections of random views of each image read
+        (the rows of :func:`readout_rows`, in order), on ``projections``'
+        device; None links the images by their projections alone.
 
     Returns
     -------
@@ -270,7 +298,13 @@ def readout(projections, centroids, n_neighbors, seed):
     rows = readout_rows(projections.shape[0], seed)
     if rows is not None:
         projections = projections[torch.from_numpy(rows).to(projections.device)]
-    labels = graph_clusters(projections, centroids.shape[0], n_neighbors, seed)
+    linked = projections
+    if views is not None:
+        if views.shape != projections.shape:
+            raise ValueError(f"views has shape {tuple(views.shape)}; the projections read "
+                             f"have {tuple(projections.shape)}.")
+        linked = torch.nn.functional.normalize(projections.float() + views.float(), dim=1)
+    labels = graph_clusters(linked, centroids.shape[0], n_neighbors, seed)
     prototypes = projections.detach().float().cpu().clone()
     return (cluster_centers(prototypes, labels, centroids), prototypes,
             torch.from_numpy(labels.astype(np.int64)))

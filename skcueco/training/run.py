@@ -31,7 +31,8 @@ from .optim import BASE_LR, make_optimizer, warmup_cosine
 from .parallel import TrainingEncoders, prepare_model, sync_buffers
 from .specs import Start
 from .task import CueCoTask
-from .trained import Trained, standardisation, use_channels_last, view_augmentation
+from .trained import (Trained, standardisation, use_channels_last, view_augmentation,
+                      view_pass)
 
 # centroids without an assigned key for this many consecutive steps are re-seeded
 RESEED_AFTER_STEPS = 50
@@ -390,7 +391,7 @@ def untrained_cueco(X, spec, run, seeds):
 
 
 def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validate=None,
-              readout=None, readout_rows=None):
+              readout=None, readout_rows=None, readout_views=0):
     """Train CueCo on the compact rows ``X``.
 
     Parameters
@@ -425,6 +426,12 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         ``readout`` reads of ``n_samples`` projections (None: all). With
         graph targets, only those rows are encoded by the key network at
         each epoch; None encodes the whole training set.
+    readout_views : int, default=0
+        Random views of each row read (the training augmentation) whose
+        projections the read-out at the end of the run adds to the row's
+        own before building the graph (``readout(..., views=)``); 0 reads
+        the projections alone. The graph targets during training read the
+        key projections alone.
 
     Returns
     -------
@@ -566,7 +573,14 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
             and bool(torch.isfinite(projections).all())):  # else refused below
         # the graph of the training projections sets the clusters; the
         # trained centroids (in the training state) stay as they are
-        clusters = readout(projections, model.centroids, clustering.graph, seeds.model)
+        views = None
+        if readout_views > 0:
+            rows = readout_rows(X.shape[0], seeds.model) if readout_rows is not None else None
+            views = view_pass(model.backbone_q, model.projector_q, preprocess, task.augmentation,
+                              X if rows is None else X[rows, ...], batch_size, device,
+                              readout_views, seeds.model, channels_last)
+        clusters = readout(projections, model.centroids, clustering.graph, seeds.model,
+                           views=views)
         if distributed:
             clusters = tuple(broadcast_(t.to(device)).cpu() for t in clusters)
     elif not start.one_epoch and clustering.refine > 0:

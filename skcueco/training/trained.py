@@ -112,6 +112,29 @@ def view_augmentation(augmentation, spec):
     )
 
 
+def view_pass(encoder, projector, preprocess, augmentation, X, batch_size, device, n_views,
+              seed, channels_last=False):
+    """The sum of the unit projections of ``n_views`` random views of each row of ``X``.
+
+    ``encoder`` and ``projector`` in eval mode; views drawn by
+    ``augmentation`` from a generator on ``device`` seeded with ``seed``, so
+    the same rows and seed give the same sum; ``channels_last`` lays the
+    views out as training did. Returns ``(n_samples, D)`` on ``device``.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def project(x):
+        total = 0
+        for _ in range(n_views):
+            v = augmentation(x, generator)
+            if channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            total = total + F.normalize(projector(encoder(v)).float(), dim=1)
+        return total
+
+    return encode(project, preprocess, (encoder, projector), X, batch_size, device).to(device)
+
+
 def use_channels_last(setting, spec, device, backbone=None):
     """Whether image batches and weights use the channels-last layout.
 
@@ -299,6 +322,21 @@ class Trained:
             h = self.encoder(aug(preprocess(batch.to(device)), generator))
             return embedding_of(h, space, mean, scale, self.projector)
         return augment
+
+    def read_views(self, X, spec, augmentation, n_views, seed):
+        """The views ``fit``'s read-out adds to the projections of the rows ``X``.
+
+        :func:`view_pass` as ``fit`` runs it: the training augmentation
+        (``augmentation`` as the estimator's parameter), batch size and
+        layout, on ``device``; ``X`` are the rows read and ``seed`` the
+        model seed. Returns ``(n_samples, projection_dim)`` on the CPU.
+        """
+        batch_size = self.resolved.get("batch_size", 256)
+        channels_last = use_channels_last(self.channels_last, spec, self.device,
+                                          backbone=self.backbone)
+        return view_pass(self.encoder, self.projector, self.preprocess_for(spec),
+                         view_augmentation(augmentation, spec), X, batch_size, self.device,
+                         n_views, seed, channels_last).cpu()
 
     # -- checks ---------------------------------------------------------------
     def check_finite(self, X, n_probe=32):

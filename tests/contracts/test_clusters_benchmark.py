@@ -50,6 +50,22 @@ def test_the_graph_read_out_of_a_fit_is_what_predict_gives(clusters):
     assert scores["graph"] != clusters.clustering_scores(y_test, graph.predict(X_test))
 
 
+def test_the_graph_read_out_adds_the_views_fit_adds(clusters):
+    X, y = load_digits(return_X_y=True)
+    # 16x16 images: fit's read-out adds views of them
+    X16 = np.kron(X[:400].reshape(-1, 8, 8), np.ones((2, 2))).astype(np.float32)
+    X_train, X_test, y_test = X16[:300], X16[300:], y[300:400]
+    params = dict(max_epochs=2, batch_size=64, hidden_dim=64, random_state=0, amp=False,
+                  cluster_graph=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = CueCoEmbedder(**{**params, "cluster_graph": 0}, cluster_targets="centroids")
+        plain.fit(X_train)
+        graph = CueCoEmbedder(**params, cluster_targets="centroids").fit(X_train)
+    scores, _ = clusters.readouts(plain, X_train, X_test, y_test, n_neighbors=10)
+    assert scores["graph"] == clusters.clustering_scores(y_test, graph.predict(X_test))
+
+
 def test_quick_run_reports_both_read_outs_and_the_anchors(clusters, tmp_path, capsys):
     out, csv = tmp_path / "t.md", tmp_path / "t.csv"
     models = tmp_path / "models"

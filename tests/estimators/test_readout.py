@@ -274,3 +274,113 @@ def test_cuts_into_too_many_groups_are_skipped(monkeypatch):
     assert set(found) == {"cut x 1, spectral", "cut x 3, spectral", "cut x 3, linkage"}
     monkeypatch.setattr(module, "MAX_GROUPS", 2)
     assert set(candidate_partitions(A, 3, seed=0)) == {"cut x 1, spectral"}
+
+
+# -- views of the images read ---------------------------------------------------
+
+def test_views_link_the_images_by_what_their_views_share():
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1], 100)
+    # projections without structure; views (4 unit vectors each) that hold two groups
+    P = torch.from_numpy(_unit(rng.normal(size=(200, 3))).astype(np.float32))
+    Z = _unit(np.eye(3)[y] + rng.normal(scale=0.1, size=(200, 3)))
+    views = torch.from_numpy((4 * Z).astype(np.float32))
+    centroids = torch.from_numpy(_unit(np.eye(2, 3)).astype(np.float32))
+    plain = readout(P, centroids, 10, seed=0)[2].numpy()
+    centers, prototypes, owners = readout(P, centroids, 10, seed=0, views=views)
+    assert normalized_mutual_info_score(y, plain) < 0.2
+    assert normalized_mutual_info_score(y, owners.numpy()) > 0.9
+    # the prototypes stay the images' own projections, the centers their means
+    assert torch.equal(prototypes, P)
+    for c in (0, 1):
+        mean = P.numpy()[owners.numpy() == c].mean(0)
+        np.testing.assert_allclose(centers[c].numpy(), mean / np.linalg.norm(mean), rtol=1e-5)
+    # views that add nothing leave the clusters as they were
+    assert_array_equal(readout(P, centroids, 10, seed=0, views=torch.zeros_like(P))[2], plain)
+
+
+def test_views_of_another_shape_are_refused():
+    Z, _ = _arcs(20)
+    P = torch.from_numpy(Z)
+    with pytest.raises(ValueError, match="views has shape"):
+        readout(P, torch.eye(2, 3), 5, seed=0, views=torch.zeros(len(Z) - 1, 3))
+
+
+@pytest.mark.parametrize("kind, shape, expected", [
+    ("image", (1, 8, 8), 0), ("image", (1, 16, 12), 0), ("image", (1, 16, 16), None),
+    ("image", (3, 32, 16), None), ("vector", (256,), 0),
+])
+def test_views_are_added_on_images_of_16_pixels_and_more(kind, shape, expected):
+    from skcueco._readout import READOUT_VIEWS, uses_views
+    from skcueco.data.validation import InputSpec
+
+    assert READOUT_VIEWS > 0
+    assert uses_views(InputSpec(kind, shape)) == (READOUT_VIEWS if expected is None else expected)
+
+
+def test_view_pass_sums_the_unit_projections_of_seeded_views():
+    from skcueco.training.run import view_pass
+
+    torch.manual_seed(0)
+    encoder, projector = torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)
+    X = np.random.default_rng(0).normal(size=(37, 6)).astype(np.float32)
+
+    def identity(x, generator):
+        return x
+
+    def noisy(x, generator):
+        return x + torch.randn(x.shape, generator=generator)
+
+    cpu = torch.device("cpu")
+    clean = torch.nn.functional.normalize(projector(encoder(torch.from_numpy(X))), dim=1)
+    twice = view_pass(encoder, projector, torch.as_tensor, identity, X, 8, cpu, 2, seed=0)
+    np.testing.assert_allclose(twice.numpy(), 2 * clean.detach().numpy(), rtol=1e-5, atol=1e-6)
+    a = view_pass(encoder, projector, torch.as_tensor, noisy, X, 8, cpu, 3, seed=1)
+    assert torch.equal(a, view_pass(encoder, projector, torch.as_tensor, noisy, X, 8, cpu, 3,
+                                    seed=1))
+    assert not torch.allclose(a, view_pass(encoder, projector, torch.as_tensor, noisy, X, 8, cpu,
+                                           3, seed=2))
+    assert not torch.allclose(a, 3 * clean)
+    # each view's projection is a unit vector, so the sum is at most n_views long
+    assert (a.norm(dim=1) <= 3 + 1e-5).all()
+
+
+def _digits16(n=400):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    # each pixel doubled: 16x16 images
+    return np.kron(X[:n].reshape(-1, 8, 8), np.ones((2, 2))).astype(np.float32), y[:n]
+
+
+def test_fit_reads_the_clusters_with_views_on_large_enough_images(monkeypatch):
+    import skcueco.training.run as run
+    from skcueco._readout import READOUT_VIEWS
+    from sklearn.datasets import load_digits
+
+    calls = []
+    original = run.view_pass
+
+    def spy(encoder, projector, preprocess, augmentation, X, *args):
+        calls.append((X.shape[0], args[2]))
+        return original(encoder, projector, preprocess, augmentation, X, *args)
+
+    monkeypatch.setattr(run, "view_pass", spy)
+    params = dict(max_epochs=2, batch_size=64, random_state=0, hidden_dim=64, amp=False)
+    X16, _ = _digits16()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = CueCoEmbedder(**params).fit(X16)
+        again = CueCoEmbedder(**params).fit(X16)
+        assert calls == [(400, READOUT_VIEWS)] * 2
+        CueCoEmbedder(**params).fit(load_digits().data[:400])  # 8x8: no views
+    assert calls == [(400, READOUT_VIEWS)] * 2
+    # reproducible, and the published clusters are the graph of projections plus views
+    assert_array_equal(est.cluster_prototype_labels_, again.cluster_prototype_labels_)
+    assert_array_equal(est.predict(X16), again.predict(X16))
+    trained, seed = est._trained, est._seeds().model
+    rows, spec = est._rows(X16)
+    P = torch.from_numpy(trained.project(rows, spec))
+    views = trained.read_views(rows, spec, est.augmentation, READOUT_VIEWS, seed)
+    owners = readout(P, trained.centroids, est.cluster_graph, seed, views=views)[2]
+    assert_array_equal(owners.numpy(), est.cluster_prototype_labels_)
