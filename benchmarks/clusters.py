@@ -126,10 +126,11 @@ def readouts(est, X_train, X_test, y_test, n_neighbors=GRAPH_NEIGHBOURS):
     # empty clusters, the model's seed
     seed = est._seeds().model
     views = None
-    if uses_views(spec):
+    n_views = uses_views(spec, est.augmentation)
+    if n_views:
         read = readout_rows(X_rows.shape[0], seed)
         views = trained.read_views(X_rows if read is None else X_rows[read], spec,
-                                   est.augmentation, uses_views(spec), seed)
+                                   est.augmentation, n_views, seed)
     _, prototypes, owners = readout(P, trained.centroids, n_neighbors, seed, views=views)
     seconds = time.perf_counter() - start
     z = torch.from_numpy(trained.project(*est._rows(X_test)))

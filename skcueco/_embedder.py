@@ -624,7 +624,8 @@ class CueCoEmbedder(
         trained = fit_cueco(
             X, spec, run, self._seeds(), start, callbacks=callbacks,
             validate=lambda X_other: self._flatten_like_fit(X_other, spec),
-            readout=readout, readout_rows=readout_rows, readout_views=uses_views(spec),
+            readout=readout, readout_rows=readout_rows,
+            readout_views=uses_views(spec, self.augmentation),
         )
         self._publish(trained)
         return self

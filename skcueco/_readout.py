@@ -1,7 +1,9 @@
 """The clusters ``predict`` gives, read from the neighbourhood graph of the training set.
 
 At the end of ``fit``, the unit projections of the training images are linked
-to their ``n_neighbors`` most similar ones (cosine). Spectral clustering of that
+to their ``n_neighbors`` most similar ones (cosine); on images of
+``VIEWS_MIN_SIDE`` pixels and more, each image by its projection plus those
+of ``READOUT_VIEWS`` random views of it. Spectral clustering of that
 graph (the graph's spectral embedding, then QR assignment, as scikit-learn's
 :class:`~sklearn.cluster.SpectralClustering` with ``assign_labels="cluster_qr"``)
 cuts it into ``f * n_clusters`` small groups for each ``f`` of
@@ -60,13 +62,15 @@ a crop keeps too little of the image (on the 8x8 digits the views cost the
 clusters; docs/method_results.rst)."""
 
 
-def uses_views(spec):
+def uses_views(spec, augmentation="auto"):
     """Number of views the read-out adds for training rows described by ``spec``.
 
     ``READOUT_VIEWS`` for images whose shorter side has at least
-    ``VIEWS_MIN_SIDE`` pixels, else 0 (vectors and small images).
+    ``VIEWS_MIN_SIDE`` pixels, else 0 (vectors and small images); 0 also
+    with ``augmentation="none"``, whose views are the images themselves.
     """
-    if spec.kind != "image" or min(spec.shape[1:]) < VIEWS_MIN_SIDE:
+    if (spec.kind != "image" or min(spec.shape[1:]) < VIEWS_MIN_SIDE
+            or (isinstance(augmentation, str) and augmentation == "none")):
         return 0
     return READOUT_VIEWS
 

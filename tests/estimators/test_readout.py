@@ -315,7 +315,11 @@ def test_views_are_added_on_images_of_16_pixels_and_more(kind, shape, expected):
     from skcueco.data.validation import InputSpec
 
     assert READOUT_VIEWS > 0
-    assert uses_views(InputSpec(kind, shape)) == (READOUT_VIEWS if expected is None else expected)
+    spec = InputSpec(kind, shape)
+    assert uses_views(spec) == (READOUT_VIEWS if expected is None else expected)
+    # views of an augmentation that changes nothing are the images themselves
+    assert uses_views(spec, "none") == 0
+    assert uses_views(spec, lambda x, generator: x) == uses_views(spec)
 
 
 def test_view_pass_sums_the_unit_projections_of_seeded_views():
