@@ -42,6 +42,12 @@ Modes (default: ``fit`` and ``transform``):
   the digits centred in 28x28 frames; ``--large-set N`` also on ``N``
   generated 28x28 shapes, more than the graph read-out reads), in seconds
   (goal: at most 1.3x).
+- ``--readout-views``: whole ``fit`` calls with the read-out's views of the
+  images read (the default on images of 16 pixels and more) against the
+  same fits without them (``READOUT_VIEWS`` set to 0 for the call), on the
+  digits centred in 28x28 frames and on 3,000 generated RGB scenes of 32
+  pixels (``backbone="small_cnn"``), ``--epochs`` each; the estimator's
+  defaults otherwise (goal: at most 1.1x, what runs once after training).
 - ``--folder``: ``fit`` from a folder of ``--n-samples`` JPEG files of
   ``--file-size`` pixels decoded to ``--image-size``, with the decoded-image
   cache (``ImageSource(cache="auto")``) and without it, against ``fit`` from
@@ -139,6 +145,8 @@ def parse_args(argv=None):
                         "it is installed, torchvision's transforms otherwise)")
     p.add_argument("--cluster-targets", action="store_true",
                    help="fit seconds with cluster_targets='graph' against 'centroids' (digits)")
+    p.add_argument("--readout-views", action="store_true",
+                   help="fit seconds with the read-out's views against without (28x28, 32x32)")
     p.add_argument("--centred-digits", action="store_true",
                    help="with --cluster-targets: the digits centred in 28x28 frames too")
     p.add_argument("--large-set", type=int, default=0, metavar="N",
@@ -607,6 +615,42 @@ def main_cluster_targets(args):
     return ratios
 
 
+def main_readout_views(args):
+    """Whole ``fit`` calls with the read-out's views against without, alternating order."""
+    import warnings
+
+    import skcueco._readout as readout_module
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from quality import load_dataset
+
+    sets = {"centred digits (28x28)": (load_dataset("digits28")[0], {}),
+            "RGB scenes (32x32)": (load_dataset("scenes32rgb")[0],
+                                   {"backbone": "small_cnn"})}
+    views = readout_module.READOUT_VIEWS
+    ratios = {}
+    for name, (X, params) in sets.items():
+        X = X[:args.fit_samples]
+
+        def fit(n_views, X=X, params=params):
+            est = CueCoEmbedder(max_epochs=args.epochs, random_state=0, device=args.device,
+                                **params)
+            readout_module.READOUT_VIEWS = n_views
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return timed(lambda: est.fit(X), torch.device("cpu"))
+            finally:
+                readout_module.READOUT_VIEWS = views
+
+        results = alternate({f"fit with {views} views in the read-out": lambda: fit(views),
+                             "fit without views": lambda: fit(0)}, args.rounds)
+        ratios[name] = report(f"fit seconds with and without the read-out's views, {name}, "
+                              f"{len(X)} images, {args.epochs} epochs", results, "s", False,
+                              goal="<= 1.1")
+    return ratios
+
+
 def cpu_bf16_capability():
     """One line on what PyTorch reports of this processor's bf16 arithmetic."""
     from skcueco.training.device import cpu_has_native_bf16
@@ -828,6 +872,8 @@ def main(argv=None):
         return main_folder(args)
     if args.cluster_targets:
         return main_cluster_targets(args)
+    if args.readout_views:
+        return main_readout_views(args)
     from skcueco.training.device import resolve_device
     from skcueco.training.engine import resolve_amp
 

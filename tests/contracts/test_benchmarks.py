@@ -61,6 +61,22 @@ def test_throughput_cluster_targets_mode_prints_the_ratio(capsys):
     assert all(math.isfinite(r) and r > 0 for r in ratios.values())
 
 
+@pytest.mark.filterwarnings("ignore::skcueco.training.run.TrainingCollapseWarning")
+def test_throughput_readout_views_mode_prints_the_ratio_and_restores_the_views(capsys):
+    import skcueco._readout as readout_module
+
+    views = readout_module.READOUT_VIEWS
+    ratios = _load("throughput").main(["--readout-views", "--device", "cpu", "--epochs", "1",
+                                       "--rounds", "1", "--fit-samples", "200"])
+    out = capsys.readouterr().out
+    assert "fit seconds with and without the read-out's views, centred digits (28x28), " \
+        "200 images, 1 epochs" in out
+    assert f"fit with {views} views in the read-out" in out and "goal <= 1.1" in out
+    assert list(ratios) == ["centred digits (28x28)", "RGB scenes (32x32)"]
+    assert all(math.isfinite(r) and r > 0 for r in ratios.values())
+    assert readout_module.READOUT_VIEWS == views
+
+
 def test_throughput_cpu_precision_and_folder_modes_print_ratios(capsys):
     tiny = ["--device", "cpu", "--backbone", "small_cnn", "--image-size", "8",
             "--batch-size", "16", "--n-samples", "64", "--rounds", "1", "--epochs", "2",
