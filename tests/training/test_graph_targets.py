@@ -189,9 +189,9 @@ def test_on_a_large_set_only_the_rows_read_are_encoded_each_epoch(X, monkeypatch
         encoded.append(np.array(rows))
         return encode(fn, preprocess, modules, rows, *args, **kwargs)
 
-    def readout_spy(projections, centroids, n_neighbors, seed):
+    def readout_spy(projections, centroids, n_neighbors, seed, views=None):
         read.append((projections.shape[0], seed))
-        return readout(projections, centroids, n_neighbors, seed)
+        return readout(projections, centroids, n_neighbors, seed, views=views)
 
     monkeypatch.setattr(run, "encode", encode_spy)
     monkeypatch.setattr(embedder, "readout", readout_spy)
@@ -326,8 +326,9 @@ def test_collapse_is_judged_on_the_partition_the_term_trained_towards(X, monkeyp
     # the same fit whose graph puts every key in one cluster is warned about
     readout = embedder.readout
 
-    def one_cluster(projections, centroids, n_neighbors, seed):
-        centers, prototypes, owners = readout(projections, centroids, n_neighbors, seed)
+    def one_cluster(projections, centroids, n_neighbors, seed, views=None):
+        centers, prototypes, owners = readout(projections, centroids, n_neighbors, seed,
+                                              views=views)
         return centers, prototypes, torch.zeros_like(owners)
 
     monkeypatch.setattr(embedder, "readout", one_cluster)
