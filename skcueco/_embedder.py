@@ -152,7 +152,9 @@ class CueCoEmbedder(
     cluster_graph : int, default=20
         How ``fit`` reads the clusters that ``predict`` gives from the
         trained embedding. With ``k > 0``, each training image is linked to
-        its ``k`` most similar images (cosine of the projections); spectral
+        its ``k`` most similar images (cosine of the projections; on images
+        of 16 pixels and more, of each projection plus those of 4 augmented
+        views of the image, unless ``augmentation="none"``); spectral
         clustering cuts that graph into 1, 3 and 5 small groups per cluster
         and merges the groups into ``n_clusters`` clusters; of these cuts,
         the one of highest modularity on the graph is kept. Training sets of
