@@ -40,6 +40,13 @@ The three seeds of the grayscale image sets at 20 epochs::
 Seconds, as the test suite runs it::
 
     python benchmarks/clusters.py --quick --datasets digits --seeds 1
+
+A data set of one's own: the path of an ``.npz`` file holding ``X`` and ``y``
+(split 75/25 as the built-in sets), or ``X_train``, ``y_train``, ``X_test`` and
+``y_test``; images as arrays of shape (n, H, W) or (n, H, W, C)::
+
+    python benchmarks/clusters.py --datasets my_images.npz --epochs 20 \\
+        --methods cueco,moco --threads 1
 """
 
 import argparse
@@ -61,7 +68,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, _parse_value, load_dataset, scaled_inputs  # noqa: E402
+from quality import (DATASETS, _parse_value, dataset_label, is_npz, load_dataset,  # noqa: E402
+                     scaled_inputs)
 
 from skcueco import CueCoEmbedder, __version__  # noqa: E402
 from skcueco._readout import readout, readout_rows, uses_views  # noqa: E402
@@ -162,8 +170,9 @@ def anchors(data, seed):
 
 def run(args):
     rows = []
-    for name in args.datasets:
-        data = load_dataset(name, quick=args.quick)
+    for path in args.datasets:
+        data = load_dataset(path, quick=args.quick)
+        name = dataset_label(path)
         X_train, X_test, y_train, y_test, _ = data
         for epochs in args.epochs:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -258,9 +267,10 @@ def main(argv=None):
     args.methods = [m for m in args.methods.split(",") if m]
     if not args.methods or set(args.methods) - set(METHODS):
         p.error(f"--methods: choose from {', '.join(METHODS)}; got {args.methods}")
-    unknown = sorted(set(args.datasets) - set(DATASETS))
+    unknown = sorted(d for d in set(args.datasets) - set(DATASETS) if not is_npz(d))
     if unknown:
-        p.error(f"unknown data sets {unknown}; choose from {', '.join(DATASETS)}")
+        p.error(f"unknown data sets {unknown}; choose from {', '.join(DATASETS)}, "
+                "or give the path of an .npz file of your own")
     try:
         args.set = dict(parse_setting(item) for item in args.set)
     except ValueError as exc:

@@ -302,9 +302,52 @@ def parse_args(argv=None):
 
 
 # -- data -------------------------------------------------------------------------
+NPZ_KEYS = (("X", "y"), ("X_train", "y_train", "X_test", "y_test"))
+"""What a data set of one's own holds: all its rows (split as the built-in sets
+are), or its two splits."""
+
+
+def is_npz(name):
+    """Whether the data set ``name`` is a file of one's own (``*.npz``)."""
+    return str(name).endswith(".npz")
+
+
+def dataset_label(name):
+    """The name a data set goes by in tables and model files: a file's stem."""
+    return os.path.splitext(os.path.basename(name))[0] if is_npz(name) else name
+
+
+def _load_npz(path):
+    """``(X, y, None, None)`` or ``(X_train, y_train, X_test, y_test)`` of an ``.npz`` file."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no data set file {path!r}")
+    with np.load(path, allow_pickle=False) as data:
+        for keys in NPZ_KEYS:
+            if all(k in data.files for k in keys):
+                arrays = [np.asarray(data[k]) for k in keys]
+                return tuple(arrays) + (None,) * (4 - len(arrays))
+    raise ValueError(f"{path!r} holds {sorted(data.files)}; a data set file holds "
+                     + " or ".join("(" + ", ".join(keys) + ")" for keys in NPZ_KEYS))
+
+
 def load_dataset(name, quick=False):
-    """``(X_train, X_test, y_train, y_test, kind)``; kind is "images" or "tabular"."""
-    if name == "digits":
+    """``(X_train, X_test, y_train, y_test, kind)``; kind is "images" or "tabular".
+
+    ``name`` is a built-in data set, or the path of an ``.npz`` file of one's
+    own holding ``X`` and ``y`` (split 75/25, stratified, as the built-in
+    sets are) or ``X_train``, ``y_train``, ``X_test`` and ``y_test``; arrays
+    of 3 or 4 dimensions are images (as ``fit`` reads them), of 2 tabular.
+    """
+    if is_npz(name):
+        X, y, X_test, y_test = _load_npz(name)
+        kind = "images" if X.ndim >= 3 else "tabular"
+        if X_test is not None:
+            X_train, y_train = X, y
+            if quick:
+                X_train, y_train = _subset(X_train, y_train, QUICK_TRAIN)
+                X_test, y_test = _subset(X_test, y_test, QUICK_TEST)
+            return X_train, X_test, y_train, y_test, kind
+    elif name == "digits":
         X, y = load_digits(return_X_y=True)
         X, kind = X.reshape(-1, 8, 8), "images"
     elif name == "digits28":

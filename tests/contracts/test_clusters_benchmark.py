@@ -174,3 +174,38 @@ def test_models_save_cannot_store_are_kept_with_joblib_and_read_again(clusters, 
 ])
 def test_which_fits_train_towards_the_graph(clusters, settings, expected):
     assert clusters.trains_on_graph(settings) is expected
+
+
+def test_a_data_set_of_ones_own_from_an_npz_file(clusters, tmp_path):
+    import quality
+
+    X, y = load_digits(return_X_y=True)
+    images = X.reshape(-1, 8, 8).astype(np.float32)
+    whole = tmp_path / "my_digits.npz"
+    np.savez(whole, X=images, y=y)
+    # all its rows: split as the built-in sets are
+    mine, builtin = quality.load_dataset(str(whole)), quality.load_dataset("digits")
+    for a, b in zip(mine[:4], builtin[:4]):
+        np.testing.assert_array_equal(a, b)
+    assert mine[4] == "images"
+    # its own splits: kept as they are
+    split = tmp_path / "split.npz"
+    np.savez(split, X_train=X[:100], y_train=y[:100], X_test=X[100:150], y_test=y[100:150])
+    X_train, X_test, y_train, y_test, kind = quality.load_dataset(str(split))
+    np.testing.assert_array_equal(X_test, X[100:150])
+    assert X_train.shape == (100, 64) and kind == "tabular"
+    np.savez(tmp_path / "bad.npz", images=images)
+    with pytest.raises(ValueError, match="holds \\['images'\\]; a data set file holds"):
+        quality.load_dataset(str(tmp_path / "bad.npz"))
+    with pytest.raises(ValueError, match="no data set file"):
+        quality.load_dataset(str(tmp_path / "missing.npz"))
+    # the benchmark runs on it, under the file's name
+    models = tmp_path / "models"
+    frame = clusters.main(["--quick", "--datasets", str(whole), "--seeds", "1",
+                           "--methods", "cueco", "--set", "hidden_dim=48",
+                           "--models", str(models)])
+    assert set(frame.dataset) == {"my_digits"}
+    assert "cueco graph" in set(frame.method) and "k-means on pixels" in set(frame.method)
+    assert sorted(p.name for p in models.iterdir()) == ["my_digits_2ep_cueco_seed0.skc"]
+    with pytest.raises(SystemExit):
+        clusters.main(["--quick", "--datasets", "nonesuch"])
