@@ -54,6 +54,21 @@ def test_graph_targets_keep_both_ranks_on_the_same_model(tmp_path):
     assert np.isfinite(r0["loss"]).all()
 
 
+def test_the_read_out_with_views_gives_both_ranks_the_same_clusters(tmp_path):
+    # 16x16 images: each rank draws the read-out's views; rank 0's clusters win
+    result = torchrun(tmp_path, 16, "--images")
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = (np.load(tmp_path / f"rank{r}.npz") for r in (0, 1))
+    for key in ("weights", "centers", "prototype_labels", "embedding"):
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
+    assert len(set(r0["prototype_labels"].tolist())) > 1
+    loaded = CueCoEmbedder.load(tmp_path / "model.pt")
+    np.testing.assert_array_equal(loaded.cluster_prototype_labels_, r0["prototype_labels"])
+    # each rank drew the views of all 192 images once, at the end of fit
+    for r in (r0, r1):
+        assert r["view_calls"].tolist() == [192]
+
+
 def test_queue_holds_the_keys_of_both_ranks(two_ranks):
     _, (r0, _) = two_ranks
     # 192 samples over 2 ranks, 16 per rank and step: 6 steps an epoch, 4 epochs
