@@ -307,3 +307,25 @@ def test_loader_workers_decode_the_same_images(fast_params, png_paths):
     in_process = CueCoEmbedder(**fast_params()).fit(png_paths)
     workers = CueCoEmbedder(**fast_params(num_workers=2)).fit(png_paths)
     assert_array_equal(workers.transform(png_paths), in_process.transform(png_paths))
+
+
+def test_the_read_out_views_of_image_files_are_those_of_their_pixels(fast_params, pixels,
+                                                                    tmp_path, monkeypatch):
+    from skcueco.training import run
+
+    # 16x16 images: fit's read-out adds views of the images read (lazily decoded)
+    big = np.repeat(np.repeat(pixels, 2, axis=1), 2, axis=2)
+    paths = []
+    for i, image in enumerate(big):
+        paths.append(str(tmp_path / f"big{i:02d}.png"))
+        Image.fromarray(image).save(paths[-1])
+    calls = []
+    view_pass = run.view_pass
+    monkeypatch.setattr(run, "view_pass", lambda *a, **k: calls.append(a[4].shape) or
+                        view_pass(*a, **k))
+    params = fast_params(cluster_graph=5)
+    emb = CueCoEmbedder(**params).fit(paths)
+    reference = CueCoEmbedder(**params).fit(big)
+    assert calls == [(N, 768), (N, 768)]
+    assert_array_equal(emb.cluster_prototype_labels_, reference.cluster_prototype_labels_)
+    assert_array_equal(emb.predict(paths), reference.predict(big))
