@@ -22,7 +22,9 @@ the default backbone reads with ResNet-18: slow on a CPU), ``digits_lt`` and
 ``0.1 ** (c / (C - 1))`` of its images, so the largest class is 10 times the
 smallest, as CIFAR-10-LT at imbalance 10), ``strokes28`` (3000 generated
 28x28 handwriting-like glyphs, 10 classes: letters and a figure drawn with
-random thickness, slant, elastic deformation and position), ``scenes32rgb``
+random thickness, slant, elastic deformation and position), ``strokes28_forms``
+(the same glyphs, each written in one of two forms, as a 4 is open or
+closed: every class is two groups of images), ``scenes32rgb``
 (3000 generated 32x32 RGB scenes, 8 classes: the shapes filled with a texture
 over a textured background, under uneven coloured light, often partly
 occluded; read with ResNet-18 by default, like ``shapes32rgb``), and the
@@ -76,7 +78,7 @@ from skcueco.augment import ImageAugmentation
 from skcueco.evaluation import evaluate_embedder, evaluate_features
 
 DATASETS = ("digits", "digits28", "shapes28", "shapes32rgb", "digits_lt", "shapes28_lt",
-            "strokes28", "scenes32rgb", "wine", "breast_cancer")
+            "strokes28", "strokes28_forms", "scenes32rgb", "wine", "breast_cancer")
 LT_IMBALANCE = 10  # largest class / smallest class of the long-tailed sets
 METHODS = ("cueco", "moco", "untrained", "pca", "pixels")
 TRAINED = {"cueco": {}, "moco": {"cluster_weight": 0.0, "key_momentum": 0.99}}
@@ -364,8 +366,9 @@ def load_dataset(name, quick=False):
         if name == "shapes28_lt":
             X, y = long_tailed(X, y)
         kind = "images"
-    elif name == "strokes28":
-        X, y = make_strokes(QUICK_SHAPES if quick else N_SHAPES, image_size=28, random_state=0)
+    elif name in ("strokes28", "strokes28_forms"):
+        X, y = make_strokes(QUICK_SHAPES if quick else N_SHAPES, image_size=28,
+                            n_forms=2 if name == "strokes28_forms" else 1, random_state=0)
         kind = "images"
     elif name == "scenes32rgb":
         X, y = make_scenes(QUICK_SHAPES if quick else N_SHAPES, image_size=32, random_state=0)

@@ -8,6 +8,12 @@ intensity, as a pen on paper would vary them. The classes differ only in
 the glyph; the strokes of two classes overlap a lot in pixel space (``C``
 is ``O`` with a gap, ``N`` a ``Z`` turned a quarter), so pixels separate
 them only in part.
+
+With ``n_forms=2`` each glyph is written in one of two forms, as people
+write a figure 4 open or closed or a 7 with or without a bar: the two forms
+of a class share most of their strokes and differ in one (a closed top, a
+bar, a curled foot, a tail). Each class is then two groups of images, which
+a clustering must join while keeping the classes apart.
 """
 
 import numpy as np
@@ -34,7 +40,8 @@ _MIN_THICKNESS_PX = 1.0
 _STEP = 0.08                  # strokes are resampled at this spacing before warping
 
 
-def make_strokes(n_samples=3000, *, image_size=28, n_classes=10, random_state=None):
+def make_strokes(n_samples=3000, *, image_size=28, n_classes=10, n_forms=1,
+                 random_state=None):
     """Generate grayscale images of handwriting-like glyphs.
 
     Class ``k`` is the ``k``-th glyph of ``GLYPH_NAMES``: the letters C, O,
@@ -52,6 +59,10 @@ def make_strokes(n_samples=3000, *, image_size=28, n_classes=10, random_state=No
         Height and width of the square images, at least 8.
     n_classes : int, default=10
         Number of glyph classes, from 2 to 10.
+    n_forms : {1, 2}, default=1
+        Ways each glyph is written. With 2, every image draws one of its
+        class's two forms with equal probability; the images of ``n_forms=1``
+        are its first form.
     random_state : int, RandomState instance or None, default=None
         Seeds every random choice; the same seed gives the same images.
 
@@ -70,6 +81,8 @@ def make_strokes(n_samples=3000, *, image_size=28, n_classes=10, random_state=No
     ((50, 16, 16), dtype('uint8'))
     """
     check_arguments(n_samples, image_size, n_classes, GLYPH_NAMES, "glyphs")
+    if isinstance(n_forms, (bool, np.bool_)) or n_forms not in (1, 2):
+        raise ValueError(f"n_forms must be 1 or 2, got {n_forms!r}")
     rng = check_random_state(random_state)
     n, size = int(n_samples), int(image_size)
 
@@ -86,12 +99,14 @@ def make_strokes(n_samples=3000, *, image_size=28, n_classes=10, random_state=No
     ink = rng.uniform(*_INK, size=n)
     page = rng.uniform(*_PAGE, size=n)
     noise = rng.uniform(*_NOISE, size=n)
+    # drawn last, so that one form gives the images it always gave
+    form = rng.randint(n_forms, size=n) if n_forms > 1 else np.zeros(n, dtype=int)
 
     ii, jj = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
     pixels = np.stack([jj.ravel(), ii.ravel()], axis=1)           # (x, y), y downwards
     images = np.empty((n, size * size))
     for i in range(n):
-        starts, ends = _GLYPH_SEGMENTS[GLYPH_NAMES[y[i]]]
+        starts, ends = _GLYPH_SEGMENTS[GLYPH_NAMES[y[i]]][form[i]]
         pts = np.concatenate([starts, ends])
         # elastic warp: each coordinate moves along a smooth wave of the other ones
         pts = pts + warp[i].T * np.sin(pts @ frequency[i].T + phase[i])
@@ -164,4 +179,22 @@ def _segments(strokes):
     return (np.concatenate([p[:-1] for p in pieces]), np.concatenate([p[1:] for p in pieces]))
 
 
-_GLYPH_SEGMENTS = {name: _segments(strokes) for name, strokes in _GLYPHS.items()}
+# The second form of each glyph: most strokes of the first, one changed or added.
+_SECOND_FORMS = {
+    "C": _GLYPHS["C"] + [_line((0.45, 0.7), (0.5, 0.35))],                  # a serif
+    "O": [_arc(0.0, 0.0, 0.55, 0.9, 90, 450), _line((0.0, 0.9), (0.4, 1.0))],  # a lead-in
+    "S": [_line((0.5, 0.9), (-0.5, 0.9), (-0.5, 0.0), (0.5, 0.0), (0.5, -0.9),
+                (-0.5, -0.9))],                                            # angular
+    "L": [np.concatenate([_line((-0.45, 0.9)), _arc(-0.05, -0.5, 0.4, 0.4, 180, 270),
+                          _line((0.55, -0.9))])],                          # a curved foot
+    "T": [_line((-0.6, 0.9), (0.6, 0.9)),
+          np.concatenate([_line((0.0, 0.9)), _arc(-0.3, -0.6, 0.3, 0.3, 0, -180)])],  # a hook
+    "X": _GLYPHS["X"] + [_line((-0.3, 0.0), (0.3, 0.0))],                   # a bar
+    "Z": _GLYPHS["Z"] + [_line((-0.35, 0.0), (0.35, 0.0))],                 # a bar
+    "N": _GLYPHS["N"] + [_line((-0.7, 0.9), (-0.5, 0.9)), _line((0.5, -0.9), (0.7, -0.9))],
+    "U": _GLYPHS["U"] + [_line((0.5, 0.9), (0.5, -0.9))],                   # a stem
+    "4": [_line((-0.5, 0.95), (-0.5, -0.3), (0.65, -0.3)),
+          _line((0.25, 0.95), (0.25, -0.95))],                              # open
+}
+_GLYPH_SEGMENTS = {name: (_segments(strokes), _segments(_SECOND_FORMS[name]))
+                   for name, strokes in _GLYPHS.items()}

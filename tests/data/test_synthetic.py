@@ -83,3 +83,37 @@ def test_bad_arguments_are_named(make, kwargs, match):
 def test_fewer_classes_take_the_first_glyphs():
     _, y = make_strokes(30, image_size=12, n_classes=3, random_state=0)
     assert set(y) == {0, 1, 2}
+
+
+def test_two_forms_change_about_half_the_glyphs_and_one_form_changes_nothing():
+    X1, y1 = make_strokes(200, image_size=20, random_state=5)
+    Xd, yd = make_strokes(200, image_size=20, n_forms=1, random_state=5)
+    X2, y2 = make_strokes(200, image_size=20, n_forms=2, random_state=5)
+    np.testing.assert_array_equal(X1, Xd)
+    # the pen, pose and classes are the same draws; only the form (and the pixel noise) differ
+    np.testing.assert_array_equal(y1, y2)
+    moved = np.abs(X1.astype(int) - X2.astype(int)).reshape(len(X1), -1).max(axis=1)
+    other_form = moved > 100          # pixel noise alone moves a pixel by far less
+    assert 0.35 < other_form.mean() < 0.65
+    for c in range(len(GLYPH_NAMES)):   # every class is written both ways
+        assert 0 < other_form[y2 == c].mean() < 1
+
+
+def test_the_two_forms_of_a_glyph_are_closer_than_other_glyphs():
+    # a form shares most strokes with its class: the mean image of the second
+    # forms of a class is nearer its class's first forms than any other class's
+    X1, y = make_strokes(1000, image_size=20, random_state=1)
+    X2, _ = make_strokes(1000, image_size=20, n_forms=2, random_state=1)
+    second = np.abs(X1.astype(int) - X2.astype(int)).reshape(len(X1), -1).max(axis=1) > 100
+    first = X1.reshape(len(X1), -1).astype(float)
+    other = X2.reshape(len(X2), -1).astype(float)
+    means_first = np.stack([first[y == c].mean(0) for c in range(len(GLYPH_NAMES))])
+    for c in range(len(GLYPH_NAMES)):
+        m = other[(y == c) & second].mean(0)
+        assert np.argmin(((means_first - m) ** 2).sum(1)) == c
+
+
+@pytest.mark.parametrize("n_forms", [0, 3, 1.5, True, "2"])
+def test_bad_number_of_forms_is_named(n_forms):
+    with pytest.raises(ValueError, match="n_forms must be 1 or 2"):
+        make_strokes(10, image_size=12, n_forms=n_forms)
