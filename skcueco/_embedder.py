@@ -221,8 +221,8 @@ class CueCoEmbedder(
         Images per optimiser step (capped at the number of samples); per
         process under ``torchrun``, where the learning rate follows the
         global batch ``batch_size * world_size``. ``"auto"``: 256 when an
-        epoch then has at least 30 steps (7,680 training images or more),
-        else 128 (3,840 or more), else 64: small data sets need more steps
+        epoch then has at least 60 steps (15,360 training images or more),
+        else 128 (7,680 or more), else 64: small data sets need more steps
         per epoch. One ``partial_fit`` call uses
         256 rows at most. The value used is ``batch_size_``.
     max_epochs : int, default=100
