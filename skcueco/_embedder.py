@@ -221,9 +221,9 @@ class CueCoEmbedder(
         Images per optimiser step (capped at the number of samples); per
         process under ``torchrun``, where the learning rate follows the
         global batch ``batch_size * world_size``. ``"auto"``: 256 when an
-        epoch then has at least 60 steps (15,360 training images or more),
-        else 128 (7,680 or more), else 64: small data sets need more steps
-        per epoch. One ``partial_fit`` call uses
+        epoch then has at least 120 steps (30,720 training images or
+        more), else 128 (15,360 or more), else 64: data sets of fewer
+        images need more steps per epoch. One ``partial_fit`` call uses
         256 rows at most. The value used is ``batch_size_``.
     max_epochs : int, default=100
         Number of passes over the data.

@@ -51,7 +51,7 @@ key BatchNorm statistics in a single process (8, as MoCo's CIFAR demo)."""
 AUTO_BATCH_SIZES = (256, 128, 64)
 """``batch_size="auto"``: the largest of these that gives ``AUTO_MIN_STEPS``
 optimiser steps per epoch, else the smallest."""
-AUTO_MIN_STEPS = 60
+AUTO_MIN_STEPS = 120
 AUTO_WARMUP_FRACTION = 0.15
 """``cluster_warmup="auto"``: this fraction of ``max_epochs``, rounded down."""
 AUTO_RAMP_FRACTION = 0.1
@@ -101,14 +101,15 @@ def resolve_queue_size(setting, n_samples):
 def resolve_batch_size(setting, n_samples, *, partial=False):
     """Images per optimiser step for ``n_samples`` training images (per process).
 
-    ``"auto"``: 256 when an epoch then has at least 60 steps (15,360 images
-    or more), else 128 (7,680 or more), else 64, capped at ``n_samples``.
+    ``"auto"``: 256 when an epoch then has at least 120 steps (30,720
+    images or more), else 128 (15,360 or more), else 64, capped at
+    ``n_samples``.
     A small data set trained with large batches takes few steps per epoch:
     2,250 images give 8 steps of 256 per epoch, 17 of 128 and 35 of 64, and
     at the same number of epochs fewer steps learn less (at 15 epochs on the
     generated shapes the kNN accuracy is 0.874 with batches of 128, 0.921
-    with 64; on 4,500 and 9,000 generated scenes 70 steps per epoch rather
-    than 35 raise ``predict`` NMI by 0.03 to 0.05; docs/method_results.rst).
+    with 64; on 9,000 generated scenes batches of 64, 128 and 256 give a
+    ``predict`` NMI of 0.340, 0.261 and 0.213; docs/method_results.rst).
     ``partial=True`` (one ``partial_fit`` call, an epoch over one chunk of
     a stream): 256 capped at the chunk, one step per chunk of up to 256 rows
     as with an explicit value. An explicit value is only capped at

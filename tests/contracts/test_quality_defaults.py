@@ -250,8 +250,8 @@ def test_healthy_fit_does_not_warn(digits):
 
 
 @pytest.mark.parametrize("n_samples, expected", [
-    (10, 10), (100, 64), (1347, 64), (2250, 64), (3840, 64), (7679, 64), (7680, 128),
-    (15_359, 128), (15_360, 256), (50_000, 256),
+    (10, 10), (100, 64), (1347, 64), (2250, 64), (3840, 64), (9000, 64), (15_359, 64),
+    (15_360, 128), (30_719, 128), (30_720, 256), (50_000, 256),
 ])
 def test_auto_batch_gives_small_data_enough_steps(n_samples, expected):
     from skcueco.training.run import resolve_batch_size
