@@ -69,7 +69,7 @@ def uses_views(spec, augmentation="auto"):
     ``VIEWS_MIN_SIDE`` pixels, else 0 (vectors and small images); 0 also
     with ``augmentation="none"``, whose views are the images themselves.
     """
-    if (spec.kind != "image" or min(spec.shape[1:]) < VIEWS_MIN_SIDE
+    if (spec.shorter_side < VIEWS_MIN_SIDE
             or (isinstance(augmentation, str) and augmentation == "none")):
         return 0
     return READOUT_VIEWS

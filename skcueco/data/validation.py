@@ -40,6 +40,17 @@ class InputSpec:
     channels_last: bool = True
 
     @property
+    def shorter_side(self):
+        """The shorter side of an image in pixels; 0 for vectors.
+
+        Image-size rules (views in the read-out, the smallest automatic
+        batch) compare it with their own thresholds.
+        """
+        if self.kind != "image":
+            return 0
+        return min(self.shape[1:])
+
+    @property
     def array_shape(self):
         """Per-sample shape of an unflattened array in this layout."""
         if self.kind == "vector":

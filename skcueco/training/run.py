@@ -48,10 +48,18 @@ LARGE_DATA = 500_000
 KEY_BN_SPLITS = 8
 """``distributed_bn="split"``: groups of the shuffled batch with their own
 key BatchNorm statistics in a single process (8, as MoCo's CIFAR demo)."""
-AUTO_BATCH_SIZES = (256, 128, 64)
+AUTO_BATCH_SIZES = (256, 128, 64, 32)
 """``batch_size="auto"``: the largest of these that gives ``AUTO_MIN_STEPS``
-optimiser steps per epoch, else the smallest."""
+optimiser steps per epoch, else the smallest allowed (32 only for images of
+``AUTO_BATCH_32_MIN_SIDE`` pixels and more)."""
 AUTO_MIN_STEPS = 120
+AUTO_BATCH_32_MIN_SIDE = 16
+"""``batch_size="auto"``: the shorter image side from which batches of 32 are
+used; vectors and smaller images stop at 64. On the 8x8 digits batches of 32
+lost ``predict`` NMI at 40 epochs and made a CPU fit about 1.3 times as long
+(a step's fixed costs outweigh its small convolutions); on images of 28 and
+32 pixels they gained or were level, at the same fit time
+(docs/method_results.rst, "Batches of 32 on images of 16 pixels and more")."""
 AUTO_WARMUP_FRACTION = 0.15
 """``cluster_warmup="auto"``: this fraction of ``max_epochs``, rounded down."""
 AUTO_RAMP_FRACTION = 0.1
@@ -98,11 +106,13 @@ def resolve_queue_size(setting, n_samples):
     return min(int(setting), n_samples)
 
 
-def resolve_batch_size(setting, n_samples, *, partial=False):
+def resolve_batch_size(setting, n_samples, *, partial=False, shorter_side=0):
     """Images per optimiser step for ``n_samples`` training images (per process).
 
     ``"auto"``: 256 when an epoch then has at least 120 steps (30,720
-    images or more), else 128 (15,360 or more), else 64, capped at
+    images or more), else 128 (15,360 or more), else 64 (7,680 or more),
+    else 32 for images whose ``shorter_side`` has 16 pixels or more and 64
+    for smaller images and vectors (``shorter_side=0``), capped at
     ``n_samples``.
     A small data set trained with large batches takes few steps per epoch:
     2,250 images give 8 steps of 256 per epoch, 17 of 128 and 35 of 64, and
@@ -117,10 +127,13 @@ def resolve_batch_size(setting, n_samples, *, partial=False):
     """
     if setting == "auto":
         if not partial:
-            for size in AUTO_BATCH_SIZES:
+            sizes = AUTO_BATCH_SIZES
+            if shorter_side < AUTO_BATCH_32_MIN_SIDE:
+                sizes = tuple(size for size in sizes if size > 32)
+            for size in sizes:
                 if n_samples // size >= AUTO_MIN_STEPS:
                     return size
-            return min(AUTO_BATCH_SIZES[-1], n_samples)
+            return min(sizes[-1], n_samples)
         setting = AUTO_BATCH_SIZES[0]
     return min(int(setting), n_samples)
 
@@ -386,7 +399,8 @@ def untrained_cueco(X, spec, run, seeds):
     """A :class:`~skcueco.training.trained.Trained` of the initial network (a baseline), k-means centroids."""
     device = resolve_device(run.runtime.device)
     model, preprocess, feature_dim = build_model(X, spec, run, seeds, device=device)
-    batch_size = resolve_batch_size(run.optim.batch_size, X.shape[0])
+    batch_size = resolve_batch_size(run.optim.batch_size, X.shape[0],
+                                    shorter_side=spec.shorter_side)
     model.init_centroids(encode(model.encode_key, preprocess, model, X, batch_size, device))
     stats, _ = eval_pass(model, preprocess, X, batch_size, device, feature_dim, projections=False)
     return _trained(model, preprocess, spec, run, device, feature_dim, [], stats)
@@ -446,7 +460,8 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
     device = resolve_device(runtime.device)
     # "auto" sizes each process's batch from its shard of the data
     n_rows = max(1, X.shape[0] // world) if optim.batch_size == "auto" else X.shape[0]
-    batch_size = resolve_batch_size(optim.batch_size, n_rows, partial=start.one_epoch)
+    batch_size = resolve_batch_size(optim.batch_size, n_rows, partial=start.one_epoch,
+                                    shorter_side=spec.shorter_side)
     model, preprocess, feature_dim = build_model(
         X, spec, run, seeds, device=device, preprocess=start.preprocess,
         queue_size=start.queue_size(),

@@ -256,7 +256,21 @@ def test_healthy_fit_does_not_warn(digits):
 def test_auto_batch_gives_small_data_enough_steps(n_samples, expected):
     from skcueco.training.run import resolve_batch_size
 
-    assert resolve_batch_size("auto", n_samples) == expected
+    assert resolve_batch_size("auto", n_samples) == expected  # vectors
+    assert resolve_batch_size("auto", n_samples, shorter_side=8) == expected
+
+
+@pytest.mark.parametrize("n_samples, expected", [
+    (10, 10), (40, 32), (1347, 32), (2250, 32), (7679, 32), (7680, 64), (15_359, 64),
+    (15_360, 128), (30_720, 256),
+])
+@pytest.mark.parametrize("side", [16, 28, 224])
+def test_auto_batch_goes_down_to_32_on_images_of_16_pixels(n_samples, expected, side):
+    from skcueco.training.run import resolve_batch_size
+
+    assert resolve_batch_size("auto", n_samples, shorter_side=side) == expected
+    assert resolve_batch_size("auto", n_samples, shorter_side=15) == max(
+        expected, min(64, n_samples))
 
 
 def test_auto_batch_of_a_partial_fit_chunk_and_explicit_values():
@@ -277,3 +291,14 @@ def test_fitted_batch_size_and_the_learning_rate_follow_it(digits):
     assert est.batch_size_ == 64  # 400 samples
     assert est.history_["lr"].iloc[0] <= 0.06 * 64 / 256 + 1e-12  # lr="auto" follows it
     assert _small(max_epochs=1).set_params(batch_size=100).fit(X).batch_size_ == 100
+
+
+@pytest.mark.filterwarnings("ignore::skcueco.training.run.TrainingCollapseWarning")
+def test_fitted_auto_batch_reads_the_shorter_image_side(digits):
+    X, _ = digits
+    X16 = np.repeat(np.repeat(X.reshape(-1, 8, 8)[:96], 2, axis=1), 2, axis=2)  # 16x16
+    est = _small(max_epochs=1).set_params(batch_size="auto").fit(X16)
+    assert est.batch_size_ == 32
+    assert est.history_["lr"].iloc[0] <= 0.06 * 32 / 256 + 1e-12
+    tall = np.repeat(X.reshape(-1, 8, 8)[:96], 4, axis=1)  # 32x8: the shorter side counts
+    assert _small(max_epochs=1).set_params(batch_size="auto").fit(tall).batch_size_ == 64
