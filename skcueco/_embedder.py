@@ -222,8 +222,9 @@ class CueCoEmbedder(
         process under ``torchrun``, where the learning rate follows the
         global batch ``batch_size * world_size``. ``"auto"``: 256 when an
         epoch then has at least 120 steps (30,720 training images or
-        more), else 128 (15,360 or more), else 64: data sets of fewer
-        images need more steps per epoch. One ``partial_fit`` call uses
+        more), else 128 (15,360 or more), else 64 (7,680 or more), else 32
+        for images of 16 pixels and more and 64 for smaller images and
+        vectors: data sets of fewer images need more steps per epoch. One ``partial_fit`` call uses
         256 rows at most. The value used is ``batch_size_``.
     max_epochs : int, default=100
         Number of passes over the data.
