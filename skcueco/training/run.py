@@ -58,8 +58,9 @@ AUTO_BATCH_32_MIN_SIDE = 16
 used; vectors and smaller images stop at 64. On the 8x8 digits batches of 32
 lost ``predict`` NMI at 40 epochs and made a CPU fit about 1.3 times as long
 (a step's fixed costs outweigh its small convolutions); on images of 28 and
-32 pixels they gained or were level, at the same fit time
-(docs/method_results.rst, "Batches of 32 on images of 16 pixels and more")."""
+32 pixels they gained or were level at 20 and 40 epochs, for 1.06 to 1.2
+times the fit time (docs/method_results.rst, "Batches of 32 on images of 16
+pixels and more")."""
 AUTO_WARMUP_FRACTION = 0.15
 """``cluster_warmup="auto"``: this fraction of ``max_epochs``, rounded down."""
 AUTO_RAMP_FRACTION = 0.1
