@@ -51,7 +51,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clusters import GRAPH_NEIGHBOURS, clustering_scores  # noqa: E402
-from quality import load_dataset, scaled_inputs  # noqa: E402
+from quality import DATASETS, dataset_label, load_dataset, scaled_inputs  # noqa: E402
 
 from skcueco import CueCoEmbedder  # noqa: E402
 from skcueco import _readout  # noqa: E402
@@ -172,8 +172,15 @@ def kept_models(args):
     ``MODEL_NAME``, of the data sets ``args.datasets`` (all when empty)."""
     for path in sorted(args.models.iterdir()):
         match = MODEL_NAME.match(path.name)
-        if match and (not args.datasets or match["dataset"] in args.datasets):
+        if match and (not args.datasets or match["dataset"] in _sources(args)):
             yield path, match
+
+
+def _sources(args):
+    """What ``load_dataset`` reads for each data set name of ``args.datasets``:
+    a built-in set by its name, a file of one's own (``*.npz``) by its stem,
+    as ``clusters.py`` names its models."""
+    return {dataset_label(d): d for d in args.datasets}
 
 
 def run(args):
@@ -181,7 +188,11 @@ def run(args):
     for path, match in kept_models(args):
         name = match["dataset"]
         if name not in cache:
-            cache[name] = load_dataset(name, quick=args.quick)
+            source = _sources(args).get(name, name)
+            if source not in DATASETS and not source.endswith(".npz"):
+                raise ValueError(f"{path.name} is a model of {name!r}, not a built-in data set: "
+                                 f"give its file with --datasets {name}.npz (its path)")
+            cache[name] = load_dataset(source, quick=args.quick)
         for row in measure(path, cache[name]):
             rows.append({"dataset": name, "epochs": int(match["epochs"]),
                          "method": match["method"], "seed": int(match["seed"]), **row})
@@ -218,7 +229,9 @@ def kept_models_cli(argv, doc, run, markdown):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--models", type=Path, required=True)
-    p.add_argument("--datasets", default="", help="comma-separated; default: every model found")
+    p.add_argument("--datasets", default="",
+                   help="comma-separated names, or .npz files of one's own as given to "
+                        "clusters.py; default: every model of a built-in set found")
     p.add_argument("--threads", type=int, default=None,
                    help="torch and BLAS threads (default: as they are; the spectral "
                         "read-out can change with the BLAS thread count)")

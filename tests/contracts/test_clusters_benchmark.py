@@ -209,3 +209,12 @@ def test_a_data_set_of_ones_own_from_an_npz_file(clusters, tmp_path):
     assert sorted(p.name for p in models.iterdir()) == ["my_digits_2ep_cueco_seed0.skc"]
     with pytest.raises(SystemExit):
         clusters.main(["--quick", "--datasets", "nonesuch"])
+    # benchmarks/readouts.py reads those models again, given the same file
+    readouts = _load("readouts")
+    again = readouts.main(["--quick", "--models", str(models), "--datasets", str(whole)])
+    default = again[again.measure == "graph (default)"]
+    assert set(again.dataset) == {"my_digits"} and len(default) == 1
+    assert default.nmi.iloc[0] == pytest.approx(
+        frame.loc[frame.method == "cueco graph", "NMI"].iloc[0])
+    with pytest.raises(ValueError, match="give its file with --datasets my_digits.npz"):
+        readouts.main(["--quick", "--models", str(models)])
