@@ -203,8 +203,11 @@ class CueCoEmbedder(
             default="auto"
         How the two views are made. ``"auto"`` chooses from the input: the RGB
         recipe for 3 channels, the grayscale recipe for 1, Gaussian noise with
-        feature masking for vectors. A callable receives a float batch and
-        returns a batch of the same shape.
+        feature masking for vectors. The grayscale recipe does not mirror
+        the views (a mirrored digit is another symbol); for grayscale images
+        of things whose mirror image is the same class, pass
+        ``skcueco.augment.grayscale_augmentation(flip=True)``. A callable
+        receives a float batch and returns a batch of the same shape.
     image_shape : "auto", None or tuple of int, default="auto"
         Only used for 2-D array input. How to read it. ``(H, W)`` or ``(H, W, C)`` reads each row as an
         image flattened in that order. ``None`` reads rows as plain vectors.

@@ -18,7 +18,7 @@ def _image_side(image_size):
     return int(h), int(w)
 
 
-def rgb_augmentation(image_size):
+def rgb_augmentation(image_size, *, flip=True):
     """CueCo's augmentation recipe for RGB images.
 
     Random resized crop (scale 0.2-1.0), horizontal flip, colour jitter
@@ -30,6 +30,9 @@ def rgb_augmentation(image_size):
     ----------
     image_size : int or tuple of int
         Side, or ``(height, width)``, of the images.
+    flip : bool, default=True
+        Mirror half of the views horizontally. Turn it off for images whose
+        mirror is another class (text, signs).
 
     Returns
     -------
@@ -39,7 +42,7 @@ def rgb_augmentation(image_size):
     h, w = _image_side(image_size)
     return ImageAugmentation(
         crop_scale=(0.2, 1.0),
-        flip=True,
+        flip=flip,
         color_jitter=(0.4, 0.4, 0.4, 0.1),
         jitter_p=0.8,
         grayscale_p=0.2,
@@ -48,28 +51,46 @@ def rgb_augmentation(image_size):
     )
 
 
-def grayscale_augmentation(image_size=None):
+def grayscale_augmentation(image_size=None, *, flip=False):
     """Augmentation recipe for small grayscale images (digits).
 
     A mild crop (scale 0.5-1.0: a digit is a few pixels and a small crop
     loses it), a small affine (rotation up to 10 degrees, shift up to 10 %),
     brightness and contrast jitter (0.4, 0.4) with probability 0.8 and
-    Gaussian noise of std 0.05. No flip: a mirrored digit is another symbol.
+    Gaussian noise of std 0.05. No flip by default: a mirrored digit is
+    another symbol.
 
     Parameters
     ----------
     image_size : int or tuple of int or None, default=None
         Accepted for symmetry with :func:`rgb_augmentation`; the recipe does
         not depend on it.
+    flip : bool, default=False
+        Mirror half of the views horizontally. Turn it on for grayscale
+        images of things whose mirror image is the same class (animals,
+        objects, clothes): otherwise the embedding keeps which way
+        each one faces, and ``predict``'s clusters split along it (see
+        "Real images: animal silhouettes" in the method results).
 
     Returns
     -------
     augmentation : ImageAugmentation
         The recipe, ready to be called as ``augmentation(x, generator)``.
+
+    Examples
+    --------
+    Grayscale photographs or silhouettes, whose mirror image is the same
+    thing, with the rest of the recipe ``augmentation="auto"`` gives them:
+
+    >>> from skcueco import CueCoEmbedder
+    >>> from skcueco.augment import grayscale_augmentation
+    >>> est = CueCoEmbedder(augmentation=grayscale_augmentation(flip=True))
+    >>> est.augmentation.flip, est.augmentation.crop_scale
+    (True, (0.5, 1.0))
     """
     return ImageAugmentation(
         crop_scale=(0.5, 1.0),
-        flip=False,
+        flip=flip,
         rotation=10.0,
         translate=0.1,
         color_jitter=(0.4, 0.4, 0.0, 0.0),

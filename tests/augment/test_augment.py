@@ -363,3 +363,31 @@ def test_cpu_generator_drives_gpu_batch():
         atol=1e-5,
         rtol=0,
     )
+
+
+@pytest.mark.parametrize(
+    "factory, c, default",
+    [(lambda **kw: grayscale_augmentation(28, **kw), 1, False),
+     (lambda **kw: rgb_augmentation(28, **kw), 3, True)],
+    ids=["grayscale", "rgb"],
+)
+def test_presets_flip_on_request_and_keep_the_rest(factory, c, default):
+    # an image whose ink is all in its left half: only a mirror moves it right
+    x = torch.zeros(64, c, 28, 28, dtype=torch.float32)
+    x[..., 4:24, 3:11] = 1.0
+    columns = torch.arange(28, dtype=torch.float32)
+
+    def right_share(flip):
+        views = factory(flip=flip)(x, _gen(3))
+        mass = views.sum(dim=(1, 2))  # (n, width)
+        centre = (mass * columns).sum(1) / mass.sum(1)
+        return (centre > 13.5).float().mean().item()
+
+    assert right_share(False) == 0.0
+    assert 0.25 < right_share(True) < 0.75
+    flipped, kept = factory(flip=True), factory(flip=False)
+    assert (flipped.flip, kept.flip) == (True, False)
+    assert factory().flip is default
+    assert repr(flipped).replace("flip=True", "flip=False") == repr(kept)
+    with pytest.raises(ValueError, match="flip must be a bool"):
+        factory(flip=1)
