@@ -26,6 +26,11 @@ ASSIGNMENTS = ("argmax", "sinkhorn")
 # that writes it and the exponential that reads it.
 CHUNK_ELEMENTS = 1 << 20
 
+# The logit given to a negative left out of InfoNCE: finite, so that a query
+# with every negative left out keeps finite values and gradients, and so far
+# below any similarity divided by a temperature that its exponential is 0.
+LEFT_OUT = -1e9
+
 
 def _float32(fn):
     """Run ``fn`` with autocast off, so its matmuls stay in float32.
@@ -53,10 +58,15 @@ class _QueueLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, negatives, chunk):
+    def forward(ctx, query, negatives, chunk, query_labels=None, negative_labels=None):
         blocks, parts = [], []
         for i in range(0, negatives.shape[0], chunk):
             logits = query @ negatives[i:i + chunk].T  # (N, C)
+            if query_labels is not None:
+                # a negative of the query's own label is left out: its
+                # logit sinks to where its exponential is 0
+                same = query_labels[:, None] == negative_labels[None, i:i + chunk]
+                logits.masked_fill_(same, LEFT_OUT)
             lse = torch.logsumexp(logits, dim=1)  # (N,)
             blocks.append(logits.sub_(lse[:, None]).exp_())  # chunk softmax
             parts.append(lse)
@@ -81,10 +91,10 @@ class _QueueLogSumExp(torch.autograd.Function):
             # only when the negatives require a gradient (never for a queue)
             grad_neg = torch.cat([block.T @ (query * weights[:, c:c + 1])
                                   for c, block in enumerate(blocks)])
-        return grad_q, grad_neg, None
+        return grad_q, grad_neg, None, None, None
 
 
-def queue_logsumexp(query, negatives):
+def queue_logsumexp(query, negatives, query_labels=None, negative_labels=None):
     """Row-wise ``logsumexp(query @ negatives.T)`` without the ``(N, K)`` block.
 
     Parameters
@@ -93,17 +103,24 @@ def queue_logsumexp(query, negatives):
         Float32 queries; gradients flow through them.
     negatives : Tensor of shape (n_negatives, dim)
         Float32 negatives (a queue: no gradient, unless they require one).
+    query_labels, negative_labels : LongTensor of shape (n_samples,) and (n_negatives,), default=None
+        When both are given, the negatives whose label is the query's are
+        left out of that query's sum (a row with none left sums to about
+        ``LEFT_OUT``, a finite value far below any similarity).
 
     Returns
     -------
     lse : Tensor of shape (n_samples,)
     """
     chunk = max(1, CHUNK_ELEMENTS // max(1, query.shape[0]))
-    return _QueueLogSumExp.apply(query, negatives, chunk)
+    if query_labels is None or negative_labels is None:
+        query_labels = negative_labels = None
+    return _QueueLogSumExp.apply(query, negatives, chunk, query_labels, negative_labels)
 
 
 @_float32
-def info_nce(query, positive_key, negatives=None, temperature=0.2):
+def info_nce(query, positive_key, negatives=None, temperature=0.2, *,
+             query_labels=None, negative_labels=None):
     """InfoNCE loss of queries against their positive keys.
 
     Parameters
@@ -118,6 +135,14 @@ def info_nce(query, positive_key, negatives=None, temperature=0.2):
         or empty, the other keys of the batch serve as negatives.
     temperature : float, default=0.2
         Softmax temperature tau.
+    query_labels : LongTensor of shape (n_samples,), default=None
+        A label per query (its cluster). With ``negative_labels``, the
+        negatives of the query's label are left out of its loss
+        (false-negative elimination, docs/method.rst); with in-batch
+        negatives the labels of the other keys of the batch are
+        ``query_labels`` themselves, and ``negative_labels`` is not read.
+    negative_labels : LongTensor of shape (n_negatives,), default=None
+        A label per row of ``negatives``.
 
     Returns
     -------
@@ -152,6 +177,10 @@ def info_nce(query, positive_key, negatives=None, temperature=0.2):
     if negatives is None or negatives.shape[0] == 0:
         logits = query @ positive_key.T / temperature  # (N, N)
         target = torch.arange(query.shape[0], device=query.device)  # (N,)
+        if query_labels is not None:
+            same = query_labels[:, None] == query_labels[None, :]
+            same.fill_diagonal_(False)  # the positive stays
+            logits = logits.masked_fill(same, LEFT_OUT)
         return F.cross_entropy(logits, target)
     # Cross-entropy with the positive in column 0 of [l_pos | l_neg] is
     # logsumexp([l_pos, l_neg]) - l_pos. Scaling the (N, D) query once instead
@@ -161,7 +190,9 @@ def info_nce(query, positive_key, negatives=None, temperature=0.2):
     # (``benchmarks/throughput.py --queue``).
     query = query / temperature  # (N, D)
     l_pos = (query * positive_key).sum(dim=1)  # (N,)
-    lse_neg = queue_logsumexp(query, negatives.float())  # (N,)
+    if query_labels is None:
+        negative_labels = None
+    lse_neg = queue_logsumexp(query, negatives.float(), query_labels, negative_labels)  # (N,)
     return (torch.logaddexp(l_pos, lse_neg) - l_pos).mean()
 
 

@@ -219,7 +219,8 @@ class CueCoModel(nn.Module):
         return F.normalize(k, dim=1)  # (N, D)
 
     # -- losses ---------------------------------------------------------------
-    def training_step(self, v1, v2, cluster_weight=0.0, *, encoders=None):
+    def training_step(self, v1, v2, cluster_weight=0.0, *, encoders=None,
+                      drop_cluster_negatives=False):
         """Loss of one batch of two views.
 
         Parameters
@@ -234,6 +235,9 @@ class CueCoModel(nn.Module):
             model's own (e.g. compiled, DistributedDataParallel or
             shuffled-BatchNorm versions: ``TrainingEncoders`` of
             ``skcueco.training.parallel``); None: the model itself. The method stays the same.
+        drop_cluster_negatives : bool, default=False
+            Leave out of each query's negatives those of its cluster
+            (:meth:`loss`).
 
         Returns
         -------
@@ -250,9 +254,10 @@ class CueCoModel(nn.Module):
         # faster before the query activations fill the memory
         k1, k2 = encoders.encode_key(v1), encoders.encode_key(v2)  # (N, D) each
         z1, z2 = encoders.encode_query(v1), encoders.encode_query(v2)  # (N, D) each
-        return self.loss(z1, z2, k1, k2, cluster_weight)
+        return self.loss(z1, z2, k1, k2, cluster_weight,
+                         drop_cluster_negatives=drop_cluster_negatives)
 
-    def loss(self, z1, z2, k1, k2, cluster_weight=0.0):
+    def loss(self, z1, z2, k1, k2, cluster_weight=0.0, *, drop_cluster_negatives=False):
         """``L_con + lambda * L_clu`` of queries and keys (docs/method.rst, eq. 1-3).
 
         The queries of each view are contrasted with the keys of the other
@@ -271,6 +276,14 @@ class CueCoModel(nn.Module):
             Weight ``lambda`` of the clustering term; 0 gives MoCo v2 and
             leaves the centroids unread. Pass a positive weight only once
             the centroids are initialised.
+        drop_cluster_negatives : bool, default=False
+            With ``cluster_weight > 0``, leave out of each query's
+            negatives those assigned to its cluster: the cluster the
+            clustering term pulls it towards (that of its positive key)
+            and, for each negative, its own assignment by the same rule
+            (:meth:`CentroidBank.assign_main`), made again at each step
+            (docs/method.rst, "Same-cluster negatives"). Without the
+            clustering term it changes nothing: MoCo v2 has no clusters.
 
         Returns
         -------
@@ -285,14 +298,23 @@ class CueCoModel(nn.Module):
         """
         # no copy needed: the queue is only overwritten after backward()
         negatives = self.queue.keys if self.queue.keys.shape[0] else None
-        l_con = 0.5 * (
-            info_nce(z1, k2, negatives, self.temperature)
-            + info_nce(z2, k1, negatives, self.temperature)
-        )
         # the caller passes cluster_weight > 0 only once the centroids exist
+        a1 = a2 = queue_labels = None  # the clusters z1 and z2 are pulled towards
+        if cluster_weight > 0:
+            with torch.no_grad():
+                a1, a2 = self.bank.assign_main(k2), self.bank.assign_main(k1)
+                if drop_cluster_negatives and negatives is not None:
+                    queue_labels = self.bank.assign_main(negatives)
+        labels = drop_cluster_negatives and cluster_weight > 0
+        l_con = 0.5 * (
+            info_nce(z1, k2, negatives, self.temperature,
+                     query_labels=a1 if labels else None, negative_labels=queue_labels)
+            + info_nce(z2, k1, negatives, self.temperature,
+                       query_labels=a2 if labels else None, negative_labels=queue_labels)
+        )
         if cluster_weight > 0:
             l_clu = 0.5 * (
-                self._cluster_term(z1, k2) + self._cluster_term(z2, k1)
+                self._cluster_term(z1, k2, a1) + self._cluster_term(z2, k1, a2)
             )
         else:
             l_clu = torch.zeros((), device=l_con.device)
@@ -300,8 +322,11 @@ class CueCoModel(nn.Module):
         parts = {"contrastive": l_con.detach(), "clustering": l_clu.detach()}
         return loss, parts, (k1.float(), k2.float())
 
-    def _cluster_term(self, z, k_other):
-        term = self._term_against(z, self.bank.centroids, self.bank.assign_main(k_other))
+    def _cluster_term(self, z, k_other, assigned=None):
+        # assigned: the cluster of k_other (bank.assign_main), which z is pulled towards
+        if assigned is None:
+            assigned = self.bank.assign_main(k_other)
+        term = self._term_against(z, self.bank.centroids, assigned)
         if self.bank.overclusters_on:
             # the mean over the two sets: the finer one shapes the embedding
             # without outweighing the K centroids predict uses

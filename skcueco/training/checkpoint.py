@@ -323,9 +323,10 @@ def read_checkpoint(path):
     return state
 
 
-TRAINED_BEFORE = {"cluster_targets": "centroids"}
+TRAINED_BEFORE = {"cluster_targets": "centroids", "cluster_negatives": "keep"}
 """Settings that checkpoints of versions without them trained with: they are
-compared as if recorded (the default ``cluster_targets`` trains otherwise)."""
+compared as if recorded (the default ``cluster_targets`` trains otherwise,
+and ``cluster_negatives="drop"`` would)."""
 
 LOADED_BEFORE = {**TRAINED_BEFORE, "embedding_space": "features"}
 """Settings that model files and pickles of versions without them behaved

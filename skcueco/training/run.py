@@ -65,6 +65,13 @@ AUTO_WARMUP_FRACTION = 0.15
 """``cluster_warmup="auto"``: this fraction of ``max_epochs``, rounded down."""
 AUTO_RAMP_FRACTION = 0.1
 """``cluster_ramp="auto"``: this fraction of ``max_epochs``, rounded down."""
+DROP_NEGATIVES_FRACTION = 0.5
+"""``cluster_negatives="drop"``: the negatives of a query's cluster are left out
+from this fraction of ``max_epochs`` on (rounded down), once the clusters are
+purer than at the end of the warm-up: left out from the warm-up on, images of
+two classes that share an early cluster stop being pushed apart
+(docs/method_results.rst, "Same-cluster negatives left out of the
+contrastive term")."""
 GRAPH_REFRESH_EPOCHS = 3
 """With graph targets, the key projections' graph clusters are read again every
 this many epochs (from the first epoch with the clustering term on): each
@@ -543,6 +550,9 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         step_offset=start.step_offset(),
         graph_targets=graph_targets,
         graph_refresh=GRAPH_REFRESH_EPOCHS,
+        drop_negatives_from=(resolve_epochs_fraction(
+            "auto", optim.max_epochs, DROP_NEGATIVES_FRACTION)
+            if clustering.negatives == "drop" else None),
     )
     trainer = Trainer(
         device=device, max_epochs=start.done_epochs() + n_epochs, callbacks=callbacks,

@@ -59,6 +59,10 @@ class ClusterSpec:
     loss: str
     temperature: float
     momentum: float
+    negatives: str
+    """``"keep"``: every queue key is a negative; ``"drop"``: from
+    ``DROP_NEGATIVES_FRACTION`` of the run on, those of the query's cluster
+    are left out of the contrastive term."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ PARAMETERS = {
     "cluster_loss": ("clustering", "loss"),
     "cluster_temperature": ("clustering", "temperature"),
     "cluster_momentum": ("clustering", "momentum"),
+    "cluster_negatives": ("clustering", "negatives"),
     "batch_size": ("optim", "batch_size"),
     "max_epochs": ("optim", "max_epochs"),
     "lr": ("optim", "lr"),

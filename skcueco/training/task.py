@@ -70,13 +70,19 @@ class CueCoTask:
     graph_refresh : int, default=1
         Epochs between two computations of ``graph_targets``. The targets in
         use are part of the task's state, so a resumed run goes on with them.
+    drop_negatives_from : int or None, default=None
+        The epoch from which the negatives of each query's cluster are left
+        out of the contrastive term, while the clustering term is on
+        (``drop_cluster_negatives`` of
+        :meth:`~skcueco.nn.model.CueCoModel.training_step`); None: never.
     """
 
     def __init__(self, model, preprocess, augmentation, generator, *, total_steps,
                  key_momentum, cluster_weight, cluster_warmup, cluster_update,
                  key_features, reseed_after, loader_generator=None,
                  channels_last=False, sampler=None, encoders=None, final_momentum=1.0,
-                 step_offset=0, cluster_ramp=0, graph_targets=None, graph_refresh=1):
+                 step_offset=0, cluster_ramp=0, graph_targets=None, graph_refresh=1,
+                 drop_negatives_from=None):
         self.model = model
         self.preprocess = preprocess
         self.augmentation = augmentation
@@ -96,6 +102,7 @@ class CueCoTask:
         self.step_offset = step_offset
         self.graph_targets = graph_targets
         self.graph_refresh = graph_refresh
+        self.drop_negatives_from = drop_negatives_from
         self.n_reseeded = 0
         self._keys = None
         # a state written before the over-clustering set existed: its set is
@@ -155,8 +162,9 @@ class CueCoTask:
         if self.channels_last:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
+        drop = self.drop_negatives_from is not None and epoch >= self.drop_negatives_from
         loss, parts, self._keys = self.model.training_step(
-            v1, v2, self.current_weight, encoders=self.encoders)
+            v1, v2, self.current_weight, encoders=self.encoders, drop_cluster_negatives=drop)
         return loss, parts
 
     def after_optimizer_step(self, step):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skcueco.nn.losses import cluster_pull, sinkhorn_assign
+from skcueco.nn.losses import cluster_pull, info_nce, sinkhorn_assign
 from skcueco.nn.model import CueCoModel
 
 N_FEATURES = 12
@@ -396,3 +396,43 @@ def test_project_and_predict_clusters_shapes():
     assert torch.equal(labels, (proj @ model.centroids.T).argmax(1))
     feats = model(x)
     assert feats.shape == (7, FEATURE_DIM)
+
+
+# ----------------------------------------------------------------------------- same-cluster negatives
+
+
+@pytest.mark.parametrize("queue_size", [16, 0])
+def test_dropping_cluster_negatives_without_the_clustering_term_is_moco_v2(queue_size):
+    model = _ready_model(queue_size=queue_size)
+    v1, v2 = _views()
+    expected, _ = _moco_hand(model, v1, v2)
+    loss, _, _ = model.training_step(v1, v2, 0.0, drop_cluster_negatives=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_dropped_cluster_negatives_are_those_the_clustering_term_assigns_the_query():
+    model = _ready_model(cluster_loss="proto")
+    v1, v2 = _views()
+    kept, kept_parts, _ = model.training_step(v1, v2, 1.0)
+    loss, parts, _ = model.training_step(v1, v2, 1.0, drop_cluster_negatives=True)
+    # the clustering term is the same; the contrastive term is InfoNCE of each
+    # query against the queue keys of clusters other than its positive key's
+    torch.testing.assert_close(parts["clustering"], kept_parts["clustering"])
+    z1, z2 = model.encode_query(v1), model.encode_query(v2)
+    k1, k2 = model.encode_key(v1), model.encode_key(v2)
+    queue = model.queue.keys
+    queue_labels = model.bank.assign_main(queue)
+
+    def hand(z, k):
+        a = model.bank.assign_main(k)
+        return sum(info_nce(z[i:i + 1], k[i:i + 1], queue[queue_labels != a[i]],
+                            model.temperature) for i in range(z.shape[0])) / z.shape[0]
+
+    expected = 0.5 * (hand(z1, k2) + hand(z2, k1))
+    torch.testing.assert_close(parts["contrastive"], expected.detach(), rtol=1e-5, atol=1e-6)
+    # with 3 clusters some of the 16 queue keys share a query's cluster: a
+    # query has fewer negatives, so a lower loss
+    assert float(parts["contrastive"]) < float(kept_parts["contrastive"])
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.query_parameters()
+               if p.grad is not None)

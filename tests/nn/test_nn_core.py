@@ -418,3 +418,56 @@ def test_losses_compute_in_float32_inside_autocast():
         assert (q @ neg.T).dtype == torch.bfloat16  # autocast is on here
     for a, b in zip(plain, inside):
         assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- negatives left out
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 3])
+def test_info_nce_leaves_out_the_negatives_of_the_query_label(chunk, monkeypatch):
+    # the loss and gradient of each query equal InfoNCE against only the
+    # negatives whose label differs from its own, chunked or not
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk * 5)
+    q = _unit(5, 8, seed=1).requires_grad_()
+    k = _unit(5, 8, seed=2)
+    queue = _unit(9, 8, seed=3)
+    q_labels = torch.tensor([0, 1, 2, 0, 3])
+    n_labels = torch.tensor([0, 0, 1, 2, 1, 0, 2, 2, 1])
+    got = info_nce(q, k, queue, 0.2, query_labels=q_labels, negative_labels=n_labels)
+    (grad,) = torch.autograd.grad(got, q)
+    expected = sum(info_nce(q[i:i + 1], k[i:i + 1], queue[n_labels != q_labels[i]], 0.2)
+                   for i in range(5)) / 5
+    (expected_grad,) = torch.autograd.grad(expected, q)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(grad, expected_grad)
+    # a label no negative has (3) leaves every negative in
+    torch.testing.assert_close(
+        info_nce(q[4:], k[4:], queue, 0.2, query_labels=q_labels[4:], negative_labels=n_labels),
+        info_nce(q[4:], k[4:], queue, 0.2))
+    # without labels nothing changes
+    torch.testing.assert_close(info_nce(q, k, queue, 0.2, query_labels=q_labels),
+                               info_nce(q, k, queue, 0.2))
+
+
+def test_info_nce_with_every_negative_left_out_is_finite():
+    q = _unit(4, 8, seed=1).requires_grad_()
+    k = _unit(4, 8, seed=2)
+    same = torch.zeros(4, dtype=torch.long)
+    loss = info_nce(q, k, _unit(6, 8, seed=3), 0.2, query_labels=same,
+                    negative_labels=torch.zeros(6, dtype=torch.long))
+    (grad,) = torch.autograd.grad(loss, q)
+    assert float(loss) == 0.0  # only the positive is left: nothing to tell apart
+    assert torch.isfinite(grad).all()
+
+
+def test_info_nce_in_batch_leaves_out_the_other_keys_of_the_query_label():
+    q = _unit(6, 8, seed=1)
+    k = _unit(6, 8, seed=2)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0])
+    got = info_nce(q, k, None, 0.5, query_labels=labels)
+    logits = q @ k.T / 0.5
+    expected = torch.stack([
+        torch.logsumexp(logits[i][(labels != labels[i]) | (torch.arange(6) == i)], 0) - logits[i, i]
+        for i in range(6)]).mean()
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, info_nce(q, k, None, 0.5))

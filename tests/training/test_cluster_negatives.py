@@ -1,0 +1,88 @@
+"""cluster_negatives="drop": a query's cluster is left out of its negatives from half-way on.
+
+Fits use 300 digits, batches of 64 and 4 epochs on the CPU (warm-up 1
+epoch), so the negatives of a query's cluster are left out in epochs 2 and 3
+(``DROP_NEGATIVES_FRACTION`` of 4 epochs).
+"""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+from sklearn.datasets import load_digits
+from sklearn.utils._param_validation import InvalidParameterError
+
+from skcueco import CueCoEmbedder
+from skcueco.callbacks import Callback
+from skcueco.nn.model import CueCoModel
+from skcueco.training.run import DROP_NEGATIVES_FRACTION
+
+PARAMS = dict(
+    max_epochs=4, batch_size=64, hidden_dim=64, projection_dim=32, queue_size=128,
+    n_clusters=5, cluster_warmup=1, cluster_ramp=0, random_state=0, device="cpu",
+)
+
+
+def params(**overrides):
+    return {**PARAMS, **overrides}
+
+
+@pytest.fixture(scope="module")
+def X():
+    return load_digits().data[:300]
+
+
+@pytest.fixture(scope="module")
+def dropped(X):
+    return CueCoEmbedder(**params(cluster_negatives="drop")).fit(X)
+
+
+class EpochSpy(Callback):
+    def __init__(self):
+        self.epoch = None
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.epoch = epoch
+
+
+def _flags_by_epoch(X, monkeypatch, **overrides):
+    """{epoch: set of drop_cluster_negatives values its steps passed the model}."""
+    spy, seen = EpochSpy(), {}
+    original = CueCoModel.training_step
+
+    def recording(self, v1, v2, cluster_weight=0.0, **kwargs):
+        seen.setdefault(spy.epoch, set()).add(kwargs.get("drop_cluster_negatives", False))
+        return original(self, v1, v2, cluster_weight, **kwargs)
+
+    monkeypatch.setattr(CueCoModel, "training_step", recording)
+    CueCoEmbedder(**params(callbacks=[spy], **overrides)).fit(X)
+    return seen
+
+
+def test_negatives_are_dropped_from_half_way_on(X, monkeypatch):
+    assert DROP_NEGATIVES_FRACTION == 0.5
+    seen = _flags_by_epoch(X, monkeypatch, cluster_negatives="drop")
+    assert seen == {0: {False}, 1: {False}, 2: {True}, 3: {True}}
+    kept = _flags_by_epoch(X, monkeypatch)
+    assert kept == {0: {False}, 1: {False}, 2: {False}, 3: {False}}
+
+
+def test_dropping_the_negatives_changes_the_training_reproducibly(dropped, X):
+    kept = CueCoEmbedder(**params()).fit(X)
+    assert not np.array_equal(dropped.transform(X), kept.transform(X))
+    again = CueCoEmbedder(**params(cluster_negatives="drop")).fit(X)
+    assert_array_equal(again.transform(X), dropped.transform(X))
+    assert np.isfinite(dropped.transform(X)).all()
+    assert dropped.get_params()["cluster_negatives"] == "drop"
+
+
+def test_without_the_clustering_term_dropping_changes_nothing(X):
+    # MoCo v2 has no clusters, so no negative is left out
+    moco = CueCoEmbedder(**params(cluster_weight=0.0)).fit(X)
+    moco_drop = CueCoEmbedder(**params(cluster_weight=0.0, cluster_negatives="drop")).fit(X)
+    assert_array_equal(moco_drop.transform(X), moco.transform(X))
+
+
+@pytest.mark.parametrize("value", ["all", True, None])
+def test_bad_cluster_negatives_is_refused_by_name(X, value):
+    with pytest.raises(InvalidParameterError, match="cluster_negatives"):
+        CueCoEmbedder(**params(cluster_negatives=value)).fit(X)
