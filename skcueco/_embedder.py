@@ -206,13 +206,15 @@ class CueCoEmbedder(
         clustering term assigns to a query's cluster (the one it pulls the
         query towards) are left out of that query's negatives, so that
         images of one cluster are no longer pushed apart (false-negative
-        elimination); each step then also assigns every key of the queue.
-        It makes the embedding itself more clustered (k-means on
-        ``transform`` gained 0.15 to 0.23 NMI on real handwriting and
-        generated shapes at 20 epochs) and ``predict`` gained up to 0.014
-        NMI on handwriting, but lost 0.019 on long-tailed digits, so it is
-        not the default (docs/method_results.rst, "Same-cluster negatives
-        left out of the contrastive term").
+        elimination). It makes the embedding itself more clustered
+        (k-means on ``transform`` gained 0.15 and 0.23 NMI on real
+        handwriting and generated shapes at 20 epochs); ``predict`` gained
+        up to 0.016 NMI on handwriting at 20 epochs and 0.008 to 0.014 on
+        five of six sets at 40, but lost 0.011 on long-tailed digits at 20
+        epochs, so it is not the default (docs/method_results.rst,
+        "Same-cluster negatives left out of the contrastive term"). Each
+        step from half-way on also assigns every key of the queue: about
+        0.1 s on one CPU core with a full queue of 4,096 keys.
     augmentation : {"auto", "rgb", "grayscale", "vector", "none"} or callable, \
             default="auto"
         How the two views are made. ``"auto"`` chooses from the input: the RGB
