@@ -209,8 +209,8 @@ class CueCoEmbedder(
         elimination). It makes the embedding itself more clustered
         (k-means on ``transform`` gained 0.15 and 0.23 NMI on real
         handwriting and generated shapes at 20 epochs); ``predict`` gained
-        up to 0.016 NMI on handwriting at 20 epochs and 0.008 to 0.014 on
-        five of six sets at 40, but lost 0.011 on long-tailed digits at 20
+        up to 0.016 NMI on handwriting at 20 epochs and 0.008 to 0.022 on
+        six of eight sets at 40, but lost 0.011 on long-tailed digits at 20
         epochs, so it is not the default (docs/method_results.rst,
         "Same-cluster negatives left out of the contrastive term"). Each
         step from half-way on also assigns every key of the queue: about
