@@ -71,6 +71,14 @@ CPU, small CNN on 32 px RGB, against an older checkout::
     python benchmarks/throughput.py --device cpu --backbone small_cnn \\
         --batch-size 256 --n-samples 2048 --epochs 1 --rounds 5 --compare-to /tmp/base
 
+Fits of a quality data set, with an option of the estimator set on both
+sides (here ``cluster_negatives="drop"``, which leaves out negatives in the
+second of the 2 epochs; ``all.npz`` is an image set of one's own)::
+
+    python benchmarks/throughput.py --device cpu --backbone auto --threads 1 \\
+        --dataset all.npz --batch-size 256 --epochs 2 --rounds 3 --no-transform \\
+        --set cluster_negatives=drop --set queue_size=4096 --compare-to /tmp/base
+
 CPU precision and the decoded-image cache, as measured for docs/training.rst
 and docs/inputs.rst::
 
@@ -177,6 +185,13 @@ def parse_args(argv=None):
                         "them are transformed); --cluster-targets: the first of each set")
     p.add_argument("--no-transform", action="store_true",
                    help="default mode: skip the transform comparison")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="default mode and --compare-to: fit the training split of this "
+                        "quality data set (benchmarks/quality.py: a name or an .npz file) "
+                        "instead of random RGB images")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="default mode and --compare-to: a parameter of the timed "
+                        "estimator, e.g. cluster_negatives=drop (repeatable)")
     p.add_argument("--fit-once", action="store_true",
                    help="internal (--compare-to): time one fit, print JSON")
     p.add_argument("--quick", action="store_true",
@@ -261,8 +276,19 @@ def make_estimator(args, **overrides):
         "amp": amp_param(args.amp), "channels_last": channels_last_param(args.channels_last),
         "device": args.device, "random_state": 0,
     }
+    params.update(settings(args))
     params.update(overrides)
     return CueCoEmbedder(**params)
+
+
+def settings(args):
+    """The ``--set`` parameters, values read as Python literals where they are."""
+    if not args.set:
+        return {}
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from clusters import parse_setting
+
+    return dict(parse_setting(text) for text in args.set)
 
 
 def fit_rate(X, args, device, **overrides):
@@ -840,11 +866,11 @@ def main_folder(args):
     return ratio
 
 
-def main_compare(args):
+def main_compare(args, argv=None):
     """``fit`` of this tree against the tree at ``--compare-to``, fresh processes."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     trees = {"this tree": here, f"tree at {args.compare_to}": args.compare_to}
-    forwarded = [a for a in sys.argv[1:] if a != "--fit-once"]
+    forwarded = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--fit-once"]
     i = forwarded.index("--compare-to")
     forwarded = forwarded[:i] + forwarded[i + 2:]
 
@@ -863,7 +889,7 @@ def main_compare(args):
 def main(argv=None):
     args = parse_args(argv)
     if args.compare_to and not args.fit_once:
-        return main_compare(args)
+        return main_compare(args, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu":
@@ -884,7 +910,13 @@ def main(argv=None):
             device.type == "cpu" and args.backbone in ("auto", "small_cnn", "resnet18",
                                                        "resnet50"))))
     torch.backends.cudnn.benchmark = True  # what a hand-written loop would set
-    X = synthetic_images(args.n_samples, args.image_size)
+    if args.dataset:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from quality import load_dataset
+
+        X = load_dataset(args.dataset)[0]
+    else:
+        X = synthetic_images(args.n_samples, args.image_size)
     if args.fit_once:
         import skcueco
         rate = fit_rate(X, args, device)

@@ -79,6 +79,11 @@ class CueCoModel(nn.Module):
         assignment, initialisation, online update, re-seeding and refinement
         (:mod:`skcueco.nn.centroids`). Their buffers keep their names in the
         state dict (``centroids``, ``overclusters``, ...).
+    step_labels : tuple of torch.LongTensor or None
+        ``(labels of k1, labels of k2)``, each ``(N,)``: the clusters the
+        last :meth:`loss` assigned its keys (the clusters the other view's
+        queries are pulled towards); None when it had no clustering term.
+        What :meth:`enqueue` stores beside the keys.
 
     Notes
     -----
@@ -135,6 +140,7 @@ class CueCoModel(nn.Module):
         for p in self.key_parameters():
             p.requires_grad_(False)
         self.queue = KeyQueue(queue_size, projection_dim, generator=generator)
+        self.step_labels = None
         self._register_state_dict_hook(_bank_keys_unprefixed)
 
     # -- state dict: the bank's buffers keep the names they had as the model's
@@ -278,10 +284,12 @@ class CueCoModel(nn.Module):
             the centroids are initialised.
         drop_cluster_negatives : bool, default=False
             With ``cluster_weight > 0``, leave out of each query's
-            negatives those assigned to its cluster: the cluster the
-            clustering term pulls it towards (that of its positive key)
-            and, for each negative, its own assignment by the same rule
-            (:meth:`CentroidBank.assign_main`), made again at each step
+            negatives those of its cluster: the cluster the clustering term
+            pulls it towards (that of its positive key), against the label
+            each queue key was stored with (``queue.labels``: its own
+            assignment by the same rule when it was queued, see
+            :meth:`enqueue` and :meth:`label_queue`); with
+            ``queue_size=0``, the other keys of the batch, assigned now
             (docs/method.rst, "Same-cluster negatives"). Without the
             clustering term it changes nothing: MoCo v2 has no clusters.
 
@@ -300,12 +308,15 @@ class CueCoModel(nn.Module):
         negatives = self.queue.keys if self.queue.keys.shape[0] else None
         # the caller passes cluster_weight > 0 only once the centroids exist
         a1 = a2 = queue_labels = None  # the clusters z1 and z2 are pulled towards
+        self.step_labels = None
         if cluster_weight > 0:
             with torch.no_grad():
                 a1, a2 = self.bank.assign_main(k2), self.bank.assign_main(k1)
-                if drop_cluster_negatives and negatives is not None:
-                    queue_labels = self.bank.assign_main(negatives)
+            # k1's cluster is the one z2 is pulled towards, and k2's z1's
+            self.step_labels = (a2, a1)
         labels = drop_cluster_negatives and cluster_weight > 0
+        if labels and negatives is not None:
+            queue_labels = self.queue.labels
         l_con = 0.5 * (
             info_nce(z1, k2, negatives, self.temperature,
                      query_labels=a1 if labels else None, negative_labels=queue_labels)
@@ -358,7 +369,7 @@ class CueCoModel(nn.Module):
         ema_update(self.projector_k, self.projector_q, momentum)
 
     @torch.no_grad()
-    def enqueue(self, keys):
+    def enqueue(self, keys, labels=None):
         """Push keys into the FIFO queue, over its oldest entries.
 
         Parameters
@@ -367,8 +378,24 @@ class CueCoModel(nn.Module):
             Key projections, stored detached in the queue's dtype; when ``M``
             exceeds the queue size only the last keys are kept. Nothing is
             stored with ``queue_size=0``.
+        labels : torch.LongTensor of shape (M,), default=None
+            The cluster of each key (``step_labels`` of the step that
+            computed them), stored beside it for
+            ``drop_cluster_negatives``; None: unlabelled.
         """
-        self.queue.enqueue(keys)
+        self.queue.enqueue(keys, labels)
+
+    @torch.no_grad()
+    def label_queue(self):
+        """Assign every queued key to a cluster now, by :meth:`CentroidBank.assign_main`.
+
+        The labels ``drop_cluster_negatives`` compares with: needed when
+        the queue was filled without them, or when the centroids or the
+        graph targets have been replaced (the clusters' numbering may
+        change); afterwards :meth:`enqueue` keeps them up to date.
+        """
+        if self.queue.size:
+            self.queue.labels.copy_(self.bank.assign_main(self.queue.keys))
 
     # -- centroids: the bank's verbs the fitting code calls --------------------
     @torch.no_grad()

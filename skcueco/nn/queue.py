@@ -6,6 +6,9 @@ from torch import nn
 
 __all__ = ["KeyQueue"]
 
+UNLABELLED = -1
+"""Label of a queued key written without one; it matches no cluster."""
+
 
 class KeyQueue(nn.Module):
     """Ring buffer of L2-normalised key features.
@@ -33,6 +36,10 @@ class KeyQueue(nn.Module):
         ``ptr``.
     ptr : Tensor of shape ()
         Long tensor, index of the next row to overwrite.
+    labels : Tensor of shape (size,)
+        Long tensor, the cluster each stored key was assigned when it was
+        written (``enqueue(keys, labels)``), or ``UNLABELLED`` (-1): rows
+        written without labels and the random rows the queue starts with.
 
     Examples
     --------
@@ -62,9 +69,15 @@ class KeyQueue(nn.Module):
         keys = torch.randn(size, dim, generator=generator, device=generator.device)
         self.register_buffer("keys", F.normalize(keys, dim=1).cpu())
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("labels", torch.full((size,), UNLABELLED, dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # states written before the labels existed: every row unlabelled
+        state_dict.setdefault(prefix + "labels", torch.full_like(self.labels, UNLABELLED))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
-    def enqueue(self, keys):
+    def enqueue(self, keys, labels=None):
         """Write a batch of keys over the oldest entries.
 
         Parameters
@@ -74,11 +87,17 @@ class KeyQueue(nn.Module):
             size works: writes wrap around the end of the buffer, and when
             ``n_samples > size`` only the last ``size`` keys are kept, exactly
             as if they had been enqueued one at a time.
+        labels : LongTensor of shape (n_samples,), default=None
+            The cluster of each key, stored beside it; None stores
+            ``UNLABELLED``.
         """
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(
                 f"keys must have shape (n_samples, {self.dim}), got {tuple(keys.shape)}."
             )
+        if labels is not None and labels.shape != keys.shape[:1]:
+            raise ValueError(f"labels must have shape ({keys.shape[0]},), "
+                             f"got {tuple(labels.shape)}.")
         n = keys.shape[0]
         if self.size == 0 or n == 0:
             return
@@ -92,6 +111,10 @@ class KeyQueue(nn.Module):
         offsets = torch.arange(n_kept, device=self.keys.device)  # (n_kept,)
         idx = (start + offsets) % self.size  # (n_kept,)
         self.keys.index_copy_(0, idx, kept.detach().to(self.keys))
+        if labels is None:
+            self.labels.index_fill_(0, idx, UNLABELLED)
+        else:
+            self.labels.index_copy_(0, idx, labels[-self.size:].to(self.labels))
         self.ptr.copy_((self.ptr + n) % self.size)
 
     def ordered(self):

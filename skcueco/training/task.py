@@ -104,7 +104,7 @@ class CueCoTask:
         self.graph_refresh = graph_refresh
         self.drop_negatives_from = drop_negatives_from
         self.n_reseeded = 0
-        self._keys = None
+        self._keys = self._labels = None
         # a state written before the over-clustering set existed: its set is
         # initialised once, at the first epoch with the clustering term on
         self._overclusters_tried = False
@@ -133,6 +133,11 @@ class CueCoTask:
             if self.graph_targets is not None and self.refreshes_targets(epoch):
                 with torch.no_grad():
                     self.model.bank.set_targets(*self.graph_targets())
+            if self.drops_negatives(epoch):
+                # the queue's labels, once an epoch: the clusters may have
+                # been renumbered since its keys were stored; the steps keep
+                # them up to date afterwards
+                self.model.label_queue()
         self.current_weight = self.weight_at(epoch)
 
     def refreshes_targets(self, epoch):
@@ -162,20 +167,28 @@ class CueCoTask:
         if self.channels_last:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
-        drop = self.drop_negatives_from is not None and epoch >= self.drop_negatives_from
+        drop = self.drops_negatives(epoch)
         loss, parts, self._keys = self.model.training_step(
             v1, v2, self.current_weight, encoders=self.encoders, drop_cluster_negatives=drop)
+        self._labels = self.model.step_labels if drop else None
         return loss, parts
+
+    def drops_negatives(self, epoch):
+        """Whether the steps of ``epoch`` leave out the negatives of a query's cluster."""
+        return (self.drop_negatives_from is not None and epoch >= self.drop_negatives_from
+                and self.uses_clusters(epoch))
 
     def after_optimizer_step(self, step):
         self.model.momentum_update(self.momentum(step - self.step_offset))
         keys = torch.cat(self._keys)  # (2N, D)
-        self._keys = None
+        # with the same-cluster negatives left out, each key's cluster is queued beside it
+        labels = None if self._labels is None else all_gather_cat(torch.cat(self._labels))
+        self._keys = self._labels = None
         if self.current_weight > 0 and self.cluster_update == "online":
             # the keys of all processes move the centroids, identically everywhere
             self.model.bank.update(keys, all_reduce=all_reduce_)
         # every rank's queue receives the keys of all ranks
-        self.model.enqueue(all_gather_cat(keys))
+        self.model.enqueue(all_gather_cat(keys), labels)
 
     def on_epoch_end(self, epoch):
         if self.current_weight > 0 and self.cluster_update == "online":

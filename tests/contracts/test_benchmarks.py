@@ -93,3 +93,23 @@ def test_throughput_cpu_precision_and_folder_modes_print_ratios(capsys):
     assert "epochs after the first: folder with the cache against the array" in out
     assert "goal >= 0.9" in out and "loader alone" in out
     assert all(math.isfinite(r) and r > 0 for r in [*precision, folder])
+
+
+@pytest.mark.filterwarnings("ignore::skcueco.training.run.TrainingCollapseWarning")
+def test_throughput_compares_trees_on_a_data_set_with_options_set(tmp_path, capsys):
+    import numpy as np
+
+    throughput = _load("throughput")
+    options = ["--set", "cluster_negatives=drop", "--set", "queue_size=32"]
+    est = throughput.make_estimator(throughput.parse_args(options))
+    assert est.cluster_negatives == "drop" and est.queue_size == 32
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, X=rng.integers(0, 256, (80, 8, 8), dtype=np.uint8), y=np.arange(80) % 4)
+    ratio = throughput.main(["--device", "cpu", "--backbone", "small_cnn", "--batch-size", "16",
+                             "--epochs", "2", "--rounds", "1", "--no-transform",
+                             "--dataset", str(data), *options,
+                             "--compare-to", str(BENCHMARKS.parent)])
+    out = capsys.readouterr().out
+    assert "fit (whole calls, one fresh process each)" in out
+    assert math.isfinite(ratio) and ratio > 0

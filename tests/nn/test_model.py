@@ -7,6 +7,7 @@ from torch import nn
 
 from skcueco.nn.losses import cluster_pull, info_nce, sinkhorn_assign
 from skcueco.nn.model import CueCoModel
+from skcueco.nn.queue import UNLABELLED
 
 N_FEATURES = 12
 FEATURE_DIM = 16
@@ -414,6 +415,7 @@ def test_dropped_cluster_negatives_are_those_the_clustering_term_assigns_the_que
     model = _ready_model(cluster_loss="proto")
     v1, v2 = _views()
     kept, kept_parts, _ = model.training_step(v1, v2, 1.0)
+    model.label_queue()
     loss, parts, _ = model.training_step(v1, v2, 1.0, drop_cluster_negatives=True)
     # the clustering term is the same; the contrastive term is InfoNCE of each
     # query against the queue keys of clusters other than its positive key's
@@ -422,6 +424,7 @@ def test_dropped_cluster_negatives_are_those_the_clustering_term_assigns_the_que
     k1, k2 = model.encode_key(v1), model.encode_key(v2)
     queue = model.queue.keys
     queue_labels = model.bank.assign_main(queue)
+    torch.testing.assert_close(model.queue.labels, queue_labels, rtol=0, atol=0)
 
     def hand(z, k):
         a = model.bank.assign_main(k)
@@ -436,3 +439,27 @@ def test_dropped_cluster_negatives_are_those_the_clustering_term_assigns_the_que
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.query_parameters()
                if p.grad is not None)
+
+
+def test_unlabelled_queue_keys_are_never_dropped():
+    # keys queued without a cluster (UNLABELLED) stay negatives of every query
+    model = _ready_model()
+    v1, v2 = _views()
+    assert (model.queue.labels == UNLABELLED).all()
+    kept, _, _ = model.training_step(v1, v2, 1.0)
+    dropped, _, _ = model.training_step(v1, v2, 1.0, drop_cluster_negatives=True)
+    torch.testing.assert_close(dropped, kept, rtol=0, atol=0)
+
+
+def test_the_steps_labels_are_the_clusters_the_other_views_queries_are_pulled_towards():
+    model = _ready_model()
+    v1, v2 = _views()
+    _, _, (k1, k2) = model.training_step(v1, v2, 1.0)
+    l1, l2 = model.step_labels
+    torch.testing.assert_close(l1, model.bank.assign_main(k1), rtol=0, atol=0)
+    torch.testing.assert_close(l2, model.bank.assign_main(k2), rtol=0, atol=0)
+    model.enqueue(k1, l1)
+    torch.testing.assert_close(model.queue.labels[:k1.shape[0]], l1, rtol=0, atol=0)
+    # without the clustering term there are no clusters to store
+    model.training_step(v1, v2, 0.0)
+    assert model.step_labels is None

@@ -23,6 +23,7 @@ from skcueco.nn import (
     spherical_kmeans,
 )
 from skcueco.nn.kmeans import _kmeans_plusplus, _lloyd_step
+from skcueco.nn.queue import UNLABELLED
 from skcueco.nn import losses
 from skcueco.nn.losses import sinkhorn_assign
 
@@ -209,16 +210,22 @@ def test_queue_matches_deque_reference(batch_size):
     size, dim = 10, 4
     queue = KeyQueue(size, dim, generator=torch.Generator().manual_seed(0))
     reference = deque(queue.keys.clone(), maxlen=size)  # oldest -> newest
+    label_reference = deque([UNLABELLED] * size, maxlen=size)
     torch.testing.assert_close(queue.keys.norm(dim=1), torch.ones(size))
     counter = 0
-    for _ in range(6):
+    for step in range(6):
         batch = torch.arange(counter, counter + batch_size, dtype=torch.float32)
         batch = batch[:, None].expand(batch_size, dim)
+        # every other batch comes with labels (its key values), the others without
+        labels = batch[:, 0].long() if step % 2 else None
         counter += batch_size
-        queue.enqueue(batch)
+        queue.enqueue(batch, labels)
         reference.extend(batch)
+        label_reference.extend([UNLABELLED] * batch_size if labels is None else labels.tolist())
         assert int(queue.ptr) == counter % size
         torch.testing.assert_close(queue.ordered(), torch.stack(list(reference)))
+        order = (queue.ptr + torch.arange(size)) % size
+        assert queue.labels[order].tolist() == list(label_reference)
         # Ring layout: slot j holds the key written there most recently.
         if counter >= size:
             slots = [max(c for c in range(counter) if c % size == j) for j in range(size)]
@@ -233,6 +240,8 @@ def test_queue_size_zero_and_shape_errors():
         KeyQueue(4, 5).enqueue(torch.ones(2, 3))
     with pytest.raises(ValueError):
         KeyQueue(-1, 5)
+    with pytest.raises(ValueError, match="labels"):
+        KeyQueue(4, 5).enqueue(torch.ones(2, 5), torch.zeros(3, dtype=torch.long))
 
 
 def test_queue_state_dict_round_trip_and_seed():
@@ -251,6 +260,19 @@ def test_queue_state_dict_round_trip_and_seed():
     assert int(b.ptr) == int(a.ptr) == 3
     same = KeyQueue(8, 3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(same.keys, KeyQueue(8, 3, torch.Generator().manual_seed(1)).keys)
+
+
+def test_queue_labels_round_trip_and_states_without_them_load_unlabelled():
+    a = KeyQueue(8, 3, generator=torch.Generator().manual_seed(1))
+    a.enqueue(_unit(5, 3, seed=9), torch.tensor([0, 1, 2, 1, 0]))
+    b = KeyQueue(8, 3, generator=torch.Generator().manual_seed(2))
+    b.load_state_dict(a.state_dict())
+    assert b.labels.tolist() == [0, 1, 2, 1, 0] + [UNLABELLED] * 3
+    # a state written before the queue stored labels
+    old = {k: v for k, v in a.state_dict().items() if k != "labels"}
+    b.load_state_dict(old)
+    torch.testing.assert_close(b.keys, a.keys)
+    assert (b.labels == UNLABELLED).all()
 
 
 # --------------------------------------------------------------------------- momentum

@@ -2,7 +2,7 @@
 
 Usage: python -m torch.distributed.run --standalone --nproc_per_node=N
        tests/training/ddp_worker.py OUT_DIR BATCH_SIZE [--fail-rank R] [--graph-targets]
-       [--images]
+       [--images] [--drop-negatives]
 """
 
 import argparse
@@ -51,10 +51,13 @@ def main():
     parser.add_argument("--fail-rank", type=int)
     parser.add_argument("--graph-targets", action="store_true")
     parser.add_argument("--images", action="store_true")
+    parser.add_argument("--drop-negatives", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     callbacks = [FailOnRank(args.fail_rank)] if args.fail_rank is not None else None
     params = {**PARAMS, **({"cluster_targets": "graph"} if args.graph_targets else {})}
+    if args.drop_negatives:
+        params["cluster_negatives"] = "drop"
     X = data()
     view_calls = []
     if args.images:
@@ -78,6 +81,7 @@ def main():
         centers=est.cluster_centers_,
         queue=model["queue.keys"].numpy(),
         queue_ptr=model["queue.ptr"].numpy(),
+        queue_labels=model["queue.labels"].numpy(),
         loss=est.history_["loss"].to_numpy(),
         global_step=est._trained.train_state["global_step"],
         embedding=est.transform(X[:10]),

@@ -7,13 +7,15 @@ epoch), so the negatives of a query's cluster are left out in epochs 2 and 3
 
 import numpy as np
 import pytest
+import torch
 from numpy.testing import assert_array_equal
 from sklearn.datasets import load_digits
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skcueco import CueCoEmbedder
-from skcueco.callbacks import Callback
+from skcueco.callbacks import Callback, Checkpoint
 from skcueco.nn.model import CueCoModel
+from skcueco.nn.queue import UNLABELLED
 from skcueco.training.run import DROP_NEGATIVES_FRACTION
 
 PARAMS = dict(
@@ -80,6 +82,67 @@ def test_without_the_clustering_term_dropping_changes_nothing(X):
     moco = CueCoEmbedder(**params(cluster_weight=0.0)).fit(X)
     moco_drop = CueCoEmbedder(**params(cluster_weight=0.0, cluster_negatives="drop")).fit(X)
     assert_array_equal(moco_drop.transform(X), moco.transform(X))
+
+
+class StopAfter(Callback):
+    def __init__(self, n):
+        self.n = n
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch + 1 == self.n:
+            trainer.stop_training = True
+
+
+def _queue_labels(folder, epoch):
+    state = torch.load(folder / f"epoch-{epoch:04d}.pt", weights_only=True)
+    return state["task"]["model"]["queue.labels"]
+
+
+class LabelCounter(Callback):
+    """How many times the queue had been labelled by the end of each epoch."""
+
+    def __init__(self):
+        self.calls, self.by_epoch_end = 0, []
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.by_epoch_end.append(self.calls)
+
+
+def test_the_queue_is_labelled_once_an_epoch_while_negatives_are_dropped(X, monkeypatch):
+    counter = LabelCounter()
+    original = CueCoModel.label_queue
+
+    def recording(self):
+        counter.calls += 1
+        original(self)
+        # every queued key now carries its cluster, by the rule of the steps
+        assert torch.equal(self.queue.labels, self.bank.assign_main(self.queue.keys))
+
+    monkeypatch.setattr(CueCoModel, "label_queue", recording)
+    CueCoEmbedder(**params(callbacks=[counter], cluster_negatives="drop")).fit(X)
+    assert counter.by_epoch_end == [0, 0, 1, 2]  # at the start of epochs 2 and 3
+    counter.__init__()
+    CueCoEmbedder(**params(callbacks=[counter])).fit(X)
+    assert counter.by_epoch_end == [0, 0, 0, 0]
+
+
+def test_queued_keys_carry_their_cluster_only_while_negatives_are_dropped(X, tmp_path):
+    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path / "keep", keep_last=5)])).fit(X)
+    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path / "drop", keep_last=5)],
+                           cluster_negatives="drop")).fit(X)
+    assert (_queue_labels(tmp_path / "keep", 4) == UNLABELLED).all()
+    assert (_queue_labels(tmp_path / "drop", 2) == UNLABELLED).all()
+    labels = _queue_labels(tmp_path / "drop", 4)
+    assert labels.min() >= 0 and labels.max() < PARAMS["n_clusters"]
+
+
+def test_resume_while_dropping_equals_the_uninterrupted_run(dropped, X, tmp_path):
+    CueCoEmbedder(**params(cluster_negatives="drop",
+                           callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(3)])).fit(X)
+    resumed = CueCoEmbedder(**params(cluster_negatives="drop")).fit(
+        X, resume_from=tmp_path / "epoch-0003.pt")
+    assert_array_equal(resumed.transform(X), dropped.transform(X))
+    assert_array_equal(resumed.cluster_centers_, dropped.cluster_centers_)
 
 
 @pytest.mark.parametrize("value", ["all", True, None])

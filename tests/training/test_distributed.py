@@ -54,6 +54,18 @@ def test_graph_targets_keep_both_ranks_on_the_same_model(tmp_path):
     assert np.isfinite(r0["loss"]).all()
 
 
+def test_same_cluster_negatives_dropped_keep_both_ranks_on_the_same_model(tmp_path):
+    # each rank queues the keys of both ranks with the clusters their steps assigned them
+    result = torchrun(tmp_path, 16, "--drop-negatives")
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = (np.load(tmp_path / f"rank{r}.npz") for r in (0, 1))
+    for key in ("weights", "centers", "queue", "queue_labels", "loss", "embedding"):
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)
+    # the last epoch (6 steps of 64 keys) rewrote the whole queue of 100, with labels
+    assert r0["queue_labels"].min() >= 0 and r0["queue_labels"].max() < 3
+    assert np.isfinite(r0["loss"]).all()
+
+
 def test_the_read_out_with_views_gives_both_ranks_the_same_clusters(tmp_path):
     # 16x16 images: each rank draws the read-out's views; rank 0's clusters win
     result = torchrun(tmp_path, 16, "--images")
