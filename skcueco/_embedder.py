@@ -30,7 +30,8 @@ from .training.run import Seeds, fit_cueco, untrained_cueco
 from .training.specs import RunSpec, Start
 from .training.trained import EMBEDDING_SPACES
 
-_HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "lr", "cluster_weight", "seconds"]
+_HISTORY_COLUMNS = ["epoch", "loss", "contrastive", "clustering", "contrastive_chance", "lr",
+                    "cluster_weight", "seconds"]
 
 
 class CueCoEmbedder(
@@ -345,7 +346,10 @@ class CueCoEmbedder(
         resolved); also in the run record of its checkpoints.
     history_ : pandas.DataFrame
         One row per epoch: ``epoch``, ``loss``, ``contrastive``,
-        ``clustering``, ``lr``, ``cluster_weight``, ``seconds``.
+        ``clustering``, ``contrastive_chance`` (the contrastive term's
+        value were every projection the same: ``log(1 + queue_size_)``, or
+        lower once ``cluster_negatives="drop"`` leaves negatives out),
+        ``lr``, ``cluster_weight``, ``seconds``.
     n_iter_ : int
         Number of epochs trained.
     n_features_in_ : int

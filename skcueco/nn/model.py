@@ -250,7 +250,8 @@ class CueCoModel(nn.Module):
         loss : torch.Tensor
             Scalar ``L_con + lambda * L_clu``.
         parts : dict of torch.Tensor
-            Detached ``"contrastive"`` and ``"clustering"`` terms.
+            Detached ``"contrastive"`` and ``"clustering"`` terms and the
+            former's ``"contrastive_chance"`` (:meth:`loss`).
         keys : tuple of torch.Tensor
             ``(k1, k2)``, each ``(N, D)``, for the updates after the step
             (:meth:`enqueue`, ``bank.update``).
@@ -299,7 +300,11 @@ class CueCoModel(nn.Module):
             Scalar ``L_con + lambda * L_clu``, in float32.
         parts : dict of torch.Tensor
             Detached ``"contrastive"`` and ``"clustering"`` terms (the
-            latter 0 unless ``cluster_weight > 0``).
+            latter 0 unless ``cluster_weight > 0``), and
+            ``"contrastive_chance"``: the contrastive term's value were
+            every projection the same, the mean over the queries of
+            ``log(1 + n)`` for the ``n`` negatives each is contrasted with
+            (what the collapse check compares the term with).
         keys : tuple of torch.Tensor
             ``(k1, k2)`` in float32, each ``(N, D)``, for the updates after
             the step (:meth:`enqueue`, ``bank.update``).
@@ -330,8 +335,22 @@ class CueCoModel(nn.Module):
         else:
             l_clu = torch.zeros((), device=l_con.device)
         loss = l_con + cluster_weight * l_clu
-        parts = {"contrastive": l_con.detach(), "clustering": l_clu.detach()}
+        with torch.no_grad():
+            chance = 0.5 * (self._chance(negatives, a1 if labels else None, z1)
+                            + self._chance(negatives, a2 if labels else None, z2))
+        parts = {"contrastive": l_con.detach(), "clustering": l_clu.detach(),
+                 "contrastive_chance": chance}
         return loss, parts, (k1.float(), k2.float())
+
+    def _chance(self, negatives, query_labels, z):
+        # InfoNCE's value were every projection the same: the mean over the
+        # queries of log(1 + the negatives each is contrasted with)
+        if query_labels is None:
+            count = negatives.shape[0] if negatives is not None else z.shape[0] - 1
+            return torch.full((), count, dtype=torch.float32, device=z.device).log1p()
+        others = self.queue.labels if negatives is not None else query_labels
+        kept = (others[None, :] != query_labels[:, None]).sum(dim=1)  # (N,)
+        return kept.float().log1p().mean()
 
     def _cluster_term(self, z, k_other, assigned=None):
         # assigned: the cluster of k_other (bank.assign_main), which z is pulled towards

@@ -274,8 +274,9 @@ def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine
     """Warn with :class:`TrainingCollapseWarning` when the run ended collapsed.
 
     Two signs. The last epoch's contrastive loss within 0.5 % of its chance
-    value ``log(1 + n_queue)`` (``log(batch_size)`` with in-batch
-    negatives) while the projections of the training set all point the same
+    value (the history's ``contrastive_chance``, the loss were every
+    projection the same; in a history without it, ``log(1 + n_queue)``, or
+    ``log(batch_size)`` with in-batch negatives) while the projections of the training set all point the same
     way (``mean_cosine``, their mean pairwise cosine similarity, above
     0.99): the network maps every image to one point. Or more than 90 % of
     the training set in one cluster (``labels``: the assignments to the
@@ -299,14 +300,23 @@ def check_collapse(history, n_queue, batch_size, labels, n_clusters, mean_cosine
         return
     problems = []
     if history:
-        chance = math.log(1 + n_queue) if n_queue else math.log(batch_size)
         last = float(history[-1]["contrastive"])
-        if chance > 0 and last >= COLLAPSE_LOSS_RATIO * chance and mean_cosine > COLLAPSE_COSINE:
+        if "contrastive_chance" in history[-1]:
+            # with cluster_negatives="drop" each query has fewer negatives
+            # (none when every key falls in its cluster): the loss then
+            # stays below log(1 + n_queue) however collapsed the run
+            chance = float(history[-1]["contrastive_chance"])
+            described = f"{chance:.3f} (log(1 + the negatives of each query))"
+        else:
+            chance = math.log(1 + n_queue) if n_queue else math.log(batch_size)
+            described = (f"log(1 + {n_queue})" if n_queue else f"log({batch_size})") \
+                + f" = {chance:.3f}"
+        if chance >= 0 and last >= COLLAPSE_LOSS_RATIO * chance \
+                and mean_cosine > COLLAPSE_COSINE:
             problems.append(
-                f"the final contrastive loss {last:.3f} is at its chance value "
-                + (f"log(1 + {n_queue})" if n_queue else f"log({batch_size})")
-                + f" = {chance:.3f} and the projections of all training samples "
-                f"nearly coincide (mean cosine similarity {mean_cosine:.3f})"
+                f"the final contrastive loss {last:.3f} is at its chance value {described} "
+                f"and the projections of all training samples nearly coincide (mean cosine "
+                f"similarity {mean_cosine:.3f})"
             )
     if labels is not None and n_clusters > 1 and labels.numel():
         share = torch.bincount(labels, minlength=n_clusters).max().item() / labels.numel()

@@ -206,6 +206,8 @@ def test_recipes_keep_the_papers_unbalanced_assignment():
 
     for name in ("cifar10", "cifar100", "imagenet100"):
         assert recipe(name)["cluster_balance"] == 0.0
+        # and the paper's InfoNCE: every queue key a negative
+        assert recipe(name)["cluster_negatives"] == "keep"
 
 
 # ------------------------------------------------------------------- collapse
@@ -223,6 +225,36 @@ def test_check_collapse_loss_at_chance_warns():
         # early in training the loss rises past chance while the projections
         # are still spread: no collapse
         check_collapse([{"contrastive": chance + 0.01}], 100, 64, None, 4, 0.8)
+
+
+def test_check_collapse_reads_the_chance_value_the_run_logged():
+    # cluster_negatives="drop" leaves each query fewer negatives than the
+    # queue holds: its chance value is the one the history records
+    logged = [{"contrastive": 2.0, "contrastive_chance": 2.0}]
+    with pytest.warns(TrainingCollapseWarning, match="negatives of each query"):
+        check_collapse(logged, 100, 64, None, 4, 0.999)
+    # every negative left out: a loss of 0 is the chance value
+    with pytest.warns(TrainingCollapseWarning, match="chance value 0.000"):
+        check_collapse([{"contrastive": 0.0, "contrastive_chance": 0.0}], 100, 64, None, 4, 0.999)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_collapse([{"contrastive": 1.5, "contrastive_chance": 2.0}], 100, 64, None, 4, 0.999)
+        check_collapse(logged, 100, 64, None, 4, 0.8)
+
+
+def test_a_collapsed_fit_warns_whether_it_keeps_or_drops_the_negatives(digits):
+    X, _ = digits
+    for negatives in ("keep", "drop"):
+        with pytest.warns(TrainingCollapseWarning, match="chance value"):
+            est = _small(lr=50.0, max_epochs=5, cluster_negatives=negatives).fit(X)
+        history = est.history_
+        last = history.iloc[-1]
+        assert last["contrastive"] >= 0.995 * last["contrastive_chance"]
+        if negatives == "keep":  # log(1 + queue size) at every epoch
+            np.testing.assert_allclose(history["contrastive_chance"],
+                                       np.log1p(est.queue_size_), rtol=1e-6)
+        else:  # fewer negatives once they are dropped
+            assert last["contrastive_chance"] < np.log1p(est.queue_size_) - 0.1
 
 
 def test_check_collapse_one_cluster_warns():

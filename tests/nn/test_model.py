@@ -1,5 +1,7 @@
 """Tests of CueCoModel: gradients, the loss against hand formulas, state updates."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -433,6 +435,16 @@ def test_dropped_cluster_negatives_are_those_the_clustering_term_assigns_the_que
 
     expected = 0.5 * (hand(z1, k2) + hand(z2, k1))
     torch.testing.assert_close(parts["contrastive"], expected.detach(), rtol=1e-5, atol=1e-6)
+    # the chance value: log(1 + the negatives each query keeps), against the
+    # whole queue's log(1 + 16) when every key is a negative
+    assert kept_parts["contrastive_chance"].item() == pytest.approx(math.log(17))
+
+    def chance(k):
+        a = model.bank.assign_main(k)
+        return torch.log1p((queue_labels[None, :] != a[:, None]).sum(1).float()).mean()
+
+    torch.testing.assert_close(parts["contrastive_chance"], 0.5 * (chance(k2) + chance(k1)))
+    assert parts["contrastive_chance"] < kept_parts["contrastive_chance"]
     # with 3 clusters some of the 16 queue keys share a query's cluster: a
     # query has fewer negatives, so a lower loss
     assert float(parts["contrastive"]) < float(kept_parts["contrastive"])
