@@ -62,11 +62,16 @@ def test_checkpoint_resumes_to_the_same_model(digits, tmp_path):
         CueCoEmbedder(**COMMON).fit(digits, resume_from=FILES / "checkpoint_epoch-0001.pt")
     # ... and so is a different key_momentum (0.99, the default then)
     with pytest.raises(ValueError, match="key_momentum=0.99 in the checkpoint, 0.98 here"):
-        CueCoEmbedder(**COMMON, cluster_targets="centroids").fit(
+        CueCoEmbedder(**COMMON, cluster_targets="centroids", cluster_negatives="keep").fit(
+            digits, resume_from=FILES / "checkpoint_epoch-0001.pt")
+    # ... and leaving out same-cluster negatives (the default since): it kept them
+    with pytest.raises(ValueError, match="cluster_negatives='keep' in the checkpoint"):
+        CueCoEmbedder(**COMMON, cluster_targets="centroids", key_momentum=0.99).fit(
             digits, resume_from=FILES / "checkpoint_epoch-0001.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        emb = CueCoEmbedder(**COMMON, cluster_targets="centroids", key_momentum=0.99).fit(
+        emb = CueCoEmbedder(**COMMON, cluster_targets="centroids", key_momentum=0.99,
+                            cluster_negatives="keep").fit(
             digits, resume_from=FILES / "checkpoint_epoch-0001.pt")
     assert emb.n_iter_ == 2
     # the file holds the standardised features, transform's output then

@@ -60,16 +60,17 @@ def _flags_by_epoch(X, monkeypatch, **overrides):
     return seen
 
 
-def test_negatives_are_dropped_from_half_way_on(X, monkeypatch):
+def test_negatives_are_dropped_from_half_way_on_by_default(X, monkeypatch):
     assert DROP_NEGATIVES_FRACTION == 0.5
-    seen = _flags_by_epoch(X, monkeypatch, cluster_negatives="drop")
+    assert CueCoEmbedder().cluster_negatives == "drop"
+    seen = _flags_by_epoch(X, monkeypatch)
     assert seen == {0: {False}, 1: {False}, 2: {True}, 3: {True}}
-    kept = _flags_by_epoch(X, monkeypatch)
+    kept = _flags_by_epoch(X, monkeypatch, cluster_negatives="keep")
     assert kept == {0: {False}, 1: {False}, 2: {False}, 3: {False}}
 
 
 def test_dropping_the_negatives_changes_the_training_reproducibly(dropped, X):
-    kept = CueCoEmbedder(**params()).fit(X)
+    kept = CueCoEmbedder(**params(cluster_negatives="keep")).fit(X)
     assert not np.array_equal(dropped.transform(X), kept.transform(X))
     again = CueCoEmbedder(**params(cluster_negatives="drop")).fit(X)
     assert_array_equal(again.transform(X), dropped.transform(X))
@@ -79,7 +80,7 @@ def test_dropping_the_negatives_changes_the_training_reproducibly(dropped, X):
 
 def test_without_the_clustering_term_dropping_changes_nothing(X):
     # MoCo v2 has no clusters, so no negative is left out
-    moco = CueCoEmbedder(**params(cluster_weight=0.0)).fit(X)
+    moco = CueCoEmbedder(**params(cluster_weight=0.0, cluster_negatives="keep")).fit(X)
     moco_drop = CueCoEmbedder(**params(cluster_weight=0.0, cluster_negatives="drop")).fit(X)
     assert_array_equal(moco_drop.transform(X), moco.transform(X))
 
@@ -122,12 +123,13 @@ def test_the_queue_is_labelled_once_an_epoch_while_negatives_are_dropped(X, monk
     CueCoEmbedder(**params(callbacks=[counter], cluster_negatives="drop")).fit(X)
     assert counter.by_epoch_end == [0, 0, 1, 2]  # at the start of epochs 2 and 3
     counter.__init__()
-    CueCoEmbedder(**params(callbacks=[counter])).fit(X)
+    CueCoEmbedder(**params(callbacks=[counter], cluster_negatives="keep")).fit(X)
     assert counter.by_epoch_end == [0, 0, 0, 0]
 
 
 def test_queued_keys_carry_their_cluster_only_while_negatives_are_dropped(X, tmp_path):
-    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path / "keep", keep_last=5)])).fit(X)
+    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path / "keep", keep_last=5)],
+                           cluster_negatives="keep")).fit(X)
     CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path / "drop", keep_last=5)],
                            cluster_negatives="drop")).fit(X)
     assert (_queue_labels(tmp_path / "keep", 4) == UNLABELLED).all()
@@ -149,3 +151,14 @@ def test_resume_while_dropping_equals_the_uninterrupted_run(dropped, X, tmp_path
 def test_bad_cluster_negatives_is_refused_by_name(X, value):
     with pytest.raises(InvalidParameterError, match="cluster_negatives"):
         CueCoEmbedder(**params(cluster_negatives=value)).fit(X)
+
+
+def test_a_run_that_kept_the_negatives_resumes_only_with_keep(X, tmp_path):
+    # the setting shapes the training, so a resumed run must name the checkpoint's
+    CueCoEmbedder(**params(cluster_negatives="keep",
+                           callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(2)])).fit(X)
+    with pytest.raises(ValueError, match="cluster_negatives='keep'"):
+        CueCoEmbedder(**params()).fit(X, resume_from=tmp_path / "epoch-0002.pt")
+    resumed = CueCoEmbedder(**params(cluster_negatives="keep")).fit(
+        X, resume_from=tmp_path / "epoch-0002.pt")
+    assert resumed.n_iter_ == PARAMS["max_epochs"]
