@@ -90,3 +90,20 @@ def vectors(make_vectors):
 
 # model files and the script that wrote them, not tests
 collect_ignore_glob = ["*/fixtures/*"]
+
+
+
+@pytest.fixture(scope="session")
+def stop_after():
+    """``stop_after(n)`` -> a callback ending ``fit`` after ``n`` epochs (to resume from)."""
+    from skcueco.callbacks import Callback
+
+    class StopAfter(Callback):
+        def __init__(self, n):
+            self.n = n
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch + 1 == self.n:
+                trainer.stop_training = True
+
+    return StopAfter

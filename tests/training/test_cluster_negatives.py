@@ -85,15 +85,6 @@ def test_without_the_clustering_term_dropping_changes_nothing(X):
     assert_array_equal(moco_drop.transform(X), moco.transform(X))
 
 
-class StopAfter(Callback):
-    def __init__(self, n):
-        self.n = n
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        if epoch + 1 == self.n:
-            trainer.stop_training = True
-
-
 def _queue_labels(folder, epoch):
     state = torch.load(folder / f"epoch-{epoch:04d}.pt", weights_only=True)
     return state["task"]["model"]["queue.labels"]
@@ -138,9 +129,9 @@ def test_queued_keys_carry_their_cluster_only_while_negatives_are_dropped(X, tmp
     assert labels.min() >= 0 and labels.max() < PARAMS["n_clusters"]
 
 
-def test_resume_while_dropping_equals_the_uninterrupted_run(dropped, X, tmp_path):
+def test_resume_while_dropping_equals_the_uninterrupted_run(dropped, X, tmp_path, stop_after):
     CueCoEmbedder(**params(cluster_negatives="drop",
-                           callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(3)])).fit(X)
+                           callbacks=[Checkpoint(tmp_path, keep_last=5), stop_after(3)])).fit(X)
     resumed = CueCoEmbedder(**params(cluster_negatives="drop")).fit(
         X, resume_from=tmp_path / "epoch-0003.pt")
     assert_array_equal(resumed.transform(X), dropped.transform(X))
@@ -153,10 +144,10 @@ def test_bad_cluster_negatives_is_refused_by_name(X, value):
         CueCoEmbedder(**params(cluster_negatives=value)).fit(X)
 
 
-def test_a_run_that_kept_the_negatives_resumes_only_with_keep(X, tmp_path):
+def test_a_run_that_kept_the_negatives_resumes_only_with_keep(X, tmp_path, stop_after):
     # the setting shapes the training, so a resumed run must name the checkpoint's
     CueCoEmbedder(**params(cluster_negatives="keep",
-                           callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(2)])).fit(X)
+                           callbacks=[Checkpoint(tmp_path, keep_last=5), stop_after(2)])).fit(X)
     with pytest.raises(ValueError, match="cluster_negatives='keep'"):
         CueCoEmbedder(**params()).fit(X, resume_from=tmp_path / "epoch-0002.pt")
     resumed = CueCoEmbedder(**params(cluster_negatives="keep")).fit(

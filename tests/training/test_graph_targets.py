@@ -216,18 +216,10 @@ def test_on_a_large_set_only_the_rows_read_are_encoded_each_epoch(X, monkeypatch
     assert est.cluster_prototypes_.shape == (120, 32)
 
 
-class StopAfter(Callback):
-    def __init__(self, n):
-        self.n = n
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        if epoch + 1 == self.n:
-            trainer.stop_training = True
-
-
-def test_resume_with_graph_targets_equals_the_uninterrupted_run(graph_fit, X, tmp_path):
+def test_resume_with_graph_targets_equals_the_uninterrupted_run(graph_fit, X, tmp_path,
+                                                                stop_after):
     est, spy = graph_fit
-    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(3)])).fit(X)
+    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path, keep_last=5), stop_after(3)])).fit(X)
     # epoch 3 trains towards the targets read at epoch 1: the checkpoint
     # after epoch 3 carries them
     saved = torch.load(tmp_path / "epoch-0003.pt", weights_only=True)["task"]["graph_targets"]
@@ -242,10 +234,10 @@ def test_resume_with_graph_targets_equals_the_uninterrupted_run(graph_fit, X, tm
             X, resume_from=tmp_path / "epoch-0003.pt")
 
 
-def test_a_state_without_targets_reads_them_when_resumed(X, tmp_path):
+def test_a_state_without_targets_reads_them_when_resumed(X, tmp_path, stop_after):
     # a checkpoint written before the targets were part of the state: the
     # resumed run reads them at its first epoch instead of training without
-    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(2)])).fit(X)
+    CueCoEmbedder(**params(callbacks=[Checkpoint(tmp_path, keep_last=5), stop_after(2)])).fit(X)
     state = torch.load(tmp_path / "epoch-0002.pt", weights_only=True)
     del state["task"]["graph_targets"]
     torch.save(state, tmp_path / "epoch-0002.pt")
@@ -272,9 +264,9 @@ def test_fitted_models_keep_no_graph_targets(graph_fit):
     assert torch.equal(spy.seen[6][0], spy.seen[5][0])
 
 
-def test_without_graph_targets_cluster_graph_may_change_on_resume(X, tmp_path):
+def test_without_graph_targets_cluster_graph_may_change_on_resume(X, tmp_path, stop_after):
     base = params(cluster_targets="centroids")
-    CueCoEmbedder(**base, callbacks=[Checkpoint(tmp_path, keep_last=5), StopAfter(2)]).fit(X)
+    CueCoEmbedder(**base, callbacks=[Checkpoint(tmp_path, keep_last=5), stop_after(2)]).fit(X)
     # only the read-out after training uses the graph: the run resumes
     resumed = CueCoEmbedder(**base, cluster_graph=30).fit(
         X, resume_from=tmp_path / "epoch-0002.pt")
