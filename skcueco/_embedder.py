@@ -50,7 +50,7 @@ class CueCoEmbedder(
 
     The parameters come in groups, in this order: the networks and the
     contrastive term (``backbone`` to ``embedding_space``); the clusters
-    (``n_clusters`` to ``cluster_negatives``); the input and its views
+    (``n_clusters`` to ``cluster_positives``); the input and its views
     (``augmentation``, ``image_shape``, ``image_size``); the optimisation
     (``batch_size`` to ``optimizer``); and how and where the run computes
     (``amp`` to ``verbose``), which never changes what is learned beyond
@@ -216,6 +216,15 @@ class CueCoEmbedder(
         of the contrastive term"). A queued key keeps the cluster its own
         step assigned it, and the queue is assigned again once an epoch,
         so it adds no measurable time to ``fit``.
+    cluster_positives : {"view", "neighbour"}, default="view"
+        Only used while ``cluster_negatives="drop"`` leaves negatives out.
+        ``"view"``: a query's positive is the key of the other view of its
+        image, the paper's form. ``"neighbour"``: it is the queue key most
+        similar to that key, when that queue key was stored with the
+        query's cluster (the other view's key otherwise): another image
+        the clustering term already groups with it, as nearest-neighbour
+        contrastive learning does (docs/method_results.rst, "Neighbours
+        as positives").
     augmentation : {"auto", "rgb", "grayscale", "vector", "none"} or callable, \
             default="auto"
         How the two views are made. ``"auto"`` chooses from the input: the RGB
@@ -421,6 +430,7 @@ class CueCoEmbedder(
         "cluster_temperature": [Interval(numbers.Real, 0, None, closed="neither")],
         "cluster_momentum": [Interval(numbers.Real, 0, 1, closed="both")],
         "cluster_negatives": [StrOptions({"keep", "drop"})],
+        "cluster_positives": [StrOptions({"view", "neighbour"})],
         "augmentation": [StrOptions({"auto", "rgb", "grayscale", "vector", "none"}), callable],
         "image_shape": [StrOptions({"auto"}), None, tuple, list],
         "image_size": [None, Interval(numbers.Integral, 1, None, closed="left"), tuple, list],
@@ -466,6 +476,7 @@ class CueCoEmbedder(
         cluster_temperature=0.1,
         cluster_momentum=0.9,
         cluster_negatives="drop",
+        cluster_positives="view",
         augmentation="auto",
         image_shape="auto",
         image_size=None,
@@ -507,6 +518,7 @@ class CueCoEmbedder(
         self.cluster_temperature = cluster_temperature
         self.cluster_momentum = cluster_momentum
         self.cluster_negatives = cluster_negatives
+        self.cluster_positives = cluster_positives
         self.augmentation = augmentation
         self.image_shape = image_shape
         self.image_size = image_size

@@ -21,6 +21,7 @@ _COMMON = {
     "cluster_loss": "pull",     # docs/method.rst: squared distance to the assigned centroid
     "cluster_balance": 0.0,  # docs/method.rst: a = argmax_k k . M_k (not balanced)
     "cluster_negatives": "keep",  # docs/method.rst: every queue key is a negative (eq. 1)
+    "cluster_positives": "view",  # docs/method.rst: the other view's key is the positive (eq. 1)
     "overclustering": 0,        # docs/method.rst: one set of K centroids
     "augmentation": "rgb",      # docs/method.rst: crop 0.2-1, flip, jitter 0.4/0.4/0.4/0.1, gray 0.2
     "optimizer": "sgd",         # docs/method.rst: SGD, momentum 0.9

@@ -226,7 +226,7 @@ class CueCoModel(nn.Module):
 
     # -- losses ---------------------------------------------------------------
     def training_step(self, v1, v2, cluster_weight=0.0, *, encoders=None,
-                      drop_cluster_negatives=False):
+                      drop_cluster_negatives=False, neighbour_positives=False):
         """Loss of one batch of two views.
 
         Parameters
@@ -244,6 +244,9 @@ class CueCoModel(nn.Module):
         drop_cluster_negatives : bool, default=False
             Leave out of each query's negatives those of its cluster
             (:meth:`loss`).
+        neighbour_positives : bool, default=False
+            With ``drop_cluster_negatives``, each query's positive is the
+            most similar queue key of its cluster (:meth:`loss`).
 
         Returns
         -------
@@ -262,9 +265,11 @@ class CueCoModel(nn.Module):
         k1, k2 = encoders.encode_key(v1), encoders.encode_key(v2)  # (N, D) each
         z1, z2 = encoders.encode_query(v1), encoders.encode_query(v2)  # (N, D) each
         return self.loss(z1, z2, k1, k2, cluster_weight,
-                         drop_cluster_negatives=drop_cluster_negatives)
+                         drop_cluster_negatives=drop_cluster_negatives,
+                         neighbour_positives=neighbour_positives)
 
-    def loss(self, z1, z2, k1, k2, cluster_weight=0.0, *, drop_cluster_negatives=False):
+    def loss(self, z1, z2, k1, k2, cluster_weight=0.0, *, drop_cluster_negatives=False,
+             neighbour_positives=False):
         """``L_con + lambda * L_clu`` of queries and keys (docs/method.rst, eq. 1-3).
 
         The queries of each view are contrasted with the keys of the other
@@ -293,6 +298,13 @@ class CueCoModel(nn.Module):
             ``queue_size=0``, the other keys of the batch, assigned now
             (docs/method.rst, "Same-cluster negatives"). Without the
             clustering term it changes nothing: MoCo v2 has no clusters.
+        neighbour_positives : bool, default=False
+            With ``drop_cluster_negatives`` and a queue: the positive of each
+            query is the queue key most similar to its positive key, when
+            that key was stored with the query's cluster, and its positive
+            key otherwise (docs/method.rst, "Neighbours as positives"). The
+            key chosen is one of the negatives left out, so it is never both.
+            The clustering term keeps the query's own positive key.
 
         Returns
         -------
@@ -322,10 +334,14 @@ class CueCoModel(nn.Module):
         labels = drop_cluster_negatives and cluster_weight > 0
         if labels and negatives is not None:
             queue_labels = self.queue.labels
+        p1, p2 = k2, k1  # the positives of z1 and z2
+        if neighbour_positives and queue_labels is not None:
+            p1 = self._neighbour_positive(k2, a1)
+            p2 = self._neighbour_positive(k1, a2)
         l_con = 0.5 * (
-            info_nce(z1, k2, negatives, self.temperature,
+            info_nce(z1, p1, negatives, self.temperature,
                      query_labels=a1 if labels else None, negative_labels=queue_labels)
-            + info_nce(z2, k1, negatives, self.temperature,
+            + info_nce(z2, p2, negatives, self.temperature,
                        query_labels=a2 if labels else None, negative_labels=queue_labels)
         )
         if cluster_weight > 0:
@@ -341,6 +357,16 @@ class CueCoModel(nn.Module):
         parts = {"contrastive": l_con.detach(), "clustering": l_clu.detach(),
                  "contrastive_chance": chance}
         return loss, parts, (k1.float(), k2.float())
+
+    @torch.no_grad()
+    def _neighbour_positive(self, key, assigned):
+        # the queue key most similar to each positive key, where it was
+        # stored with the cluster the query is pulled towards (so it is one
+        # of the negatives left out); the positive key itself elsewhere
+        queue = self.queue.keys.float()  # (Q, D)
+        nearest = (key.float() @ queue.T).argmax(dim=1)  # (N,)
+        same = (self.queue.labels[nearest] == assigned)[:, None]  # (N, 1)
+        return torch.where(same, queue[nearest], key.float()).to(key.dtype)
 
     def _chance(self, negatives, query_labels, z):
         # InfoNCE's value were every projection the same: the mean over the

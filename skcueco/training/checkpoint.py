@@ -323,7 +323,8 @@ def read_checkpoint(path):
     return state
 
 
-TRAINED_BEFORE = {"cluster_targets": "centroids", "cluster_negatives": "keep"}
+TRAINED_BEFORE = {"cluster_targets": "centroids", "cluster_negatives": "keep",
+                  "cluster_positives": "view"}
 """Settings that checkpoints of versions without them trained with: they are
 compared as if recorded (the default ``cluster_targets`` trains otherwise,
 and ``cluster_negatives="drop"`` would)."""

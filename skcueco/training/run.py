@@ -563,6 +563,7 @@ def fit_cueco(X, spec, run, seeds, start=Start.fresh(), *, callbacks=(), validat
         drop_negatives_from=(resolve_epochs_fraction(
             "auto", optim.max_epochs, DROP_NEGATIVES_FRACTION)
             if clustering.negatives == "drop" else None),
+        neighbour_positives=clustering.positives == "neighbour",
     )
     trainer = Trainer(
         device=device, max_epochs=start.done_epochs() + n_epochs, callbacks=callbacks,

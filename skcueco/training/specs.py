@@ -63,6 +63,10 @@ class ClusterSpec:
     """``"keep"``: every queue key is a negative; ``"drop"``: from
     ``DROP_NEGATIVES_FRACTION`` of the run on, those of the query's cluster
     are left out of the contrastive term."""
+    positives: str
+    """``"view"``: a query's positive is the key of its other view;
+    ``"neighbour"``: while the negatives of its cluster are left out, the
+    most similar queue key of that cluster."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ PARAMETERS = {
     "cluster_temperature": ("clustering", "temperature"),
     "cluster_momentum": ("clustering", "momentum"),
     "cluster_negatives": ("clustering", "negatives"),
+    "cluster_positives": ("clustering", "positives"),
     "batch_size": ("optim", "batch_size"),
     "max_epochs": ("optim", "max_epochs"),
     "lr": ("optim", "lr"),

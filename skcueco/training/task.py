@@ -75,6 +75,11 @@ class CueCoTask:
         out of the contrastive term, while the clustering term is on
         (``drop_cluster_negatives`` of
         :meth:`~skcueco.nn.model.CueCoModel.training_step`); None: never.
+    neighbour_positives : bool, default=False
+        While the negatives of a query's cluster are left out, its positive
+        is the most similar queue key of that cluster
+        (``neighbour_positives`` of
+        :meth:`~skcueco.nn.model.CueCoModel.training_step`).
     """
 
     def __init__(self, model, preprocess, augmentation, generator, *, total_steps,
@@ -82,7 +87,7 @@ class CueCoTask:
                  key_features, reseed_after, loader_generator=None,
                  channels_last=False, sampler=None, encoders=None, final_momentum=1.0,
                  step_offset=0, cluster_ramp=0, graph_targets=None, graph_refresh=1,
-                 drop_negatives_from=None):
+                 drop_negatives_from=None, neighbour_positives=False):
         self.model = model
         self.preprocess = preprocess
         self.augmentation = augmentation
@@ -103,6 +108,7 @@ class CueCoTask:
         self.graph_targets = graph_targets
         self.graph_refresh = graph_refresh
         self.drop_negatives_from = drop_negatives_from
+        self.neighbour_positives = neighbour_positives
         self.n_reseeded = 0
         self._keys = self._labels = None
         # a state written before the over-clustering set existed: its set is
@@ -169,7 +175,8 @@ class CueCoTask:
             v2 = v2.contiguous(memory_format=torch.channels_last)
         drop = self.drops_negatives(epoch)
         loss, parts, self._keys = self.model.training_step(
-            v1, v2, self.current_weight, encoders=self.encoders, drop_cluster_negatives=drop)
+            v1, v2, self.current_weight, encoders=self.encoders, drop_cluster_negatives=drop,
+            neighbour_positives=drop and self.neighbour_positives)
         self._labels = self.model.step_labels if drop else None
         return loss, parts
 

@@ -475,3 +475,64 @@ def test_the_steps_labels_are_the_clusters_the_other_views_queries_are_pulled_to
     # without the clustering term there are no clusters to store
     model.training_step(v1, v2, 0.0)
     assert model.step_labels is None
+
+
+# ----------------------------------------------------------------------------- neighbours as positives
+
+
+def test_neighbour_positives_are_the_nearest_queue_keys_of_the_querys_cluster():
+    model = _ready_model(cluster_loss="proto")
+    v1, v2 = _views()
+    model.label_queue()
+    dropped, dropped_parts, _ = model.training_step(v1, v2, 1.0, drop_cluster_negatives=True)
+    loss, parts, _ = model.training_step(v1, v2, 1.0, drop_cluster_negatives=True,
+                                         neighbour_positives=True)
+    # the clustering term still pulls each query towards its own key's cluster
+    torch.testing.assert_close(parts["clustering"], dropped_parts["clustering"], rtol=0, atol=0)
+    z1, z2 = model.encode_query(v1), model.encode_query(v2)
+    k1, k2 = model.encode_key(v1), model.encode_key(v2)
+    queue, queue_labels = model.queue.keys, model.queue.labels
+    swapped = 0
+
+    def hand(z, k):
+        nonlocal swapped
+        a = model.bank.assign_main(k)
+        total = 0.0
+        for i in range(z.shape[0]):
+            j = int((queue @ k[i]).argmax())
+            positive = k[i:i + 1]
+            if queue_labels[j] == a[i]:
+                positive, swapped = queue[j:j + 1], swapped + 1
+            total = total + info_nce(z[i:i + 1], positive, queue[queue_labels != a[i]],
+                                     model.temperature)
+        return total / z.shape[0]
+
+    expected = 0.5 * (hand(z1, k2) + hand(z2, k1))
+    torch.testing.assert_close(parts["contrastive"], expected.detach(), rtol=1e-5, atol=1e-6)
+    # some positives were swapped for a queued neighbour, so the loss moved
+    assert swapped > 0
+    assert float(parts["contrastive"]) != float(dropped_parts["contrastive"])
+    torch.testing.assert_close(parts["contrastive_chance"], dropped_parts["contrastive_chance"])
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.query_parameters()
+               if p.grad is not None)
+
+
+def test_neighbour_positives_need_queue_clusters():
+    # without the negatives left out, or with a queue of unlabelled keys, a
+    # query's positive stays the key of its other view
+    model = _ready_model()
+    v1, v2 = _views()
+    plain, _, _ = model.training_step(v1, v2, 1.0)
+    kept, _, _ = model.training_step(v1, v2, 1.0, neighbour_positives=True)
+    torch.testing.assert_close(kept, plain, rtol=0, atol=0)
+    assert (model.queue.labels == UNLABELLED).all()
+    unlabelled, _, _ = model.training_step(v1, v2, 1.0, drop_cluster_negatives=True,
+                                           neighbour_positives=True)
+    torch.testing.assert_close(unlabelled, plain, rtol=0, atol=0)
+    # in-batch negatives (queue_size=0) have no stored keys to take from
+    batch = _ready_model(queue_size=0)
+    alone, _, _ = batch.training_step(v1, v2, 1.0, drop_cluster_negatives=True)
+    with_flag, _, _ = batch.training_step(v1, v2, 1.0, drop_cluster_negatives=True,
+                                          neighbour_positives=True)
+    torch.testing.assert_close(with_flag, alone, rtol=0, atol=0)
