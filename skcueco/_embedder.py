@@ -223,7 +223,10 @@ class CueCoEmbedder(
         similar to that key, when that queue key was stored with the
         query's cluster (the other view's key otherwise): another image
         the clustering term already groups with it, as nearest-neighbour
-        contrastive learning does (docs/method_results.rst, "Neighbours
+        contrastive learning does. On real images ``predict`` gained 0.006
+        to 0.015 NMI with it at 20 and 40 epochs, kNN lost up to 0.011,
+        and on two generated sets ``predict`` lost about 0.01 at 20
+        epochs, within its spread (docs/method_results.rst, "Neighbours
         as positives").
     augmentation : {"auto", "rgb", "grayscale", "vector", "none"} or callable, \
             default="auto"
