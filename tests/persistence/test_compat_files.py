@@ -68,10 +68,15 @@ def test_checkpoint_resumes_to_the_same_model(digits, tmp_path):
     with pytest.raises(ValueError, match="cluster_negatives='keep' in the checkpoint"):
         CueCoEmbedder(**COMMON, cluster_targets="centroids", key_momentum=0.99).fit(
             digits, resume_from=FILES / "checkpoint_epoch-0001.pt")
+    # ... and neighbours as positives (the default since): its positives were the views
+    with pytest.raises(ValueError, match="cluster_positives='view' in the checkpoint"):
+        CueCoEmbedder(**COMMON, cluster_targets="centroids", key_momentum=0.99,
+                      cluster_negatives="keep").fit(
+            digits, resume_from=FILES / "checkpoint_epoch-0001.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         emb = CueCoEmbedder(**COMMON, cluster_targets="centroids", key_momentum=0.99,
-                            cluster_negatives="keep").fit(
+                            cluster_negatives="keep", cluster_positives="view").fit(
             digits, resume_from=FILES / "checkpoint_epoch-0001.pt")
     assert emb.n_iter_ == 2
     # the file holds the standardised features, transform's output then

@@ -178,16 +178,20 @@ def test_neighbours_are_positives_only_while_negatives_are_left_out(X, monkeypat
         return original(self, v1, v2, cluster_weight, **kwargs)
 
     monkeypatch.setattr(CueCoModel, "training_step", recording)
-    CueCoEmbedder(**params(callbacks=[spy], cluster_positives="neighbour")).fit(X)
+    CueCoEmbedder(**params(callbacks=[spy])).fit(X)  # the default: "neighbour"
     assert seen == {0: {False}, 1: {False}, 2: {True}, 3: {True}}
+    seen.clear()
+    CueCoEmbedder(**params(callbacks=[spy], cluster_positives="view")).fit(X)
+    assert seen == {0: {False}, 1: {False}, 2: {False}, 3: {False}}
     seen.clear()
     CueCoEmbedder(**params(callbacks=[spy], cluster_positives="neighbour",
                            cluster_negatives="keep")).fit(X)
     assert seen == {0: {False}, 1: {False}, 2: {False}, 3: {False}}
 
 
-def test_neighbour_positives_change_the_training_reproducibly(neighbours, views, X):
+def test_neighbour_positives_change_the_training_reproducibly(neighbours, views, dropped, X):
     assert not np.array_equal(neighbours.transform(X), views.transform(X))
+    assert_array_equal(dropped.transform(X), neighbours.transform(X))  # the default
     again = CueCoEmbedder(**params(cluster_positives="neighbour")).fit(X)
     assert_array_equal(again.transform(X), neighbours.transform(X))
     assert_array_equal(again.predict(X), neighbours.predict(X))
