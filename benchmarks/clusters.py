@@ -25,8 +25,12 @@ beside anchors on the raw pixels and on PCA (64 components) of the test
 split: k-means, Ward agglomerative clustering and HDBSCAN (noise points count
 as one more cluster), and the linear probe and weighted kNN of the raw
 pixels. ``readout s`` is the time of the graph read-out, to compare with
-``fit s``. ``--set key=value`` changes a parameter of both methods (e.g.
-``backbone=small_cnn`` for the 32x32 RGB sets on a CPU); ``--models DIR``
+``fit s``. Both methods are fitted with ``n_clusters`` equal to the number of
+classes of the training split, the number the anchors and k-means on the
+embeddings are given (a user who knows the classes would pass it; the
+estimator's default is 10). ``--set key=value`` changes a parameter of both
+methods (e.g. ``backbone=small_cnn`` for the 32x32 RGB sets on a CPU, or
+``n_clusters=10`` for the estimator's default on every set); ``--models DIR``
 saves every fitted model, so that other read-outs can be measured on them
 later without training again.
 
@@ -174,13 +178,16 @@ def run(args):
         data = load_dataset(path, quick=args.quick)
         name = dataset_label(path)
         X_train, X_test, y_train, y_test, _ = data
+        n_classes = int(np.unique(y_train).size)
         for epochs in args.epochs:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for method in args.methods:
                     params = METHODS[method]
                     # the graph read-out is measured below, after the fit; a fit
                     # whose clustering term trains towards the graph needs it on
-                    settings = {**params, **args.set}
+                    # as many clusters as classes, as the anchors are given,
+                    # unless --set n_clusters=... says otherwise
+                    settings = {"n_clusters": n_classes, **params, **args.set}
                     graph = GRAPH_NEIGHBOURS if trains_on_graph(settings) else 0
                     est = CueCoEmbedder(max_epochs=epochs, random_state=seed, cluster_graph=graph,
                                         device=args.device, **settings)

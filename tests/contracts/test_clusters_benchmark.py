@@ -218,3 +218,24 @@ def test_a_data_set_of_ones_own_from_an_npz_file(clusters, tmp_path):
         frame.loc[frame.method == "cueco graph", "NMI"].iloc[0])
     with pytest.raises(ValueError, match="give its file with --datasets my_digits.npz"):
         readouts.main(["--quick", "--models", str(models)])
+
+
+def test_both_methods_get_as_many_clusters_as_the_classes(clusters, tmp_path):
+    # 6 classes: not the estimator's default of 10
+    X, y = load_digits(return_X_y=True)
+    keep = y < 6
+    path = tmp_path / "six.npz"
+    np.savez(path, X=X[keep].reshape(-1, 8, 8).astype(np.float32), y=y[keep])
+    models = tmp_path / "models"
+    frame = clusters.main(["--quick", "--datasets", str(path), "--seeds", "1",
+                           "--set", "hidden_dim=48", "--models", str(models)])
+    for method in ("cueco", "moco"):
+        fitted = CueCoEmbedder.load(models / f"six_2ep_{method}_seed0.skc")
+        assert fitted.n_clusters == 6 and fitted.cluster_centers_.shape[0] == 6
+    graph = frame[frame.method.str.endswith(" graph")]
+    assert len(graph) == 2 and graph[["NMI", "ACC"]].notna().all().all()
+    # --set n_clusters=... is the number both methods get
+    other = tmp_path / "other"
+    clusters.main(["--quick", "--datasets", str(path), "--seeds", "1", "--methods", "cueco",
+                   "--set", "hidden_dim=48", "--set", "n_clusters=9", "--models", str(other)])
+    assert CueCoEmbedder.load(other / "six_2ep_cueco_seed0.skc").n_clusters == 9
