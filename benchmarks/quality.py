@@ -8,7 +8,9 @@ method on the training split (no labels), then measures with
 - ``kNN``: test accuracy of the weighted kNN vote (k=200, cosine, t=0.1);
 - ``k-means NMI``: k-means on the test features (one cluster per class);
 - ``predict NMI`` / ``predict ARI``: the embedder's own clusters
-  (``CueCoEmbedder.predict``) on the test split;
+  (``CueCoEmbedder.predict``) on the test split, fitted with
+  ``n_clusters`` equal to the number of classes, as k-means is given (a
+  ``--variant`` may set ``n_clusters`` itself);
 
 and writes a Markdown table of mean ± standard deviation over the seeds,
 with the seconds each fit took, plus every per-seed value as CSV.
@@ -478,7 +480,8 @@ def run_method(method, data, seed, epochs, args):
 
     params = dict(TRAINED.get(method, {}))
     params.update(args.variants.get(method, {}))
-    params = {"max_epochs": epochs, **params}
+    # as many clusters as classes, as k-means is given (a variant may set its own)
+    params = {"max_epochs": epochs, "n_clusters": int(np.unique(y_train).size), **params}
     embedder = CueCoEmbedder(device=args.device, random_state=seed, **params)
     start = time.perf_counter()
     if method == "untrained":

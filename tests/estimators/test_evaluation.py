@@ -386,6 +386,26 @@ def _load_quality():
     return module
 
 
+def test_quality_benchmark_fits_as_many_clusters_as_classes(monkeypatch):
+    quality = _load_quality()
+    seen = []
+
+    class Recording(quality.CueCoEmbedder):
+        def fit(self, X, y=None):
+            seen.append(self.n_clusters)
+            return super().fit(X, y)
+
+    monkeypatch.setattr(quality, "CueCoEmbedder", Recording)
+    X, y = load_digits(return_X_y=True)
+    X, y = X[y < 4].reshape(-1, 8, 8), y[y < 4]  # 4 classes
+    data = (X[:200], X[200:300], y[:200], y[200:300], "images")
+    args = quality.parse_args(["--methods", "cueco,seven", "--variant", "seven:n_clusters=7"])
+    for method in ("cueco", "seven"):
+        results, _ = quality.run_method(method, data, 0, 1, args)
+        assert set(results.protocol) >= {"linear", "predict"}
+    assert seen == [4, 7]
+
+
 def test_quality_benchmark_parses_variants():
     quality = _load_quality()
     args = quality.parse_args([
