@@ -6,8 +6,9 @@ schedule, 0.99 to 1: ``key_momentum=0.99``) once each and reads their clusters
 two ways from the same fitted model (the read-out comes after training and
 does not change it):
 
-- ``graph``: the default read-out (``cluster_graph``, the estimator's default
-  neighbour count): the nearest-neighbour graph of the training projections
+- ``graph``: the default read-out (``cluster_graph`` neighbours: the
+  estimator's default, or the count ``--set cluster_graph=...`` gives both
+  methods): the nearest-neighbour graph of the training projections
   cut into groups by spectral clustering, the groups merged into
   ``n_clusters``, the partition of highest modularity kept, and a test
   image given the weighted vote of its 10 most similar training
@@ -183,12 +184,16 @@ def run(args):
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for method in args.methods:
                     params = METHODS[method]
-                    # the graph read-out is measured below, after the fit; a fit
-                    # whose clustering term trains towards the graph needs it on
                     # as many clusters as classes, as the anchors are given,
                     # unless --set n_clusters=... says otherwise
                     settings = {"n_clusters": n_classes, **params, **args.set}
-                    graph = GRAPH_NEIGHBOURS if trains_on_graph(settings) else 0
+                    # the graph read-out is measured below, after the fit, with
+                    # the neighbours --set cluster_graph=... gives (else the
+                    # default); a fit whose clustering term trains towards the
+                    # graph needs it on, and cluster_graph=0 keeps it off
+                    requested = settings.pop("cluster_graph", None)
+                    neighbours = requested or GRAPH_NEIGHBOURS
+                    graph = neighbours if requested != 0 and trains_on_graph(settings) else 0
                     est = CueCoEmbedder(max_epochs=epochs, random_state=seed, cluster_graph=graph,
                                         device=args.device, **settings)
                     start = time.perf_counter()
@@ -201,7 +206,8 @@ def run(args):
                     quality = evaluate_embedder(est, X_train, y_train, X_test, y_test,
                                                 random_state=seed)
                     value = {(p, m): v for p, m, v in quality.itertuples(index=False)}
-                    scores, readout_seconds = readouts(est, X_train, X_test, y_test)
+                    scores, readout_seconds = readouts(est, X_train, X_test, y_test,
+                                                       n_neighbors=neighbours)
                     for how, s in scores.items():
                         rows.append({
                             "dataset": name, "epochs": epochs, "seed": seed,

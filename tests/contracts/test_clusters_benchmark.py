@@ -239,3 +239,23 @@ def test_both_methods_get_as_many_clusters_as_the_classes(clusters, tmp_path):
     clusters.main(["--quick", "--datasets", str(path), "--seeds", "1", "--methods", "cueco",
                    "--set", "hidden_dim=48", "--set", "n_clusters=9", "--models", str(other)])
     assert CueCoEmbedder.load(other / "six_2ep_cueco_seed0.skc").n_clusters == 9
+
+
+def test_set_cluster_graph_trains_and_reads_with_that_many_neighbours(clusters, tmp_path):
+    import quality
+
+    models = tmp_path / "models"
+    frame = clusters.main(["--quick", "--datasets", "digits", "--seeds", "1", "--methods",
+                           "cueco", "--set", "hidden_dim=48", "--set", "cluster_graph=5",
+                           "--models", str(models)])
+    fitted = CueCoEmbedder.load(models / "digits_2ep_cueco_seed0.skc")
+    assert fitted.cluster_graph == 5
+    # the "graph" row is what predict of that fit gives
+    _, X_test, _, y_test, _ = quality.load_dataset("digits", quick=True)
+    row = frame[frame.method == "cueco graph"].iloc[0]
+    assert row.NMI == pytest.approx(clusters.clustering_scores(y_test, fitted.predict(X_test))["nmi"])
+    # cluster_graph=0 keeps the graph off in training
+    off = tmp_path / "off"
+    clusters.main(["--quick", "--datasets", "digits", "--seeds", "1", "--methods", "cueco",
+                   "--set", "hidden_dim=48", "--set", "cluster_graph=0", "--models", str(off)])
+    assert CueCoEmbedder.load(off / "digits_2ep_cueco_seed0.skc").cluster_graph == 0
