@@ -169,8 +169,10 @@ class CueCoEmbedder(
         nor on training sets of ``2 * n_clusters`` images or fewer. Where
         some classes have fewer training images than ``k`` (long-tailed
         data), a smaller ``k`` such as 10 brought the clusters 0.014 to
-        0.024 NMI closer to the classes on the long-tailed benchmark sets
-        (docs/method_results.rst, "Fewer neighbours in the graph").
+        0.024 NMI closer to the classes on the long-tailed benchmark sets;
+        elsewhere it cost up to 0.042 (real animal silhouettes), and 6
+        neighbours were too few (docs/method_results.rst, "Fewer neighbours
+        in the graph").
     cluster_targets : {"auto", "centroids", "graph"}, default="auto"
         What the clustering term assigns keys to. ``"graph"``: at the start
         of the first epoch with the clustering term on, and of every third
